@@ -1,0 +1,235 @@
+"""Flat YAML configs whose keys are the command-line flags (mindcv style).
+
+A config file is a flat mapping loaded with ``yaml.safe_load``; every key must be a known option of
+some dvt_ms command (model, data, training or evaluation), otherwise loading fails naming the key.
+On the command line every option is ``--key value``; values are parsed as YAML scalars or lists, so
+``--exit_grids 4,6,8``, ``--exit_grids [4,6,8]`` and ``--distribute True`` all work. Precedence:
+built-in defaults < YAML file < command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import importlib
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or flag that cannot be used; the message names the file, key and value."""
+
+
+@dataclass(frozen=True)
+class Option:
+    """One config key / command-line flag.
+
+    ``kind`` is one of ``str``, ``int``, ``float``, ``bool``, ``list`` (of numbers), ``int_or_list``,
+    ``float_or_list``, ``any``. ``choices`` restricts a ``str`` option.
+    """
+
+    name: str
+    kind: str
+    default: Any = None
+    help: str = ""
+    choices: tuple[str, ...] | None = None
+
+
+MODEL_OPTIONS: tuple[Option, ...] = (
+    Option("model", "str", None, "registered model name, see dvt_ms.list_models()"),
+    Option("num_classes", "int", None, "classes of every exit head"),
+    Option("img_size", "int", None, "input side in pixels"),
+    Option("in_chans", "int", None, "input channels"),
+    Option("exit_grids", "list", None, "token grid side of each exit, e.g. 7,10,14"),
+    Option("embed_dim", "int_or_list", None, "embedding width (one value or one per exit)"),
+    Option("depth", "int_or_list", None, "blocks per exit (one value or one per exit)"),
+    Option("num_heads", "int_or_list", None, "attention heads (one value or one per exit)"),
+    Option("mlp_ratio", "float_or_list", None, "MLP width ratio (one value or one per exit)"),
+    Option("qkv_bias", "bool", None, "bias in the qkv projection"),
+    Option("norm_eps", "float", None, "LayerNorm epsilon of the transformer blocks"),
+    Option("patch_sizes", "list", None, "patch-embedding kernel per exit (patch stems)"),
+    Option("patch_paddings", "list", None, "patch-embedding padding per exit (patch stems)"),
+    Option("t2t_unfolds", "any", None, "per exit three [kernel, stride, padding] soft splits (T2T stems)"),
+    Option("t2t_variant", "str", None, "T2T token module", ("performer", "transformer")),
+    Option("token_dim", "int", None, "T2T token width"),
+    Option("drop_rate", "float", None, "dropout"),
+    Option("attn_drop_rate", "float", None, "attention dropout"),
+    Option("drop_path_rate", "float", None, "stochastic depth rate of the last block"),
+    Option("feature_reuse", "bool", None, "downstream exits reuse the previous exit's features"),
+    Option("relation_reuse", "bool", None, "downstream exits reuse the previous exit's attention logits"),
+    Option("exit_names", "any", None, "attribute names of the exits (parameter prefixes)"),
+)
+
+# Modules that contribute option tables (pure-Python modules, cheap to import).
+OPTION_MODULES = ("dvt_ms.train.options", "dvt_ms.inference.options")
+
+
+def all_options() -> dict[str, Option]:
+    """Every option known to any dvt_ms command, by name."""
+    options = {o.name: o for o in MODEL_OPTIONS}
+    for module in OPTION_MODULES:
+        try:
+            table = importlib.import_module(module).OPTIONS
+        except ModuleNotFoundError as err:
+            if err.name and module.startswith(err.name):
+                continue
+            raise
+        for o in table:
+            options.setdefault(o.name, o)
+    return options
+
+
+def _parse_scalar(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def coerce(option: Option, value: Any, where: str) -> Any:
+    """Check / convert ``value`` for ``option``; ``where`` names its origin in error messages."""
+    if value is None:
+        return None
+    kind = option.kind
+    if isinstance(value, str) and kind not in ("str",):
+        if kind in ("list", "int_or_list", "float_or_list") and "," in value and not value.strip().startswith("["):
+            value = [_parse_scalar(v) for v in value.split(",")]
+        else:
+            value = _parse_scalar(value)
+
+    def fail(expected: str) -> ConfigError:
+        return ConfigError(f"{where}: {option.name} must be {expected}, got {value!r}")
+
+    if kind == "str":
+        value = str(value)
+        if option.choices and value not in option.choices:
+            raise fail("one of " + ", ".join(option.choices))
+        return value
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        raise fail("True or False")
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise fail("an integer")
+        return value
+    if kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise fail("a number")
+        return float(value)
+    if kind in ("list", "int_or_list", "float_or_list"):
+        number = float if kind == "float_or_list" else (int, float)
+        if isinstance(value, Sequence) and not isinstance(value, str):
+            if not all(isinstance(v, number) and not isinstance(v, bool) for v in value):
+                raise fail("a list of numbers")
+            return list(value)
+        if kind == "list":
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return [value]
+            raise fail("a list of numbers")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise fail("a number or a list of numbers")
+        return float(value) if kind == "float_or_list" else value
+    return value
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and validate a flat YAML config; errors name the file and the key."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config must be a flat mapping of option: value, got {type(data).__name__}")
+    return validate(data, where=path)
+
+
+def validate(data: dict[str, Any], where: str = "config") -> dict[str, Any]:
+    """Check that every key is a known option and every value has the right type."""
+    options = all_options()
+    out = {}
+    for key, value in data.items():
+        if key not in options:
+            close = difflib.get_close_matches(str(key), options, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{where}: unknown config key {key!r}{hint}")
+        out[key] = coerce(options[key], value, where)
+    return out
+
+
+def build_parser(options: Iterable[Option], description: str = "", prog: str | None = None) -> argparse.ArgumentParser:
+    """An argparse parser with ``-c/--config`` and one ``--name`` flag per option (no defaults applied:
+    unset flags stay ``None`` so that YAML values are not overwritten)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("-c", "--config", default=None, help="flat YAML config whose keys are these flags")
+    for o in options:
+        parser.add_argument(f"--{o.name}", default=None, help=o.help + (f" [default: {o.default}]"
+                                                                          if o.default is not None else ""))
+    return parser
+
+
+def resolve(options: Iterable[Option], argv: Sequence[str] | None = None, description: str = "",
+            prog: str | None = None, defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Defaults < YAML (``-c``) < command line, validated. Returns the flat resolved config.
+
+    Keys of the YAML that belong to other commands (e.g. training keys when evaluating) are validated
+    and kept, so one file can serve every command.
+    """
+    options = list(options)
+    known = {o.name: o for o in options}
+    parser = build_parser(options, description, prog)
+    args = parser.parse_args(argv)
+    cfg: dict[str, Any] = {o.name: o.default for o in options}
+    cfg.update(defaults or {})
+    if args.config:
+        cfg.update(load_yaml(args.config))
+    for name, o in known.items():
+        raw = getattr(args, name)
+        if raw is not None:
+            cfg[name] = coerce(o, raw, f"--{name}")
+    cfg["config"] = args.config
+    return cfg
+
+
+def model_overrides(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The model arguments set in a resolved config (all model keys but ``model`` that are not None)."""
+    names = {o.name for o in MODEL_OPTIONS} - {"model"}
+    return {k: v for k, v in cfg.items() if k in names and v is not None}
+
+
+def create_model_from_config(cfg: dict[str, Any], **extra: Any):
+    """``create_model(cfg['model'], **model keys of cfg, **extra)``."""
+    from .models import create_model
+
+    if not cfg.get("model"):
+        raise ConfigError("the config names no model: set 'model' (see dvt_ms.list_models())")
+    return create_model(cfg["model"], **{**model_overrides(cfg), **extra})
+
+
+def spec_from_config(cfg: dict[str, Any]):
+    """The :class:`CascadeSpec` of the config's model, without building the network."""
+    from .models import spec_for
+
+    if not cfg.get("model"):
+        raise ConfigError("the config names no model: set 'model' (see dvt_ms.list_models())")
+    return spec_for(cfg["model"], **model_overrides(cfg))
+
+
+def dump_yaml(cfg: dict[str, Any], path: str | os.PathLike) -> None:
+    """Write a resolved config atomically (temp file, then rename)."""
+    path = os.fspath(path)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        yaml.safe_dump({k: v for k, v in cfg.items() if k != "config"}, f, sort_keys=False)
+    os.replace(tmp, path)

@@ -1,0 +1,143 @@
+"""Model entrypoints: the published DVT cascades and generic ones built from any grids.
+
+Every argument of every entrypoint can be overridden through :func:`create_model`. Scalars that
+describe a transformer (``embed_dim``, ``depth``, ``num_heads``, ``mlp_ratio``) may also be given per
+exit as lists.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+
+from .cascade import DVTCascade
+from .registry import register_model
+from .spec import CascadeSpec, ExitSpec, default_exit_names, patch_for_grid, per_exit, t2t_unfolds_for_grid
+
+PUBLISHED_GRIDS = (7, 10, 14)
+
+
+def vit_cascade_spec(*, img_size: int = 224, in_chans: int = 3, num_classes: int = 1000,
+                     exit_grids: Sequence[int] = PUBLISHED_GRIDS, patch_sizes: Sequence[int] | None = None,
+                     patch_paddings: Sequence[int] | None = None, embed_dim=384, depth=12, num_heads=6,
+                     mlp_ratio=4.0, qkv_bias: bool = True, norm_eps: float = 1e-6, drop_rate: float = 0.0,
+                     attn_drop_rate: float = 0.0, drop_path_rate: float = 0.1, feature_reuse: bool = True,
+                     relation_reuse: bool = True, exit_names: Sequence[str] | None = None) -> CascadeSpec:
+    """Spec of a DeiT/ViT-style cascade (patch-embedding stems, learned position embeddings).
+
+    Each exit's patch embedding follows from ``img_size`` and its grid (:func:`patch_for_grid`)
+    unless ``patch_sizes`` / ``patch_paddings`` give it explicitly.
+    """
+    n = len(exit_grids)
+    dims, depths = per_exit(embed_dim, n, "embed_dim"), per_exit(depth, n, "depth")
+    heads, ratios = per_exit(num_heads, n, "num_heads"), per_exit(mlp_ratio, n, "mlp_ratio")
+    exits = []
+    for k, grid in enumerate(exit_grids):
+        if patch_sizes is not None:
+            patch = per_exit(patch_sizes, n, "patch_sizes")[k]
+            pad = per_exit(patch_paddings, n, "patch_paddings")[k] if patch_paddings is not None else 0
+        else:
+            patch, _, pad = patch_for_grid(img_size, grid)
+        exits.append(ExitSpec(
+            stem="patch", embed_dim=dims[k], depth=depths[k], num_heads=heads[k], mlp_ratio=float(ratios[k]),
+            qkv_bias=qkv_bias, norm_eps=norm_eps, pos_embed="learned", patch_size=patch, patch_stride=patch,
+            patch_padding=pad, feature_reuse=k > 0 and feature_reuse, relation_reuse=k > 0 and relation_reuse))
+    spec = CascadeSpec(img_size=img_size, in_chans=in_chans, num_classes=num_classes, exits=tuple(exits),
+                       exit_names=tuple(exit_names or default_exit_names(n)), drop_rate=drop_rate,
+                       attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate)
+    _check_grids(spec, exit_grids)
+    return spec
+
+
+def t2t_cascade_spec(*, img_size: int = 224, in_chans: int = 3, num_classes: int = 1000,
+                     exit_grids: Sequence[int] = PUBLISHED_GRIDS, t2t_unfolds: Sequence | None = None,
+                     t2t_variant: str = "performer", token_dim: int = 64, embed_dim=256, depth=12, num_heads=4,
+                     mlp_ratio=2.0, qkv_bias: bool = False, norm_eps: float = 1e-5, drop_rate: float = 0.0,
+                     attn_drop_rate: float = 0.0, drop_path_rate: float = 0.1, feature_reuse: bool = True,
+                     relation_reuse: bool = True, exit_names: Sequence[str] | None = None) -> CascadeSpec:
+    """Spec of a T2T-ViT cascade (tokens-to-token stems, fixed sinusoid position tables).
+
+    ``t2t_unfolds`` gives per exit three (kernel, stride, padding) soft splits; by default they follow
+    from ``img_size`` and the grid (:func:`t2t_unfolds_for_grid`, the official values at 224).
+    """
+    n = len(exit_grids)
+    dims, depths = per_exit(embed_dim, n, "embed_dim"), per_exit(depth, n, "depth")
+    heads, ratios = per_exit(num_heads, n, "num_heads"), per_exit(mlp_ratio, n, "mlp_ratio")
+    exits = []
+    for k, grid in enumerate(exit_grids):
+        if t2t_unfolds is not None:
+            unfolds = tuple(tuple(int(v) for v in u) for u in per_exit(t2t_unfolds, n, "t2t_unfolds")[k])
+        else:
+            unfolds = t2t_unfolds_for_grid(img_size, grid)
+        exits.append(ExitSpec(
+            stem="t2t", embed_dim=dims[k], depth=depths[k], num_heads=heads[k], mlp_ratio=float(ratios[k]),
+            qkv_bias=qkv_bias, norm_eps=norm_eps, pos_embed="sinusoid", t2t_unfolds=unfolds,
+            t2t_variant=t2t_variant, token_dim=token_dim, feature_reuse=k > 0 and feature_reuse,
+            relation_reuse=k > 0 and relation_reuse))
+    spec = CascadeSpec(img_size=img_size, in_chans=in_chans, num_classes=num_classes, exits=tuple(exits),
+                       exit_names=tuple(exit_names or default_exit_names(n)), drop_rate=drop_rate,
+                       attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate)
+    _check_grids(spec, exit_grids)
+    return spec
+
+
+def _check_grids(spec: CascadeSpec, exit_grids: Sequence[int]) -> None:
+    got = spec.grids()
+    if list(got) != [int(g) for g in exit_grids]:
+        raise ValueError(f"the stems give token grids {got} for a {spec.img_size}px image, "
+                         f"but exit_grids asks for {list(exit_grids)}")
+
+
+# ---- registered models --------------------------------------------------------------------------
+
+T2T_VIT_12 = {"embed_dim": 256, "depth": 12, "num_heads": 4, "mlp_ratio": 2.0}
+T2T_VIT_14 = {"embed_dim": 384, "depth": 14, "num_heads": 6, "mlp_ratio": 3.0}
+DEIT_SMALL = {"embed_dim": 384, "depth": 12, "num_heads": 6, "mlp_ratio": 4.0}
+VIT_BASE = {"embed_dim": 768, "depth": 12, "num_heads": 12, "mlp_ratio": 4.0}
+
+SPEC_BUILDERS: dict[str, tuple] = {
+    "dvt_vit": (vit_cascade_spec, {}),
+    "dvt_t2t_vit": (t2t_cascade_spec, {}),
+    "dvt_t2t_vit_12": (t2t_cascade_spec, T2T_VIT_12),
+    "dvt_t2t_vit_14": (t2t_cascade_spec, T2T_VIT_14),
+    "dvt_deit_small": (vit_cascade_spec, DEIT_SMALL),
+    "dvt_deit_small_2exit": (vit_cascade_spec, {**DEIT_SMALL, "exit_grids": (7, 14)}),
+    "dvt_vit_base_2exit": (vit_cascade_spec, {**VIT_BASE, "exit_grids": (7, 14)}),
+}
+
+
+def _entrypoint(name: str, doc: str):
+    """A registered model function whose signature is its spec builder's, defaults overridden."""
+    builder, defaults = SPEC_BUILDERS[name]
+
+    def entry(**kwargs) -> DVTCascade:
+        return DVTCascade(builder(**{**defaults, **kwargs}))
+
+    params = [p.replace(default=defaults.get(p.name, p.default))
+              for p in inspect.signature(builder).parameters.values()]
+    entry.__name__ = entry.__qualname__ = name
+    entry.__doc__ = doc
+    entry.__signature__ = inspect.Signature(params, return_annotation=DVTCascade)
+    return register_model(entry)
+
+
+dvt_vit = _entrypoint("dvt_vit", "A DeiT/ViT-style DVT cascade with any number of exits and grids.")
+dvt_t2t_vit = _entrypoint("dvt_t2t_vit", "A T2T-ViT DVT cascade with any number of exits and grids.")
+dvt_t2t_vit_12 = _entrypoint(
+    "dvt_t2t_vit_12", "DVT T2T-ViT-12: exits 7x7 / 10x10 / 14x14 at 224px, both reuses on (22,461,516 params).")
+dvt_t2t_vit_14 = _entrypoint(
+    "dvt_t2t_vit_14", "DVT T2T-ViT-14: exits 7x7 / 10x10 / 14x14 at 224px, both reuses on (67,881,836 params).")
+dvt_deit_small = _entrypoint(
+    "dvt_deit_small", "DVT DeiT-small: patch 32 / 23 (pad 3) / 16 exits, 7x7 / 10x10 / 14x14 (70,442,232 params).")
+dvt_deit_small_2exit = _entrypoint(
+    "dvt_deit_small_2exit", "Two-exit DVT DeiT-small of the official MindSpore repo: patch 32 (7x7), patch 16 (14x14).")
+dvt_vit_base_2exit = _entrypoint(
+    "dvt_vit_base_2exit", "Two-exit DVT ViT-B/16 of the official MindSpore repo: patch 32 (7x7), patch 16 (14x14).")
+
+
+def spec_for(name: str, **overrides) -> CascadeSpec:
+    """The :class:`CascadeSpec` that ``create_model(name, **overrides)`` would build, without building it."""
+    if name not in SPEC_BUILDERS:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(sorted(SPEC_BUILDERS))}")
+    builder, defaults = SPEC_BUILDERS[name]
+    return builder(**{**defaults, **overrides})

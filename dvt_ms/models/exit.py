@@ -1,0 +1,91 @@
+"""One exit of the cascade: a complete vision transformer over its own token grid."""
+
+from __future__ import annotations
+
+import numpy as np
+from mindspore import Parameter, nn, ops
+
+from .layers import Block, LayerNorm, PatchEmbed, RelationReuse, T2TStem
+from .layers.init import frozen, sinusoid_table, trunc_normal
+from .layers.mlp import dense
+from .spec import CascadeSpec
+
+
+class DVTExit(nn.Cell):
+    """Exit ``k`` of a cascade spec (attributes mirror the official PyTorch sub-model).
+
+    ``construct(x, features=None, relations=None)`` returns ``(logits, tokens, relations_out)``:
+    ``tokens`` [B, N+1, D] are the last block's output (what the next exit's feature reuse reads) and
+    ``relations_out`` [B, depth*heads, N+1, N+1] the concatenated attention logits of every block (what
+    the next exit's relation reuse reads; ``None`` unless :attr:`emit_relations`). ``features`` and
+    ``relations`` are the previous exit's ``tokens`` and ``relations_out`` for the same images.
+    """
+
+    def __init__(self, spec: CascadeSpec, k: int) -> None:
+        super().__init__()
+        e = spec.exits[k]
+        self.spec, self.index = spec, k
+        self.img_size, self.in_chans = spec.img_size, spec.in_chans
+        self.embed_dim, self.depth, self.num_heads = e.embed_dim, e.depth, e.num_heads
+        self.grid = e.grid(spec.img_size)
+        self.num_tokens = self.grid * self.grid + 1
+        self.feature_reuse, self.relation_reuse = e.feature_reuse, e.relation_reuse
+        self.emit_relations = False
+
+        d = e.embed_dim
+        self.cls_token = Parameter(trunc_normal((1, 1, d)), name="cls_token")
+        if e.pos_embed == "sinusoid":
+            self.pos_embed = frozen("pos_embed", sinusoid_table(self.num_tokens, d))
+        else:
+            self.pos_embed = Parameter(trunc_normal((1, self.num_tokens, d)), name="pos_embed")
+        if e.stem == "t2t":
+            self.tokens_to_token = T2TStem(spec.img_size, spec.in_chans, d, e.t2t_unfolds, e.token_dim,
+                                           e.t2t_variant, e.kernel_ratio)
+        else:
+            self.patch_embed = PatchEmbed(spec.img_size, spec.in_chans, d, e.patch_size, e.patch_stride,
+                                          e.patch_padding)
+        self.stem = e.stem
+        self.pos_drop = nn.Dropout(p=spec.drop_rate)
+
+        up = spec.exits[k - 1] if k > 0 else None
+        up_grid = up.grid(spec.img_size) if up is not None else 0
+        reuse_from = (up.embed_dim, up_grid) if e.feature_reuse else None
+        dpr = np.linspace(0, spec.drop_path_rate, e.depth) if e.depth > 1 else [0.0]
+        self.blocks = nn.CellList([
+            Block(d, e.num_heads, e.mlp_hidden, self.num_tokens, e.qkv_bias, e.norm_eps, spec.drop_rate,
+                  spec.attn_drop_rate, float(dpr[i]), reuse_from, spec.reuse_channels, spec.reuse_hidden)
+            for i in range(e.depth)])
+        self.norm = LayerNorm(d, e.norm_eps)
+        if e.relation_reuse:
+            channels = e.depth * e.num_heads
+            self.relation_reuse_conv = RelationReuse(up.depth * up.num_heads, channels,
+                                                     spec.relation_expansion * channels, up_grid, self.grid,
+                                                     e.depth)
+        self.head = dense(d, spec.num_classes)
+
+    def embed(self, x):
+        """Image [B, C, H, W] -> tokens with class token and position embedding [B, N+1, D]."""
+        t = self.tokens_to_token(x) if self.stem == "t2t" else self.patch_embed(x)
+        cls = ops.broadcast_to(self.cls_token.astype(t.dtype), (t.shape[0], -1, -1))
+        t = ops.cat((cls, t), 1) + self.pos_embed.astype(t.dtype)
+        return self.pos_drop(t)
+
+    def forward_features(self, x, features=None, relations=None):
+        """Returns (normed class feature [B, D], last tokens [B, N+1, D], logits [B, depth*heads, N+1, N+1])."""
+        t = self.embed(x)
+        biases = self.relation_reuse_conv(relations) if self.relation_reuse else None
+        logits = ()
+        for i, blk in enumerate(self.blocks):
+            bias = biases[i] if self.relation_reuse else None
+            t, logit = blk(t, features, bias)
+            if self.emit_relations:
+                logits = (*logits, logit)
+        out_rel = ops.cat(logits, 1) if self.emit_relations else None
+        return self.norm(t)[:, 0], t, out_rel
+
+    def forward_head(self, feature):
+        return self.head(feature)
+
+    def construct(self, x, features=None, relations=None):
+        feature, tokens, out_rel = self.forward_features(x, features, relations)
+        return self.forward_head(feature), tokens, out_rel

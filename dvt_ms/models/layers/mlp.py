@@ -1,0 +1,43 @@
+"""Two-layer MLP with exact GELU, and stochastic depth."""
+
+from __future__ import annotations
+
+from mindspore import nn, ops
+
+from .init import trunc_normal
+
+
+def dense(in_dim: int, out_dim: int, bias: bool = True) -> nn.Dense:
+    """A Linear layer initialised as in timm (trunc-normal 0.02 weight, zero bias)."""
+    return nn.Dense(in_dim, out_dim, weight_init=trunc_normal((out_dim, in_dim)), bias_init="zeros", has_bias=bias)
+
+
+class Mlp(nn.Cell):
+    """fc1 -> GELU (erf) -> dropout -> fc2 -> dropout; parameters ``fc1``/``fc2`` as in timm."""
+
+    def __init__(self, in_features: int, hidden_features: int, out_features: int, drop: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = dense(in_features, hidden_features)
+        self.act = nn.GELU(approximate=False)
+        self.fc2 = dense(hidden_features, out_features)
+        self.drop = nn.Dropout(p=drop)
+
+    def construct(self, x):
+        x = self.drop(self.act(self.fc1(x)))
+        return self.drop(self.fc2(x))
+
+
+class DropPath(nn.Cell):
+    """Stochastic depth: drops the whole residual branch per sample during training."""
+
+    def __init__(self, drop_prob: float = 0.0) -> None:
+        super().__init__()
+        self.drop_prob = drop_prob
+        # Dropout on a [B, 1, 1] tensor of ones is a per-sample keep mask already scaled by 1/keep.
+        self.dropout = nn.Dropout(p=drop_prob) if drop_prob > 0 else None
+
+    def construct(self, x):
+        if self.dropout is None or not self.training:
+            return x
+        mask = self.dropout(ops.ones_like(x[:, :1, :1]))
+        return x * mask

@@ -1,0 +1,128 @@
+"""Tokens-to-token stem of T2T-ViT: soft splits (unfold) with a token performer or transformer between."""
+
+from __future__ import annotations
+
+import math
+
+from mindspore import nn, ops
+
+from .init import frozen, orthogonal_features
+from .mlp import Mlp, dense
+from .norm import LayerNorm
+
+T2T_NORM_EPS = 1e-5  # the T2T stem uses torch's default LayerNorm epsilon
+
+
+class TokenPerformer(nn.Cell):
+    """Single-head Performer attention (positive random features) with ``v`` as the skip connection.
+
+    Parameters as in the official checkpoints: ``kqv``, ``proj``, ``norm1``, ``norm2``, ``mlp.0``,
+    ``mlp.2`` and the frozen random-feature matrix ``w`` [m, emb].
+    """
+
+    def __init__(self, dim: int, emb: int, kernel_ratio: float = 0.5, drop: float = 0.1) -> None:
+        super().__init__()
+        self.emb = emb
+        self.m = int(emb * kernel_ratio)
+        self.kqv = dense(dim, 3 * emb)
+        self.dp = nn.Dropout(p=drop)
+        self.proj = dense(emb, emb)
+        self.norm1 = LayerNorm(dim, T2T_NORM_EPS)
+        self.norm2 = LayerNorm(emb, T2T_NORM_EPS)
+        self.epsilon = 1e-8
+        self.mlp = nn.SequentialCell([dense(emb, emb), nn.GELU(approximate=False), dense(emb, emb), nn.Dropout(p=drop)])
+        self.w = frozen("w", orthogonal_features(self.m, emb))
+        self.inv_sqrt_m = 1.0 / math.sqrt(self.m)
+
+    def random_features(self, x):
+        """exp(w^T x - |x|^2 / 2) / sqrt(m): [B, T, emb] -> [B, T, m]."""
+        xd = (x * x).sum(axis=-1, keepdims=True) / 2
+        wtx = ops.matmul(x, self.w.astype(x.dtype).swapaxes(0, 1))
+        return ops.exp(wtx - xd) * self.inv_sqrt_m
+
+    def attend(self, x):
+        k, q, v = ops.split(self.kqv(x), self.emb, axis=-1)
+        kp, qp = self.random_features(k), self.random_features(q)
+        normaliser = (qp * kp.sum(axis=1, keepdims=True)).sum(axis=-1, keepdims=True)  # [B, T, 1]
+        kptv = ops.matmul(v.swapaxes(1, 2), kp)  # [B, emb, m]
+        y = ops.matmul(qp, kptv.swapaxes(1, 2)) / (normaliser + self.epsilon)
+        return v + self.dp(self.proj(y))
+
+    def construct(self, x):
+        x = self.attend(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class TokenAttention(nn.Cell):
+    """One-head attention mapping ``dim`` -> ``emb`` with ``v`` as the skip connection; the scale is
+    ``dim ** -0.5`` (the input width), as in the official token transformer."""
+
+    def __init__(self, dim: int, emb: int, num_tokens: int, drop: float = 0.0) -> None:
+        super().__init__()
+        self.emb, self.num_tokens = emb, num_tokens
+        self.scale = dim ** -0.5
+        self.qkv = dense(dim, emb * 3, bias=False)
+        self.proj = dense(emb, emb)
+        self.drop = nn.Dropout(p=drop)
+        self.qk = ops.BatchMatMul(transpose_b=True)
+
+    def construct(self, x):
+        q, k, v = ops.split(self.qkv(x), self.emb, axis=-1)
+        attn = ops.softmax(self.qk(q, k) * self.scale, axis=-1)
+        return v + self.drop(self.proj(ops.matmul(attn, v)))
+
+
+class TokenTransformer(nn.Cell):
+    """The ``transformer`` variant of the T2T stem: ``norm1``, ``attn``, ``norm2``, ``mlp``."""
+
+    def __init__(self, dim: int, emb: int, num_tokens: int, drop: float = 0.0) -> None:
+        super().__init__()
+        self.norm1 = LayerNorm(dim, T2T_NORM_EPS)
+        self.attn = TokenAttention(dim, emb, num_tokens, drop)
+        self.norm2 = LayerNorm(emb, T2T_NORM_EPS)
+        self.mlp = Mlp(emb, emb, emb, drop)
+
+    def construct(self, x):
+        x = self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class T2TStem(nn.Cell):
+    """unfold -> attention1 -> grid -> unfold -> attention2 -> grid -> unfold -> project.
+
+    ``unfolds`` are the three (kernel, stride, padding) soft splits; grid sides are computed from them
+    and the image size. Output: tokens [B, grid*grid, embed_dim].
+    """
+
+    def __init__(self, img_size: int, in_chans: int, embed_dim: int, unfolds, token_dim: int = 64,
+                 variant: str = "performer", kernel_ratio: float = 0.5) -> None:
+        super().__init__()
+        self.unfolds = tuple(tuple(u) for u in unfolds)
+        sizes, size = [], img_size
+        for kernel, stride, padding in self.unfolds:
+            size = (size + 2 * padding - kernel) // stride + 1
+            sizes.append(size)
+        self.sizes = tuple(sizes)
+        self.grid = sizes[-1]
+        self.token_dim = token_dim
+        k0, k1, k2 = (u[0] for u in self.unfolds)
+        dims = (in_chans * k0 * k0, token_dim * k1 * k1)
+        if variant == "performer":
+            self.attention1 = TokenPerformer(dims[0], token_dim, kernel_ratio)
+            self.attention2 = TokenPerformer(dims[1], token_dim, kernel_ratio)
+        else:
+            self.attention1 = TokenTransformer(dims[0], token_dim, sizes[0] ** 2)
+            self.attention2 = TokenTransformer(dims[1], token_dim, sizes[1] ** 2)
+        self.project = dense(token_dim * k2 * k2, embed_dim)
+
+    def soft_split(self, x, i: int):
+        kernel, stride, padding = self.unfolds[i]
+        return ops.unfold(x, kernel, 1, padding, stride).swapaxes(1, 2)
+
+    def to_grid(self, x, side: int):
+        return x.swapaxes(1, 2).reshape(-1, self.token_dim, side, side)
+
+    def construct(self, x):
+        x = self.attention1(self.soft_split(x, 0))
+        x = self.attention2(self.soft_split(self.to_grid(x, self.sizes[0]), 1))
+        return self.project(self.soft_split(self.to_grid(x, self.sizes[1]), 2))

@@ -1,0 +1,19 @@
+"""dvt_ms: the Dynamic Vision Transformer (DVT) in MindSpore."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="dvt_ms",
+    version="0.1.0",
+    description="Dynamic Vision Transformer (DVT, NeurIPS 2021) for MindSpore: models, converter, early exit",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["dvt_ms", "dvt_ms.*"]),
+    python_requires=">=3.9",
+    install_requires=["mindspore>=2.6", "numpy<2", "pyyaml", "pillow"],
+    extras_require={
+        "test": ["pytest", "ruff"],
+        "torch": ["torch>=2.1"],
+    },
+    entry_points={"console_scripts": []},
+)

@@ -1,0 +1,76 @@
+"""Numerical parity with the PyTorch reference: same weights -> same logits at every exit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import dvt_ms
+from dvt_ms.models import DVTCascade
+from dvt_ms.models.spec import with_reuse
+from tests.models.helpers import PUBLISHED, copy_torch_weights, relative_errors, tiny_spec, tiny_t2t_spec
+
+torch = pytest.importorskip("torch", reason="parity tests need torch (pip install torch==2.13.0)")
+from dvt_ms.reference.torch_dvt import build_torch_dvt  # noqa: E402
+
+TOL = 1e-4  # max |delta| <= 1e-4 * max |logit|, fp32
+
+
+def run_both(spec, batch: int = 2, seed: int = 0):
+    torch.manual_seed(seed)
+    reference = build_torch_dvt(spec).eval()
+    model = DVTCascade(spec)
+    model.set_train(False)
+    copy_torch_weights(reference, model)
+    x = np.random.RandomState(seed).randn(batch, spec.in_chans, spec.img_size, spec.img_size).astype(np.float32)
+    with torch.no_grad():
+        expected = [o.numpy() for o in reference(torch.from_numpy(x))]
+    import mindspore as ms
+
+    got = [o.asnumpy() for o in model(ms.Tensor(x))]
+    return expected, got
+
+
+@pytest.mark.parametrize("feature_reuse", [False, True])
+@pytest.mark.parametrize("relation_reuse", [False, True])
+@pytest.mark.parametrize("mode", ["graph", "pynative"])
+def test_tiny_all_reuse_combinations(feature_reuse, relation_reuse, mode, request):
+    request.getfixturevalue(f"{mode}_mode")
+    spec = with_reuse(tiny_spec(), feature_reuse, relation_reuse)
+    expected, got = run_both(spec, batch=3)
+    assert len(got) == 3
+    assert max(relative_errors(expected, got)) <= TOL
+
+
+@pytest.mark.parametrize("variant", ["performer", "transformer"])
+def test_tiny_t2t(variant, graph_mode):
+    expected, got = run_both(tiny_t2t_spec(t2t_variant=variant))
+    assert max(relative_errors(expected, got)) <= TOL
+
+
+def test_heterogeneous_exits(graph_mode):
+    spec = dvt_ms.spec_for("dvt_vit", img_size=32, exit_grids=[4, 8], embed_dim=[32, 48], depth=[2, 3],
+                           num_heads=[2, 3], num_classes=5)
+    expected, got = run_both(spec)
+    assert max(relative_errors(expected, got)) <= TOL
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", PUBLISHED)
+def test_published_models_graph(name, graph_mode):
+    expected, got = run_both(dvt_ms.spec_for(name), batch=2)
+    assert max(relative_errors(expected, got)) <= TOL
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("feature_reuse, relation_reuse", [(False, False), (True, False), (False, True)])
+def test_t2t_vit_12_reuse_switches(feature_reuse, relation_reuse, graph_mode):
+    spec = dvt_ms.spec_for("dvt_t2t_vit_12", feature_reuse=feature_reuse, relation_reuse=relation_reuse)
+    expected, got = run_both(spec, batch=1)
+    assert max(relative_errors(expected, got)) <= TOL
+
+
+@pytest.mark.slow
+def test_t2t_vit_12_pynative(pynative_mode):
+    expected, got = run_both(dvt_ms.spec_for("dvt_t2t_vit_12"), batch=1)
+    assert max(relative_errors(expected, got)) <= TOL

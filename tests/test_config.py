@@ -1,0 +1,70 @@
+"""Flat YAML configs: validation, CLI precedence, model creation."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import pytest
+
+import dvt_ms
+from dvt_ms.config import MODEL_OPTIONS, ConfigError, create_model_from_config, load_yaml, resolve, spec_from_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "configs", "*.yaml"))))
+def test_shipped_configs_load_and_name_a_model(path):
+    cfg = load_yaml(path)
+    spec = spec_from_config(cfg)
+    assert cfg["model"] in dvt_ms.list_models()
+    assert spec.num_exits >= 2
+
+
+def test_tiny_config_is_what_tests_rely_on():
+    spec = spec_from_config(load_yaml(os.path.join(REPO, "configs", "dvt_tiny_cpu.yaml")))
+    assert spec.img_size == 32 and spec.grids() == [4, 6, 8] and spec.num_classes == 10
+    assert {(e.embed_dim, e.depth, e.num_heads) for e in spec.exits} == {(64, 4, 2)}
+    assert all(e.feature_reuse and e.relation_reuse for e in spec.exits[1:])
+
+
+def test_unknown_key_is_an_error_naming_it(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model: dvt_vit\nnum_clases: 10\n")
+    expected = r"bad.yaml: unknown config key 'num_clases' \(did you mean 'num_classes'\?\)"
+    with pytest.raises(ConfigError, match=expected):
+        load_yaml(path)
+
+
+def test_wrong_type_and_not_a_mapping(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model: dvt_vit\nnum_classes: ten\n")
+    with pytest.raises(ConfigError, match="num_classes must be an integer, got 'ten'"):
+        load_yaml(path)
+    path.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="flat mapping"):
+        load_yaml(path)
+    with pytest.raises(ConfigError, match="not found"):
+        load_yaml(tmp_path / "missing.yaml")
+
+
+def test_cli_overrides_yaml(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: dvt_vit\nimg_size: 32\nexit_grids: [4, 8]\nnum_classes: 3\n")
+    cfg = resolve(MODEL_OPTIONS, ["-c", str(path), "--num_classes", "7", "--exit_grids", "2,4,8",
+                                  "--feature_reuse", "False"])
+    assert cfg["num_classes"] == 7 and cfg["exit_grids"] == [2, 4, 8] and cfg["feature_reuse"] is False
+    assert cfg["img_size"] == 32
+    model = create_model_from_config({**cfg, "embed_dim": 32, "depth": 1, "num_heads": 2})
+    assert model.num_exits == 3
+
+
+def test_create_model_errors():
+    with pytest.raises(ValueError, match=r"unknown model 'dvt_t2t_vit12'\. Did you mean"):
+        dvt_ms.create_model("dvt_t2t_vit12")
+    with pytest.raises(ValueError, match="has no argument"):
+        dvt_ms.create_model("dvt_deit_small", t2t_unfolds=[[(7, 4, 2)] * 3] * 3)
+    with pytest.raises(ValueError, match="exit_grids asks for"):
+        dvt_ms.spec_for("dvt_vit", img_size=32, exit_grids=[4, 6, 8], patch_sizes=[8, 8, 8])
+    with pytest.raises(ValueError, match="not divisible by num_heads"):
+        dvt_ms.spec_for("dvt_vit", img_size=32, exit_grids=[4, 8], embed_dim=30, num_heads=4)
