@@ -1,0 +1,241 @@
+"""``dvt-convert``: official PyTorch DVT checkpoints -> MindSpore checkpoints, and back.
+
+    dvt-convert --src DVT_T2t_vit_12.pth.tar --dst dvt_t2t_vit_12.ckpt [--model dvt_t2t_vit_12]
+    dvt-convert --src X.pth.tar --dst X.safetensors --verify
+    dvt-convert --to-torch --src X.ckpt --dst X.pth.tar
+    dvt-convert --backbone --model dvt_deit_small --src deit_small_patch16_224.pth --dst init.ckpt
+
+``--model`` may be left out when the checkpoint identifies its model (the published ones do); the
+model can also come from a flat YAML config (``-c``) and the model flags of every dvt_ms command.
+Exit status: 0 on success, 1 when the conversion or the verification fails (nothing is written),
+2 for bad command-line usage.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from ..checkpoint import checkpoint_format
+from ..config import MODEL_OPTIONS, build_parser, coerce, load_yaml, model_overrides
+from .errors import ConvertError
+
+PROG = "dvt-convert"
+METADATA_VERSION = 1
+
+
+def build_argument_parser():
+    """The parser: conversion flags, ``-c/--config`` and the model flags shared with other commands."""
+    parser = build_parser(MODEL_OPTIONS, description=(
+        "Convert official PyTorch DVT checkpoints (.pth.tar, .pth, .safetensors) to MindSpore checkpoints "
+        "(.ckpt or .safetensors) with their evaluation metadata; --to-torch converts back; --backbone "
+        "initialises a cascade from a standalone DeiT / T2T-ViT checkpoint."), prog=PROG)
+    group = parser.add_argument_group("conversion")
+    group.add_argument("--src", required=True, help="source checkpoint")
+    group.add_argument("--dst", required=True, help="output file (.ckpt or .safetensors; with --to-torch "
+                                                     ".pth/.pth.tar or .safetensors)")
+    group.add_argument("--format", choices=("ckpt", "safetensors"), default=None,
+                       help="output format of a MindSpore checkpoint; must agree with the --dst suffix")
+    group.add_argument("--to-torch", "--to_torch", dest="to_torch", action="store_true",
+                       help="MindSpore checkpoint -> PyTorch state dict with the official key names")
+    group.add_argument("--backbone", action="store_true",
+                       help="--src is a standalone DeiT-small / T2T-ViT checkpoint: initialise every exit from it")
+    group.add_argument("--verify", action="store_true",
+                       help="compare logits with the PyTorch reference on a random batch (needs torch)")
+    group.add_argument("--verify-batch", "--verify_batch", dest="verify_batch", type=int, default=2,
+                       help="batch size of --verify")
+    group.add_argument("--seed", type=int, default=0, help="seed of the --verify batch")
+    return parser
+
+
+def _model_config(args) -> dict[str, Any]:
+    cfg: dict[str, Any] = {}
+    if args.config:
+        cfg.update(load_yaml(args.config))
+    for option in MODEL_OPTIONS:
+        raw = getattr(args, option.name)
+        if raw is not None:
+            cfg[option.name] = coerce(option, raw, f"--{option.name}")
+    return cfg
+
+
+def resolve_model(cfg: dict[str, Any], shapes: dict[str, tuple], info: dict | None) -> tuple[str, dict, Any, str]:
+    """(model name, model arguments, spec, how it was chosen) from the flags/config, the file's own
+    record, or the tensor shapes."""
+    from ..models import spec_for
+    from .mapping import identify_model, infer_num_classes
+
+    if cfg.get("model"):
+        name, overrides, how = cfg["model"], model_overrides(cfg), "given"
+    elif info and info.get("model"):
+        name, overrides, how = info["model"], dict(info.get("model_args") or {}), "recorded in the checkpoint"
+        overrides.update(model_overrides(cfg))
+    else:
+        if model_overrides(cfg):
+            raise ConvertError("model flags were given without --model: name the model they apply to")
+        found = identify_model(shapes)
+        return found.name, found.overrides, found.spec, "identified from the checkpoint keys"
+    spec = spec_for(name, **overrides)
+    if "num_classes" not in overrides:
+        classes = infer_num_classes(shapes, spec.exit_names[-1])
+        if classes and classes != spec.num_classes:
+            overrides["num_classes"] = classes
+            spec = spec_for(name, **overrides)
+    return name, overrides, spec, how
+
+
+def _metadata(name: str, overrides: dict, spec, source, extra: dict | None = None) -> dict[str, Any]:
+    from .. import __version__
+
+    meta: dict[str, Any] = {
+        "format_version": METADATA_VERSION,
+        "model": name,
+        "model_args": overrides,
+        "num_classes": spec.num_classes,
+        "exit_names": list(spec.exit_names),
+        "source": {"file": os.path.basename(source.path), "sha256": source.sha256, "container": source.container},
+        "converted_by": f"dvt_ms {__version__}",
+    }
+    meta.update(source.fields)
+    if source.tensor_fields:
+        meta["tensor_fields"] = dict(source.tensor_fields)
+    meta.update(extra or {})
+    return meta
+
+
+def _verify(spec, torch_state, ms_path: str, args) -> None:
+    from .verify import TOLERANCE, format_differences, verify_against_torch
+
+    diffs = verify_against_torch(spec, torch_state, ms_path, batch=args.verify_batch, seed=args.seed)
+    print(format_differences(diffs))
+    worst = max(d.max_rel for d in diffs)
+    if worst > TOLERANCE:
+        raise ConvertError(f"verification failed: max relative logit difference {worst:.3e} is above {TOLERANCE:g}; "
+                           f"{args.dst} was not written")
+    print(f"verified: max relative difference {worst:.3e} <= {TOLERANCE:g} at every exit")
+
+
+def _misfit(path: str, name: str, how: str, state: dict, err) -> ConvertError:
+    from .mapping import describe_layout
+
+    return ConvertError(f"{path} does not fit model {name} ({how}): {err.mismatch.describe(limit=6)}. The checkpoint "
+                        f"has {describe_layout({k: v.shape for k, v in state.items()})}; is --model (or -c) right?")
+
+
+def _output_format(args) -> str:
+    fmt = checkpoint_format(args.dst)
+    if args.format and args.format != fmt:
+        raise ConvertError(f"--format {args.format} does not agree with the output name {args.dst} "
+                           f"(a {fmt} file); use a .{args.format} name")
+    return fmt
+
+
+def _to_mindspore(args, cfg) -> None:
+    from ..checkpoint import atomic_output, save_checkpoint
+    from .mapping import MappingError, expected_state_shapes, map_state_dict, strip_wrapper_prefixes
+    from .torch_io import read_source
+
+    fmt = _output_format(args)
+    source = read_source(args.src)
+    state, stripped = strip_wrapper_prefixes(source.state)
+    name, overrides, spec, how = resolve_model(cfg, {k: v.shape for k, v in state.items()}, source.info)
+    try:
+        params = map_state_dict(state, expected_state_shapes(spec))
+    except MappingError as err:
+        raise _misfit(args.src, name, how, state, err) from None
+    meta = _metadata(name, overrides, spec, source, {"source_prefix_stripped": "".join(stripped)} if stripped else None)
+    with atomic_output(args.dst) as staged:
+        save_checkpoint(params, staged, metadata=meta)
+        if args.verify:
+            _verify(spec, params, staged, args)
+    values = sum(int(v.size) for v in params.values())
+    kept = [k for k in ("flops", "anytime_classification", "dynamic_threshold", "budgeted_batch_classification")
+            if k in meta]
+    print(f"{PROG}: {name} ({how}; {spec.num_classes} classes), {len(params)} tensors, {values:,} values "
+          f"from {source.container!r} of {args.src}" + (f", prefix {''.join(stripped)!r} stripped" if stripped else ""))
+    print(f"{PROG}: metadata kept: {', '.join(kept) if kept else 'none in the source'}"
+          + (f"; ignored top-level keys: {', '.join(source.ignored)}" if source.ignored else ""))
+    print(f"{PROG}: wrote {args.dst} ({fmt})")
+
+
+def _to_torch(args, cfg) -> None:
+    from ..checkpoint import read_checkpoint
+    from .mapping import MappingError, expected_state_shapes, to_torch_state_dict
+    from .torch_io import sha256_file, write_torch_checkpoint
+
+    if args.format:
+        raise ConvertError("--format applies to MindSpore outputs; with --to-torch the --dst suffix decides "
+                           "(.safetensors or a torch.save file)")
+    if args.dst.lower().endswith((".ckpt",)):
+        raise ConvertError(f"--to-torch writes a PyTorch file, but {args.dst} is named like a MindSpore checkpoint")
+    params, metadata = read_checkpoint(args.src)
+    name, overrides, spec, how = resolve_model(cfg, {k: v.shape for k, v in params.items()}, metadata)
+    try:
+        state = to_torch_state_dict(params, expected_state_shapes(spec))
+    except MappingError as err:
+        raise _misfit(args.src, name, how, params, err) from None
+    meta = dict(metadata or {})
+    meta.update({"model": name, "model_args": overrides, "num_classes": spec.num_classes,
+                 "source": {"file": os.path.basename(args.src), "sha256": sha256_file(args.src),
+                            "container": checkpoint_format(args.src)}})
+    if args.verify:
+        _verify(spec, state, args.src, args)
+    write_torch_checkpoint(state, args.dst, meta)
+    print(f"{PROG}: {name} ({how}; {spec.num_classes} classes), {len(state)} tensors -> {args.dst} (PyTorch, "
+          "official key names)")
+
+
+def _from_backbone(args, cfg) -> None:
+    from ..checkpoint import atomic_output, save_checkpoint
+    from ..models import DVTCascade, spec_for
+    from .backbone import init_from_backbone
+    from .torch_io import read_source
+
+    fmt = _output_format(args)
+    if not cfg.get("model"):
+        raise ConvertError("--backbone needs the DVT model to build: pass --model NAME (or -c CONFIG)")
+    name, overrides = cfg["model"], model_overrides(cfg)
+    spec = spec_for(name, **overrides)
+    source = read_source(args.src)
+    model = DVTCascade(spec)
+    params, report = init_from_backbone(model, source.state, os.path.basename(args.src))
+    counts = report.counts()
+    meta = _metadata(name, overrides, spec, source, {"backbone_init": counts})
+    for key in ("flops", "anytime_classification", "dynamic_threshold", "budgeted_batch_classification",
+                "tensor_fields"):
+        meta.pop(key, None)  # a backbone's figures do not describe the cascade
+    with atomic_output(args.dst) as staged:
+        save_checkpoint(params, staged, metadata=meta)
+        if args.verify:
+            _verify(spec, params, staged, args)
+    print(report.summary())
+    print(f"{PROG}: wrote {args.dst} ({fmt}): {name}, " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``dvt-convert``; returns the exit status (errors are printed as one paragraph on stderr)."""
+    parser = build_argument_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.to_torch and args.backbone:
+            raise ConvertError("--to-torch and --backbone cannot be combined")
+        if os.path.abspath(args.src) == os.path.abspath(args.dst):
+            raise ConvertError(f"--src and --dst are the same file ({args.src})")
+        cfg = _model_config(args)
+        if args.to_torch:
+            _to_torch(args, cfg)
+        elif args.backbone:
+            _from_backbone(args, cfg)
+        else:
+            _to_mindspore(args, cfg)
+    except (ValueError, OSError) as err:  # ConvertError, CheckpointError, ConfigError, bad model, file system
+        text = str(err).strip()
+        print(f"{PROG}: error: {text}{'' if text.endswith(('.', '?')) else '.'} Nothing was written.", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
