@@ -10,10 +10,15 @@ setup(
     long_description_content_type="text/markdown",
     packages=find_packages(include=["dvt_ms", "dvt_ms.*"]),
     python_requires=">=3.9",
-    install_requires=["mindspore>=2.6", "numpy<2", "pyyaml", "pillow"],
+    install_requires=["mindspore>=2.6", "numpy<2", "pyyaml", "pillow", "safetensors"],
     extras_require={
         "test": ["pytest", "ruff"],
         "torch": ["torch>=2.1"],
+        "demo": ["scikit-learn"],
     },
-    entry_points={"console_scripts": []},
+    entry_points={"console_scripts": [
+        "dvt-convert = dvt_ms.convert.cli:main",
+        "dvt-eval = dvt_ms.inference.cli:main",
+        "dvt-train = dvt_ms.train.cli:main",
+    ]},
 )

@@ -118,7 +118,7 @@ def cumulative_gflops(spec: CascadeSpec) -> list[float]:
 def flops_table(spec: CascadeSpec) -> str:
     """A small human-readable table: exit, tokens, per-stage and cumulative GMACs."""
     rows = [f"{'exit':<18}{'tokens':>8}{'stage GMACs':>14}{'cumulative':>13}"]
-    for k, (stage, cum) in enumerate(zip(stage_macs(spec), cumulative_gflops(spec))):
+    for k, (stage, cum) in enumerate(zip(stage_macs(spec), cumulative_gflops(spec), strict=False)):
         grid = spec.exits[k].grid(spec.img_size)
         rows.append(f"{spec.exit_names[k]:<18}{f'{grid}x{grid}':>8}{stage / 1e9:>14.4f}{cum:>13.4f}")
     return "\n".join(rows)

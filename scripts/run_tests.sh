@@ -3,6 +3,6 @@
 #   bash scripts/run_tests.sh            # everything, slow tests included
 #   bash scripts/run_tests.sh -m "not slow" tests/models
 source "$(dirname "$0")/env.sh"
-dvt_install test torch
+dvt_install test torch demo
 cd "$DVT_ROOT"
 exec python -m pytest "$@"

@@ -54,12 +54,17 @@ class DVTCascade(nn.Cell):
             raise ValueError(f"{type(self).__name__} expects images of shape [B, {expected[0]}, {expected[1]}, "
                              f"{expected[2]}], got {list(shape)}")
 
-    def __call__(self, *args, **kwargs):
+    def _check_construct_args(self, *args) -> None:
+        # Graph mode, top-level call: check on the host before compiling, for a clean error message.
         if args:
             self.check_input(args[0])
-        return super().__call__(*args, **kwargs)
+        super()._check_construct_args(*args)
 
     def construct(self, x):
+        if len(x.shape) != 4 or x.shape[1] != self.spec.in_chans or x.shape[2] != self.img_size \
+                or x.shape[3] != self.img_size:
+            raise ValueError(f"DVTCascade expects images of shape [B, {self.spec.in_chans}, {self.img_size}, "
+                             f"{self.img_size}], got {list(x.shape)}")
         outputs = ()
         features, relations = None, None
         for name in self.exit_names:

@@ -10,7 +10,7 @@ from PIL import Image
 
 pytest.importorskip("sklearn", reason="the digits demo needs scikit-learn")
 
-from dvt_ms.demo.digits import build_digits_folder, split_indices  # noqa: E402
+from dvt_ms.demo.digits import build_digits_folder, split_indices
 
 
 def test_split_is_stratified_and_disjoint():

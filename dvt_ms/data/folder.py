@@ -1,0 +1,94 @@
+"""ImageNet-style image folders: ``root/<class>/**/<image>``.
+
+Classes are the sub-directories of ``root`` in sorted order (index 0 is the first name), images are
+the files below each class directory (any depth) whose extension is a known image extension, sorted
+by path: the same classes, indices and order as ``torchvision.datasets.ImageFolder``. Hidden entries
+(names starting with ``.``) are skipped.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+from .errors import DataError
+
+__all__ = ["IMG_EXTENSIONS", "ImageFolder", "load_image", "scan_image_folder"]
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+Sample = tuple[str, int]
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMG_EXTENSIONS) and not name.startswith(".")
+
+
+def _class_images(class_dir: str) -> list[str]:
+    paths = []
+    for directory, subdirs, files in os.walk(class_dir, followlinks=True):
+        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+        paths.extend(os.path.join(directory, f) for f in files if _is_image(f))
+    return sorted(paths)
+
+
+def scan_image_folder(root: str | os.PathLike) -> tuple[list[Sample], list[str]]:
+    """List an image folder: ``(samples, classes)`` with ``samples`` as ``(path, class_index)`` pairs.
+
+    Raises :class:`DataError` when ``root`` does not exist or is not a directory, when it has no class
+    sub-directories, or when a class directory holds no image (the message names that directory and
+    the accepted extensions). Files are not opened here; :func:`load_image` names unreadable ones.
+    """
+    root = os.fspath(root)
+    if not os.path.exists(root):
+        raise DataError(f"data directory not found: {root}")
+    if not os.path.isdir(root):
+        raise DataError(f"not a directory: {root} (expected an image folder laid out as <class>/<image files>)")
+    with os.scandir(root) as entries:
+        classes = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+    if not classes:
+        raise DataError(f"{root} has no class sub-directories (expected an image folder laid out as "
+                        f"{root}/<class>/<image files>)")
+    samples: list[Sample] = []
+    for index, name in enumerate(classes):
+        images = _class_images(os.path.join(root, name))
+        if not images:
+            raise DataError(f"class folder {os.path.join(root, name)} contains no images (accepted extensions: "
+                            f"{', '.join(IMG_EXTENSIONS)})")
+        samples.extend((path, index) for path in images)
+    return samples, classes
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """Open an image file fully decoded as RGB; :class:`DataError` names the file when it cannot be read."""
+    path = os.fspath(path)
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
+        raise DataError(f"cannot read image {path}: {err}") from None
+
+
+class ImageFolder:
+    """A random-access image-folder data set: ``dataset[i] -> (transform(image), class_index)``.
+
+    ``transform`` takes a PIL RGB image (identity when ``None``). The object has ``__len__`` and
+    ``__getitem__`` only, so it also serves as a ``mindspore.dataset.GeneratorDataset`` source.
+    """
+
+    def __init__(self, root: str | os.PathLike, transform: Callable[[Image.Image], Any] | None = None) -> None:
+        self.root = os.fspath(root)
+        self.samples, self.classes = scan_image_folder(self.root)
+        self.targets = [label for _, label in self.samples]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        path, label = self.samples[index]
+        image = load_image(path)
+        return (self.transform(image) if self.transform is not None else image), label

@@ -1,0 +1,48 @@
+"""``dvt-eval`` (``python -m dvt_ms.inference``, ``scripts/run_eval.sh``): evaluate a DVT checkpoint.
+
+    dvt-eval -c configs/dvt_t2t_vit_12.yaml --ckpt dvt_t2t_vit_12.ckpt --data_dir /data/imagenet --eval_mode 1
+    dvt-eval --ckpt X.ckpt --data_dir /data/imagenet --eval_mode 2 --calib_size 50000 --budget 1.0
+    dvt-eval --ckpt X.ckpt --eval_mode 0
+
+Exit status: 0 on success, 1 when the evaluation cannot run (the message says why), 2 for bad
+command-line usage or config files.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from ..checkpoint import CheckpointError
+from ..config import MODEL_OPTIONS, ConfigError, resolve
+from ..data import DataError
+from .options import OPTIONS
+
+PROG = "dvt-eval"
+DESCRIPTION = ("Evaluate a Dynamic Vision Transformer with real early exit: anytime accuracy of every exit, "
+               "the budgeted-batch curve (official modes 0/1/2), one operating point run for real, and its "
+               "measured vs FLOPs-predicted speed-up.")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``dvt-eval`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
+    try:
+        cfg = resolve((*MODEL_OPTIONS, *OPTIONS), argv, DESCRIPTION, PROG)
+    except ConfigError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+    except SystemExit as stop:  # argparse: --help or a usage error (already printed)
+        return stop.code if isinstance(stop.code, int) else 2
+
+    from .evaluate import EvalError, evaluate, summary
+
+    try:
+        results = evaluate(cfg)
+    except (EvalError, DataError, CheckpointError, ConfigError) as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    print(summary(results))
+    return 0

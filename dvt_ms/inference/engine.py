@@ -1,0 +1,192 @@
+"""Real early-exit inference: later exits run only on the images that are still undecided.
+
+For a batch, exit 1 runs on every image; the images whose top softmax probability clears ``T_1`` are
+done; exit 2 runs on the rest only, with the reuse state (features, relations) of exit 1 taken for
+exactly those images with ``ops.index_select``; and so on, the last exit taking whatever remains.
+The decision is :func:`~dvt_ms.inference.thresholds.leaves_at` on
+:func:`~dvt_ms.inference.thresholds.softmax_confidence`, the very functions of the offline
+simulation, so that engine and simulation agree for the same logits.
+
+Each exit is a compiled stage: a graph in ``GRAPH_MODE``, ``mindspore.jit`` in PyNative mode. By
+default the stages are compiled once for a dynamic batch dimension (``set_inputs`` with ``None``), so
+subsets of any size reuse the same graph. For static-shape backends (Ascend), ``buckets`` pads every
+subset up to the next bucket size instead (one compilation per bucket used). Subsets of a single
+image are padded to two by default (``min_batch``): a batch of one takes matrix-vector kernels on
+some backends, whose last bits differ from those of the batched kernels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import mindspore as ms
+import numpy as np
+from mindspore import Tensor, nn, ops
+
+from ..models.cascade import DVTCascade
+from .thresholds import leaves_at, normalize_thresholds, softmax_confidence
+
+__all__ = ["EarlyExitEngine", "EarlyExitResult", "ExitStage", "default_buckets"]
+
+
+class ExitStage(nn.Cell):
+    """Exit ``k`` of a cascade as a stand-alone cell ``(x, features, relations) -> (logits, tokens, relations)``.
+
+    ``auto_prefix=False`` keeps the parameter names of the wrapped exit untouched.
+    """
+
+    def __init__(self, exit_cell: nn.Cell) -> None:
+        super().__init__(auto_prefix=False)
+        self.exit_cell = exit_cell
+
+    def construct(self, x, features=None, relations=None):
+        return self.exit_cell(x, features, relations)
+
+
+def default_buckets(batch_size: int) -> list[int]:
+    """Powers of two below ``batch_size``, then ``batch_size`` itself (e.g. 2, 4, ..., 32, 50 for 50)."""
+    buckets, size = [], 2
+    while size < batch_size:
+        buckets.append(size)
+        size *= 2
+    return [*buckets, max(batch_size, 1)]
+
+
+def _compile(cell: nn.Cell):
+    return cell if ms.get_context("mode") == ms.GRAPH_MODE else ms.jit(cell)
+
+
+@dataclass
+class EarlyExitResult:
+    """Per image of a batch: predicted class, its confidence and the exit (0-based) that decided it."""
+
+    predictions: np.ndarray  # int64 [B]
+    confidences: np.ndarray  # float32 [B]
+    exits: np.ndarray  # int64 [B]
+    counts: np.ndarray  # int64 [n_exits]: images that left at each exit
+
+
+class EarlyExitEngine:
+    """Run a :class:`DVTCascade` with real early exit.
+
+    ``thresholds``: one per exit but the last (or one per exit, the last ignored). ``buckets``: ``None``
+    for dynamic batch shapes, or the sizes subsets are padded up to (each must be >= 1; a subset larger
+    than the largest bucket is an error). ``min_batch``: subsets smaller than this are padded up to it
+    (see the module docstring). The model is switched to inference mode.
+    """
+
+    def __init__(self, model: DVTCascade, thresholds: Sequence[float], *, buckets: Sequence[int] | None = None,
+                 min_batch: int = 2) -> None:
+        model.set_train(False)
+        self.model = model
+        self.spec = model.spec
+        self.num_exits = model.num_exits
+        self.thresholds = normalize_thresholds(thresholds, self.num_exits)
+        self.buckets = sorted({int(b) for b in buckets}) if buckets else None
+        if self.buckets and self.buckets[0] < 1:
+            raise ValueError(f"bucket sizes must be >= 1, got {list(buckets)}")
+        self.min_batch = max(1, int(min_batch))
+        self._wants = [model.needs_state(k) if k else (False, False) for k in range(self.num_exits)]
+        self._stages = [self._build_stage(k) for k in range(self.num_exits)]
+
+    # ---- compilation ------------------------------------------------------------------------------
+
+    def _dynamic(self, shape: Sequence[int]) -> Tensor:
+        return Tensor(shape=[None, *shape], dtype=ms.float32)
+
+    def _image_shape(self) -> list[int]:
+        return [self.spec.in_chans, self.spec.img_size, self.spec.img_size]
+
+    def _build_stage(self, k: int):
+        stage = ExitStage(self.model.exit(k))
+        if self.buckets is None:
+            features, relations = self._wants[k]
+            up = self.model.exit(k - 1) if k else None
+            stage.set_inputs(
+                self._dynamic(self._image_shape()),
+                self._dynamic([up.num_tokens, up.embed_dim]) if features else None,
+                self._dynamic([up.depth * up.num_heads, up.num_tokens, up.num_tokens]) if relations else None)
+        return _compile(stage)
+
+    def _padded_size(self, n: int) -> int:
+        size = max(n, self.min_batch)
+        if self.buckets is None:
+            return size
+        for bucket in self.buckets:
+            if bucket >= size:
+                return bucket
+        raise ValueError(f"a subset of {n} images does not fit the largest bucket ({self.buckets[-1]}); "
+                         "add a bucket of at least the batch size")
+
+    def _pad(self, rows: np.ndarray) -> np.ndarray:
+        size = self._padded_size(rows.size)
+        if size == rows.size:
+            return rows
+        return np.concatenate([rows, np.full(size - rows.size, rows[-1], dtype=rows.dtype)])
+
+    # ---- running ----------------------------------------------------------------------------------
+
+    def set_thresholds(self, thresholds: Sequence[float]) -> None:
+        """Change the thresholds (no recompilation)."""
+        self.thresholds = normalize_thresholds(thresholds, self.num_exits)
+
+    def _as_tensor(self, images) -> Tensor:
+        if isinstance(images, Tensor):
+            x = images.astype(ms.float32)
+        else:
+            x = Tensor(np.ascontiguousarray(images, dtype=np.float32))
+        self.model.check_input(x)
+        return x
+
+    def __call__(self, images) -> EarlyExitResult:
+        """Early-exit inference on a batch ``[B, C, H, W]`` (numpy array or Tensor)."""
+        x = self._as_tensor(images)
+        batch = x.shape[0]
+        predictions = np.zeros(batch, dtype=np.int64)
+        confidences = np.zeros(batch, dtype=np.float32)
+        exits = np.zeros(batch, dtype=np.int64)
+        active = np.arange(batch, dtype=np.int64)  # batch positions of the images reaching exit k
+        rows = active  # their rows in the previous stage's (padded) outputs
+        tokens = relations = None
+        for k in range(self.num_exits):
+            if active.size == 0:
+                break
+            padded = self._pad(active)
+            if k == 0 and padded.size == batch:
+                images_k = x
+            else:
+                images_k = ops.index_select(x, 0, Tensor(padded.astype(np.int32)))
+            state_index = Tensor(self._pad(rows).astype(np.int32)) if k else None
+            want_features, want_relations = self._wants[k]
+            logits, tokens, relations = self._stages[k](
+                images_k,
+                ops.index_select(tokens, 0, state_index) if want_features else None,
+                ops.index_select(relations, 0, state_index) if want_relations else None)
+            conf, pred = softmax_confidence(logits.asnumpy()[: active.size])
+            done = (leaves_at(conf, self.thresholds[k]) if k < self.num_exits - 1
+                    else np.ones(active.size, dtype=bool))
+            leaving = active[done]
+            predictions[leaving], confidences[leaving], exits[leaving] = pred[done], conf[done], k
+            rows = np.nonzero(~done)[0]
+            active = active[~done]
+        counts = np.bincount(exits, minlength=self.num_exits).astype(np.int64)
+        return EarlyExitResult(predictions, confidences, exits, counts)
+
+    def all_exit_logits(self, images) -> list[np.ndarray]:
+        """Logits of every exit for every image of the batch (no early exit), as numpy arrays.
+
+        Runs the same compiled stages as :meth:`__call__`, one after the other on the whole batch.
+        """
+        x = self._as_tensor(images)
+        batch = x.shape[0]
+        rows = self._pad(np.arange(batch, dtype=np.int64))
+        if rows.size != batch:
+            x = ops.index_select(x, 0, Tensor(rows.astype(np.int32)))
+        outputs, tokens, relations = [], None, None
+        for k in range(self.num_exits):
+            want_features, want_relations = self._wants[k]
+            logits, tokens, relations = self._stages[k](x, tokens if want_features else None,
+                                                        relations if want_relations else None)
+            outputs.append(logits.asnumpy()[:batch])
+        return outputs

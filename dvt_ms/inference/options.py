@@ -1,0 +1,34 @@
+"""Flags of ``dvt-eval`` / ``scripts/run_eval.sh`` (the model flags are :data:`dvt_ms.config.MODEL_OPTIONS`)."""
+
+from __future__ import annotations
+
+from ..config import Option
+
+EVAL_MODES = (0, 1, 2)
+
+OPTIONS: tuple[Option, ...] = (
+    Option("ckpt", "str", None, "MindSpore checkpoint (.ckpt / .safetensors) to evaluate"),
+    Option("data_dir", "str", None, "data root: <data_dir>/val/<class>/<images> (and train/ for --eval_mode 2) "
+                                    "for imagefolder; the binary files for cifar10 / cifar100"),
+    Option("dataset", "str", "imagefolder", "data set format", ("imagefolder", "cifar10", "cifar100")),
+    Option("eval_mode", "int", 1, "0: print the metadata stored with the checkpoint; 1: evaluate with the "
+                                  "thresholds stored with the checkpoint; 2: calibrate thresholds on a random "
+                                  "subset of the training images, then evaluate"),
+    Option("calib_size", "int", 50000, "training images used to calibrate the thresholds (--eval_mode 2)"),
+    Option("batch_size", "int", 64, "images per batch"),
+    Option("budget", "float", None, "run the most accurate budgeted-batch point costing <= this many GFLOPs "
+                                    "per image"),
+    Option("thresholds", "list", None, "explicit confidence thresholds, one per exit but the last"),
+    Option("device_target", "str", "CPU", "MindSpore device", ("Ascend", "GPU", "CPU")),
+    Option("output_dir", "str", "outputs/eval", "where eval_results.json, the curve CSV and the plot go"),
+    Option("num_parallel_workers", "int", 4, "threads decoding images"),
+    Option("seed", "int", 0, "seed of the calibration subset"),
+    Option("crop_pct", "float", None, "centre-crop fraction of the resized short side (default 224/256 for "
+                                      "imagefolder, 1.0 for CIFAR)"),
+    Option("pad_to_buckets", "bool", None, "pad early-exit subsets to fixed batch sizes (static-shape "
+                                           "backends; default: on for Ascend, off elsewhere)"),
+    Option("buckets", "list", None, "subset sizes for --pad_to_buckets (default: powers of two and the batch size)"),
+    Option("throughput_batches", "int", 8, "batches timed for the early exit / all exits / last exit "
+                                           "throughput comparison (0 skips it)"),
+    Option("throughput_rounds", "int", 3, "timed rounds of the throughput comparison (the median is reported)"),
+)

@@ -1,0 +1,165 @@
+"""The early-exit engine against the offline simulation from the full logits of every exit.
+
+Random tiny models (configs/dvt_tiny_cpu.yaml with 3 exits, and its 2-exit variant 4x4 -> 8x8), 14
+random images, thresholds chosen from the full logits so that every exit receives images. The full
+logits come from the cascade's own forward pass (``model(x)``), not from the engine.
+"""
+
+from __future__ import annotations
+
+import os
+
+import mindspore as ms
+import numpy as np
+import pytest
+
+from dvt_ms.config import create_model_from_config, load_yaml
+from dvt_ms.inference.engine import EarlyExitEngine, default_buckets
+from dvt_ms.inference.thresholds import find_thresholds, simulate_exits, softmax_confidence
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+N_IMAGES = 14
+
+
+def tiny_model(exit_grids=None):
+    cfg = load_yaml(os.path.join(REPO, "configs", "dvt_tiny_cpu.yaml"))
+    if exit_grids is not None:
+        cfg["exit_grids"] = exit_grids
+    ms.set_seed(0)
+    model = create_model_from_config(cfg)
+    model.set_train(False)
+    return model
+
+
+class Case:
+    """A model, its images, the full logits of every exit and an engine (compiled once per case)."""
+
+    def __init__(self, exit_grids, seed: int) -> None:
+        self.model = tiny_model(exit_grids)
+        self.images = np.random.RandomState(seed).randn(N_IMAGES, 3, 32, 32).astype(np.float32)
+        self.logits = [o.asnumpy() for o in self.model(ms.Tensor(self.images))]
+        pairs = [softmax_confidence(logits) for logits in self.logits]
+        self.confidences = np.stack([c for c, _ in pairs])
+        self.predictions = np.stack([p for _, p in pairs])
+        self.num_exits = len(self.logits)
+        self.engine = EarlyExitEngine(self.model, [1e8] * (self.num_exits - 1))
+
+    def midpoint_thresholds(self, shares) -> np.ndarray:
+        """Thresholds half-way between neighbouring confidences, sending about ``shares`` to each exit."""
+        thresholds = find_thresholds(self.confidences, np.asarray(shares, np.float32))
+        for k in range(self.num_exits - 1):
+            below = self.confidences[k][self.confidences[k] < thresholds[k]]
+            thresholds[k] = (thresholds[k] + below.max()) / 2 if below.size else thresholds[k]
+        return thresholds
+
+
+@pytest.fixture(scope="module")
+def cases():
+    return {3: Case(None, 1), 2: Case([4, 8], 2)}
+
+
+SHARES = {3: (0.4, 0.3, 0.3), 2: (0.5, 0.5)}
+
+
+def run_engine(engine: EarlyExitEngine, images: np.ndarray, batch_size: int):
+    results = [engine(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
+    return (np.concatenate([r.predictions for r in results]), np.concatenate([r.confidences for r in results]),
+            np.concatenate([r.exits for r in results]), sum(r.counts for r in results))
+
+
+def check_against_simulation(case: Case, thresholds, batch_size: int) -> np.ndarray:
+    case.engine.set_thresholds(thresholds)
+    predictions, confidences, exits, counts = run_engine(case.engine, case.images, batch_size)
+    expected_exits = simulate_exits(case.confidences, thresholds)
+    rows = np.arange(N_IMAGES)
+    assert exits.tolist() == expected_exits.tolist()
+    assert predictions.tolist() == case.predictions[expected_exits, rows].tolist()
+    np.testing.assert_allclose(confidences, case.confidences[expected_exits, rows], rtol=1e-6)
+    assert counts.tolist() == np.bincount(expected_exits, minlength=case.num_exits).tolist()
+    return exits
+
+
+@pytest.mark.parametrize("num_exits", [3, 2])
+@pytest.mark.parametrize("batch_size", [1, 7])
+def test_engine_equals_simulation(cases, num_exits, batch_size):
+    case = cases[num_exits]
+    thresholds = case.midpoint_thresholds(SHARES[num_exits])
+    exits = check_against_simulation(case, thresholds, batch_size)
+    assert set(exits.tolist()) == set(range(num_exits)), "every exit must receive images"
+
+
+@pytest.mark.parametrize("num_exits", [3, 2])
+def test_engine_equals_simulation_at_thresholds_equal_to_sample_confidences(cases, num_exits):
+    # The budgeted-batch rule puts thresholds exactly on sample confidences: the engine's logits of a
+    # subset must be bitwise those of the full batch for the ">=" decisions to agree.
+    case = cases[num_exits]
+    thresholds = find_thresholds(case.confidences, np.asarray(SHARES[num_exits], np.float32))
+    for batch_size in (1, 7):
+        exits = check_against_simulation(case, thresholds, batch_size)
+        assert set(exits.tolist()) == set(range(num_exits))
+
+
+def test_later_exits_run_only_on_the_undecided_images(cases):
+    case = cases[3]
+    engine = case.engine
+    engine.set_thresholds(case.midpoint_thresholds(SHARES[3]))
+    seen: list[list[int]] = [[] for _ in range(3)]
+    stages = list(engine._stages)
+
+    def recording(k):
+        def run(x, features, relations):
+            seen[k].append(x.shape[0])
+            if k:
+                assert (features is None or features.shape[0] == x.shape[0])
+                assert (relations is None or relations.shape[0] == x.shape[0])
+            return stages[k](x, features, relations)
+        return run
+
+    engine._stages = [recording(k) for k in range(3)]
+    try:
+        result = engine(case.images[:7])
+    finally:
+        engine._stages = stages
+    reached = [7, 7 - result.counts[0], 7 - result.counts[0] - result.counts[1]]
+    expected = [[max(n, engine.min_batch)] if n else [] for n in reached]
+    assert seen == expected
+
+
+def test_all_exit_logits_match_the_model_forward(cases):
+    case = cases[3]
+    for got, want in zip(case.engine.all_exit_logits(case.images), case.logits, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_bucket_padding_gives_the_same_answers(cases):
+    case = cases[3]
+    engine = EarlyExitEngine(case.model, [1e8, 1e8], buckets=[4, 8])
+    thresholds = case.midpoint_thresholds(SHARES[3])
+    engine.set_thresholds(thresholds)
+    _, _, exits, _ = run_engine(engine, case.images, 7)
+    assert exits.tolist() == simulate_exits(case.confidences, thresholds).tolist()
+    with pytest.raises(ValueError, match="largest bucket"):
+        engine(case.images[:9])
+
+
+def test_default_buckets():
+    assert default_buckets(50) == [2, 4, 8, 16, 32, 50]
+    assert default_buckets(64) == [2, 4, 8, 16, 32, 64]
+    assert default_buckets(1) == [1]
+
+
+def test_engine_in_graph_mode(graph_mode):
+    model = tiny_model([4, 8])
+    images = np.random.RandomState(3).randn(5, 3, 32, 32).astype(np.float32)
+    confidences = np.stack([softmax_confidence(o.asnumpy())[0] for o in model(ms.Tensor(images))])
+    thresholds = [float(np.median(confidences[0]))]
+    engine = EarlyExitEngine(model, thresholds)
+    result = engine(images)
+    assert result.exits.tolist() == simulate_exits(confidences, thresholds).tolist()
+
+
+def test_wrong_threshold_count_and_wrong_image_shape_are_errors(cases):
+    with pytest.raises(ValueError, match="3 exits"):
+        cases[3].engine.set_thresholds([0.1, 0.2, 0.3, 0.4])
+    with pytest.raises(ValueError, match=r"expects images of shape \[B, 3, 32, 32\]"):
+        cases[3].engine(np.zeros((2, 3, 16, 16), np.float32))
