@@ -1,40 +1,49 @@
-# Sourced by the launch scripts: use the active virtual environment, or create and fill ./.venv.
-# Installs dvt_ms (editable) with the extras named in DVT_EXTRAS when something is missing.
+# Sourced by the launch scripts. Picks the Python to run:
+#   $PYTHON if set; else the active virtual or conda environment; else ./.venv (created when missing).
+# Defines dvt_install [extra ...]: installs dvt_ms (editable) and the extras' packages when missing.
 set -euo pipefail
 DVT_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-DVT_EXTRAS="${DVT_EXTRAS:-}"
 DVT_TORCH_PIN="${DVT_TORCH_PIN:-torch==2.13.0}"
 
-if [[ -z "${VIRTUAL_ENV:-}" ]]; then
+if [[ -n "${PYTHON:-}" ]]; then
+  DVT_PY="$PYTHON"
+elif [[ -n "${VIRTUAL_ENV:-}" || -n "${CONDA_PREFIX:-}" ]]; then
+  DVT_PY="python"
+else
   if [[ ! -x "$DVT_ROOT/.venv/bin/python" ]]; then
     echo "[dvt_ms] creating virtual environment $DVT_ROOT/.venv" >&2
-    "${PYTHON:-python3}" -m venv "$DVT_ROOT/.venv"
+    "${PYTHON3:-python3}" -m venv "$DVT_ROOT/.venv"
   fi
-  # shellcheck disable=SC1091
-  source "$DVT_ROOT/.venv/bin/activate"
+  DVT_PY="$DVT_ROOT/.venv/bin/python"
 fi
+export PYTHONPATH="$DVT_ROOT${PYTHONPATH:+:$PYTHONPATH}"
+export GLOG_v="${GLOG_v:-3}"  # MindSpore's C++ log: errors only
 
 dvt_install() {
-  # dvt_install [extra ...]: pip-install the package and what the extras need, only when missing.
-  local want=("$@") missing=0
-  python - "$@" <<'PY' || missing=1
+  # dvt_install [test] [torch] [demo]: install only when an import is missing (or numpy is 2.x).
+  if "$DVT_PY" - "$@" <<'PY'
 import importlib.util, sys
-mods = {"": ["mindspore", "numpy", "yaml", "PIL", "dvt_ms"], "test": ["pytest"], "torch": ["torch"],
-        "demo": ["sklearn"], "plot": ["matplotlib"]}
+mods = {"": ["mindspore", "numpy", "yaml", "PIL", "safetensors"], "test": ["pytest", "ruff"],
+        "torch": ["torch"], "demo": ["sklearn"]}
 need = [m for extra in [""] + sys.argv[1:] for m in mods.get(extra, [])]
 missing = [m for m in need if importlib.util.find_spec(m) is None]
-import numpy
-sys.exit(1 if missing or int(numpy.__version__.split(".")[0]) >= 2 else 0)
+import importlib.metadata as md
+try:
+    md.version("dvt_ms")
+except md.PackageNotFoundError:
+    missing.append("dvt_ms")
+if not missing:
+    import numpy
+    missing = ["numpy<2"] if int(numpy.__version__.split(".")[0]) >= 2 else []
+sys.exit(1 if missing else 0)
 PY
-  if [[ $missing -eq 1 ]]; then
-    local spec="$DVT_ROOT"
-    local extras=()
-    for e in "${want[@]}"; do [[ "$e" != "torch" ]] && extras+=("$e"); done
-    if [[ ${#extras[@]} -gt 0 ]]; then spec="$DVT_ROOT[$(IFS=,; echo "${extras[*]}")]"; fi
-    echo "[dvt_ms] installing $spec ${want[*]/torch/$DVT_TORCH_PIN}" >&2
-    python -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
-    local pkgs=(-e "$spec" "numpy<2")
-    for e in "${want[@]}"; do [[ "$e" == "torch" ]] && pkgs+=("$DVT_TORCH_PIN"); done
-    python -m pip install --quiet "${pkgs[@]}"
-  fi
+  then return 0; fi
+  local extras=() pkgs=()
+  for e in "$@"; do
+    if [[ "$e" == "torch" ]]; then pkgs+=("$DVT_TORCH_PIN"); else extras+=("$e"); fi
+  done
+  local spec="$DVT_ROOT"
+  if [[ ${#extras[@]} -gt 0 ]]; then spec="$DVT_ROOT[$(IFS=,; echo "${extras[*]}")]"; fi
+  echo "[dvt_ms] installing dvt_ms ${extras[*]:-} ${pkgs[*]:-} into $("$DVT_PY" -c 'import sys; print(sys.prefix)')" >&2
+  "$DVT_PY" -m pip install --quiet --disable-pip-version-check -e "$spec" "numpy<2" "${pkgs[@]}"
 }

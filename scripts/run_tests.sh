@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Run the test suite (installs dvt_ms with its test extras and torch into ./.venv when needed).
-#   bash scripts/run_tests.sh            # everything, slow tests included
+# Run the test suite; installs dvt_ms with its test extras, torch and scikit-learn when missing.
+#   bash scripts/run_tests.sh                      # everything, slow tests included
 #   bash scripts/run_tests.sh -m "not slow" tests/models
 source "$(dirname "$0")/env.sh"
 dvt_install test torch demo
 cd "$DVT_ROOT"
-exec python -m pytest "$@"
+exec "$DVT_PY" -m pytest "$@"

@@ -139,12 +139,6 @@ def test_mode_0_prints_and_writes_the_stored_metadata(data, tmp_path, capsys):
     assert "anytime top-1 per exit (%): 10.00, 20.00, 30.00" in capsys.readouterr().out
 
 
-def test_run_eval_sh_without_arguments_says_what_to_pass():
-    proc = subprocess.run(["bash", SCRIPT], capture_output=True, text=True, timeout=60)
-    assert proc.returncode != 0
-    assert "--ckpt" in proc.stderr and "--data_dir" in proc.stderr
-
-
 def error_of(args, capsys) -> tuple[int, str]:
     code = main(args)
     return code, capsys.readouterr().err
