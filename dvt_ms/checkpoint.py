@@ -282,7 +282,7 @@ def load_checkpoint(model: Any, path: str | os.PathLike, strict: bool = True) ->
                               "Nothing was loaded.")
     for name, param in params.items():
         if name in arrays:
-            param.set_data(ms.Tensor(np.ascontiguousarray(arrays[name]), dtype=param.dtype))
+            param.set_data(ms.Tensor(np.asarray(arrays[name], order="C"), dtype=param.dtype))
     return LoadResult(mismatch.missing, mismatch.unexpected, metadata)
 
 
@@ -325,7 +325,7 @@ def save_checkpoint(model_or_params: Any, path: str | os.PathLike, metadata: Map
         else:
             from safetensors.numpy import save_file
 
-            arrays = {name: np.ascontiguousarray(_to_numpy(value)) for name, value in named.items()}
+            arrays = {name: np.asarray(_to_numpy(value), order="C") for name, value in named.items()}
             header = {SAFETENSORS_METADATA_KEY: text} if text is not None else None
             try:
                 save_file(arrays, tmp, metadata=header)

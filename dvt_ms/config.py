@@ -90,6 +90,22 @@ def _parse_scalar(text: str) -> Any:
         return text
 
 
+def _as_float(value: Any) -> Any:
+    # YAML 1.1 reads exponent notation without a dot (1e-3) as a string.
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _numbers_from_strings(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_as_float(v) for v in value]
+    return _as_float(value)
+
+
 def coerce(option: Option, value: Any, where: str) -> Any:
     """Check / convert ``value`` for ``option``; ``where`` names its origin in error messages."""
     if value is None:
@@ -100,6 +116,8 @@ def coerce(option: Option, value: Any, where: str) -> Any:
             value = [_parse_scalar(v) for v in value.split(",")]
         else:
             value = _parse_scalar(value)
+    if kind in ("float", "float_or_list", "list"):
+        value = _numbers_from_strings(value)
 
     def fail(expected: str) -> ConfigError:
         return ConfigError(f"{where}: {option.name} must be {expected}, got {value!r}")

@@ -68,3 +68,13 @@ def test_create_model_errors():
         dvt_ms.spec_for("dvt_vit", img_size=32, exit_grids=[4, 6, 8], patch_sizes=[8, 8, 8])
     with pytest.raises(ValueError, match="not divisible by num_heads"):
         dvt_ms.spec_for("dvt_vit", img_size=32, exit_grids=[4, 8], embed_dim=30, num_heads=4)
+
+
+def test_exponent_numbers_from_yaml_and_cli(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: dvt_vit\nlr: 1e-3\nmin_lr: 1.0e-5\ncrop_scale: [8e-2, 1]\n")
+    cfg = load_yaml(path)
+    assert cfg["lr"] == 1e-3 and cfg["min_lr"] == 1e-5 and cfg["crop_scale"] == [0.08, 1.0]
+    from dvt_ms.train.options import OPTIONS
+
+    assert resolve(OPTIONS, ["--lr", "2e-4"])["lr"] == 2e-4

@@ -1,0 +1,195 @@
+"""The training input pipeline on ``mindspore.dataset``: deterministic order, sharding by rank, augmentation.
+
+Order: every epoch is a permutation of the data set drawn from ``(seed, epoch)``; the first
+``steps_per_epoch * batch_size * num_shards`` entries are used and shard ``shard_id`` of ``num_shards``
+takes every ``num_shards``-th of them (as torch's DistributedSampler). Batch ``i`` of all shards
+together is therefore batch ``i`` of a single process with the global batch size, which is what makes a
+data-parallel run equal to a single-device run.
+
+Randomness: each image is augmented with a generator seeded by ``(seed, epoch, image index)`` and each
+batch is mixed with one seeded by ``(seed, epoch, shard, batch)``, so results do not depend on worker
+processes, timing or restarts. One ``GeneratorDataset`` covers all remaining epochs, so worker processes
+start once per run; a resumed run simply starts at a later epoch.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .augment import MixupCutmix, TrainTransform
+from .cifar import CifarDataset
+from .datasets import DATASETS, SPLIT_DIRS
+from .errors import DataError
+from .folder import ImageFolder
+from .transforms import IMAGENET_MEAN, IMAGENET_STD
+
+__all__ = ["TrainData", "TrainSource", "data_error_from", "epoch_order", "open_train_reader"]
+
+_BATCH_STREAM = 0x6D6978  # separates the batch generators' seed sequences from the per-image ones
+
+
+def open_train_reader(dataset: str, data_dir: str | os.PathLike):
+    """The training split as a random-access reader returning ``(PIL image, label)``."""
+    if dataset not in DATASETS:
+        raise DataError(f"unknown dataset {dataset!r}: use one of {', '.join(DATASETS)}")
+    if not data_dir:
+        raise DataError("no data directory given: set --data_dir (it must hold train/ and val/ for "
+                        "imagefolder, the binary files for CIFAR)")
+    data_dir = os.fspath(data_dir)
+    if not os.path.isdir(data_dir):
+        raise DataError(f"data directory not found: {data_dir}")
+    folder, cifar_split = SPLIT_DIRS["train"]
+    if dataset == "imagefolder":
+        root = os.path.join(data_dir, folder)
+        if not os.path.isdir(root):
+            raise DataError(f"{data_dir} has no {folder}/ directory (expected {root}/<class>/<image files>)")
+        return ImageFolder(root)
+    return CifarDataset(data_dir, cifar_split, dataset)
+
+
+def epoch_order(num_samples: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
+    """The sample order of ``epoch`` (a permutation drawn from ``(seed, epoch)``, or 0..N-1)."""
+    if not shuffle:
+        return np.arange(num_samples, dtype=np.int64)
+    return np.random.default_rng((seed, epoch)).permutation(num_samples).astype(np.int64)
+
+
+class TrainSource:
+    """Random-access source over all remaining epochs of one shard: item ``j`` is position
+    ``j % per_shard`` of epoch ``start_epoch + j // per_shard`` of this shard, decoded and augmented."""
+
+    def __init__(self, reader: Any, transform: TrainTransform, seed: int, start_epoch: int, num_epochs: int,
+                 per_shard: int, num_shards: int = 1, shard_id: int = 0, shuffle: bool = True) -> None:
+        self.reader, self.transform = reader, transform
+        self.seed, self.start_epoch, self.num_epochs = int(seed), int(start_epoch), int(num_epochs)
+        self.per_shard, self.num_shards, self.shard_id = int(per_shard), int(num_shards), int(shard_id)
+        self.shuffle = shuffle
+        self._cached: tuple[int, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return self.num_epochs * self.per_shard
+
+    def shard_indices(self, epoch: int) -> np.ndarray:
+        """Data-set indices this shard reads in ``epoch``, in order."""
+        if self._cached is None or self._cached[0] != epoch:
+            used = self.per_shard * self.num_shards
+            order = epoch_order(len(self.reader), self.seed, epoch, self.shuffle)[:used]
+            self._cached = (epoch, order[self.shard_id::self.num_shards])
+        return self._cached[1]
+
+    def __getitem__(self, j: int) -> tuple[np.ndarray, np.int32]:
+        epoch = self.start_epoch + j // self.per_shard
+        index = int(self.shard_indices(epoch)[j % self.per_shard])
+        image, label = self.reader[index]
+        rng = np.random.default_rng((self.seed, epoch, index))
+        return self.transform(image, rng), np.int32(label)
+
+
+class _BatchMixer:
+    """``per_batch_map`` of the pipeline: stack, then mixup/cutmix with a per-batch generator."""
+
+    def __init__(self, mixer: MixupCutmix, seed: int, first_batch: int, steps_per_epoch: int, shard_id: int) -> None:
+        self.mixer, self.seed, self.first_batch = mixer, int(seed), int(first_batch)
+        self.steps_per_epoch, self.shard_id = int(steps_per_epoch), int(shard_id)
+
+    def __call__(self, images, labels, info):
+        batch = self.first_batch + info.get_batch_num()
+        epoch, position = divmod(batch, self.steps_per_epoch)
+        rng = np.random.default_rng((self.seed, epoch, self.shard_id, position, _BATCH_STREAM))
+        return self.mixer(np.stack(images), np.asarray(labels, dtype=np.int64), rng)
+
+
+@dataclass
+class TrainData:
+    """The training data of one run: the reader, how it is split into steps, and how it is augmented.
+
+    ``batch_size`` is per shard; ``steps_per_epoch = len(reader) // (batch_size * num_shards)``. The
+    leftover images of an epoch's permutation are not used in that epoch (they are in others).
+    """
+
+    reader: Any
+    batch_size: int
+    num_classes: int
+    img_size: int
+    seed: int = 0
+    num_shards: int = 1
+    shard_id: int = 0
+    shuffle: bool = True
+    crop_scale: Sequence[float] = (0.08, 1.0)
+    crop_ratio: Sequence[float] = (3 / 4, 4 / 3)
+    random_crop: bool = True
+    hflip: float = 0.5
+    auto_augment: str | None = None
+    color_jitter: float = 0.0
+    reprob: float = 0.0
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.5
+    smoothing: float = 0.0
+    mean: Sequence[float] = IMAGENET_MEAN
+    std: Sequence[float] = IMAGENET_STD
+    num_parallel_workers: int = 4
+    transform: TrainTransform = field(init=False)
+    mixer: MixupCutmix = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise DataError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not 0 <= self.shard_id < self.num_shards:
+            raise DataError(f"shard_id {self.shard_id} is outside 0..{self.num_shards - 1}")
+        labels = getattr(self.reader, "targets", None)
+        if labels is not None and len(labels) and max(labels) >= self.num_classes:
+            raise DataError(f"the training data has {max(labels) + 1} classes but the model has "
+                            f"num_classes={self.num_classes}: set --num_classes {max(labels) + 1}")
+        if self.steps_per_epoch < 1:
+            raise DataError(f"{len(self.reader)} training images are fewer than one global batch "
+                            f"({self.batch_size} per device x {self.num_shards} devices)")
+        self.transform = TrainTransform(self.img_size, self.crop_scale, self.crop_ratio, self.hflip,
+                                        self.auto_augment, self.color_jitter, self.reprob, self.mean, self.std,
+                                        self.random_crop)
+        self.mixer = MixupCutmix(self.num_classes, self.mixup, self.cutmix, self.mixup_prob,
+                                 self.mixup_switch_prob, self.smoothing)
+        if self.mixer.active and self.batch_size % 2:
+            raise DataError(f"mixup/cutmix pair each image with the batch reversed: use an even batch_size "
+                            f"(got {self.batch_size})")
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.reader) // (self.batch_size * self.num_shards)
+
+    def source(self, start_epoch: int, num_epochs: int) -> TrainSource:
+        return TrainSource(self.reader, self.transform, self.seed, start_epoch, num_epochs,
+                           self.steps_per_epoch * self.batch_size, self.num_shards, self.shard_id, self.shuffle)
+
+    def dataset(self, start_epoch: int, num_epochs: int):
+        """A ``mindspore.dataset`` pipeline of epochs ``start_epoch .. start_epoch + num_epochs - 1``:
+        columns ``image`` float32 [B, 3, S, S] and ``target`` float32 [B, num_classes] (soft targets)."""
+        import mindspore.dataset as ds
+
+        workers = max(1, int(self.num_parallel_workers))
+        pipeline = ds.GeneratorDataset(self.source(start_epoch, num_epochs), ["image", "label"], shuffle=False,
+                                       num_parallel_workers=workers, python_multiprocessing=workers > 1,
+                                       max_rowsize=-1)
+        mixer = _BatchMixer(self.mixer, self.seed, start_epoch * self.steps_per_epoch, self.steps_per_epoch,
+                            self.shard_id)
+        return pipeline.batch(self.batch_size, drop_remainder=True, per_batch_map=mixer,
+                              input_columns=["image", "label"], output_columns=["image", "target"])
+
+
+_DATA_ERROR = re.compile(r"DataError: ([^\n]+)")
+
+
+def data_error_from(err: BaseException) -> DataError | None:
+    """The :class:`DataError` raised inside a pipeline worker (MindSpore re-raises it wrapped in a
+    long RuntimeError), or ``None`` when ``err`` does not carry one."""
+    if isinstance(err, DataError):
+        return err
+    found = _DATA_ERROR.findall(str(err))
+    return DataError(found[-1].strip()) if found else None

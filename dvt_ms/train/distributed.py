@@ -1,0 +1,138 @@
+"""Runtime set-up: device, execution mode, data-parallel group (msrun or rank table), seeds."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import mindspore as ms
+import numpy as np
+from mindspore import nn, ops
+
+DEVICE_TARGETS = ("Ascend", "GPU", "CPU")
+
+
+class LaunchError(RuntimeError):
+    """The process was not started the way the requested run needs (e.g. --distribute without a launcher)."""
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where this process runs: device, rank in the data-parallel group and how it was launched."""
+
+    device_target: str
+    mode: int
+    rank: int = 0
+    group_size: int = 1
+    launcher: str = "single"  # "single" | "msrun" | "rank_table"
+
+    @property
+    def distributed(self) -> bool:
+        return self.launcher != "single"
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def detect_launcher(environ: dict[str, str] | None = None) -> str | None:
+    """``msrun`` when started by msrun (``MS_ROLE`` / ``MS_SCHED_HOST`` set), ``rank_table`` when
+    ``RANK_TABLE_FILE`` is set, otherwise ``None``."""
+    env = os.environ if environ is None else environ
+    if env.get("MS_ROLE") or env.get("MS_SCHED_HOST"):
+        return "msrun"
+    if env.get("RANK_TABLE_FILE"):
+        return "rank_table"
+    return None
+
+
+def init_runtime(device_target: str | None, mode: int, distribute: bool, seed: int) -> Runtime:
+    """Set MindSpore's device and mode, join the data-parallel group when ``distribute``, seed everything.
+
+    ``DEVICE_ID`` picks the device (set per rank by ``scripts/run_distribute_train.sh`` for rank-table
+    launches, or by hand for one device); msrun assigns devices itself. Every rank gets the same seed,
+    so all start from the same weights.
+    """
+    if mode not in (0, 1):
+        raise ValueError(f"mode must be 0 (graph) or 1 (PyNative), got {mode}")
+    if device_target is not None and device_target not in DEVICE_TARGETS:
+        raise ValueError(f"device_target must be one of {', '.join(DEVICE_TARGETS)}, got {device_target!r}")
+    ms.set_context(mode=ms.GRAPH_MODE if mode == 0 else ms.PYNATIVE_MODE)
+    launcher = detect_launcher()
+    target = device_target or ms.get_context("device_target")
+    if distribute and launcher is None:
+        raise LaunchError("--distribute True needs a launcher: start the run with scripts/run_distribute_train.sh "
+                          "(msrun --worker_num=N ...) or export RANK_TABLE_FILE, RANK_ID, RANK_SIZE and DEVICE_ID "
+                          "for every process")
+    device_id = os.environ.get("DEVICE_ID", "")
+    if launcher != "msrun" and device_id.isdigit():  # rank tables and single-device scripts pick the device
+        ms.set_device(target, int(device_id))
+    else:  # msrun assigns devices itself
+        ms.set_device(target)
+    rank, size = 0, 1
+    if distribute:
+        from mindspore.communication import get_group_size, get_rank, init
+
+        try:
+            init()
+        except (RuntimeError, ValueError) as err:
+            raise LaunchError(f"cannot join the data-parallel group ({launcher} launch on {target}): {err}") from None
+        rank, size = get_rank(), get_group_size()
+        ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
+                                     device_num=size)
+    ms.set_seed(seed)
+    return Runtime(target, mode, rank, size, launcher if distribute else "single")
+
+
+def grad_reducer(runtime: Runtime, params) -> nn.Cell | None:
+    """The gradient all-reduce (mean over devices) of a data-parallel run, ``None`` on one device."""
+    if not runtime.distributed or runtime.group_size == 1:
+        return None
+    return nn.DistributedGradReducer(params, mean=True, degree=runtime.group_size)
+
+
+class _AllReduceSum(nn.Cell):
+    def __init__(self) -> None:
+        super().__init__()
+        self.all_reduce = ops.AllReduce()
+
+    def construct(self, x):
+        return self.all_reduce(x)
+
+
+class _AllGather(nn.Cell):
+    def __init__(self) -> None:
+        super().__init__()
+        self.all_gather = ops.AllGather()
+
+    def construct(self, x):
+        return self.all_gather(x)
+
+
+class _BroadcastFromFirst(nn.Cell):
+    def __init__(self) -> None:
+        super().__init__()
+        self.broadcast = ops.Broadcast(0)
+
+    def construct(self, x):
+        return self.broadcast((x,))[0]
+
+
+def sum_over_devices(runtime: Runtime, values):
+    """Element-wise sum of a numeric vector over all devices (float32; the values themselves on one device)."""
+    values = np.asarray(values, dtype=np.float32)
+    if not runtime.distributed or runtime.group_size == 1:
+        return values
+    return _AllReduceSum()(ms.Tensor(values)).asnumpy()
+
+
+def weight_spread(runtime: Runtime, params) -> float:
+    """Largest difference of any weight between two devices (0.0 when all replicas are identical;
+    always 0.0 on one device). Data-parallel replicas must stay bit-identical; this checks it."""
+    if not runtime.distributed or runtime.group_size == 1:
+        return 0.0
+    # Only sum all-reduces exist on every backend: compare with rank 0's copy, then gather the maxima.
+    local = np.concatenate([p.asnumpy().astype(np.float32).ravel() for p in params])
+    first = _BroadcastFromFirst()(ms.Tensor(local)).asnumpy()
+    own = np.asarray([np.max(np.abs(local - first)) if local.size else 0.0], np.float32)
+    return float(_AllGather()(ms.Tensor(own)).asnumpy().max())

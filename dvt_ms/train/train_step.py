@@ -1,0 +1,114 @@
+"""One training iteration as a single compiled graph.
+
+Forward with the summed multi-exit loss, backward of the scaled loss, gradient all-reduce (data
+parallel), unscaling, overflow check, optional clipping, the AdamW update at this step's learning
+rate, the loss-scale update and the EMA update all live in :class:`TrainStep.construct`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
+from mindspore import dtype as mstype
+
+from .ema import EMA
+from .loss_scale import LossScaler
+from .optimizer import AdamW
+
+_unscale = ops.MultitypeFuncGraph("unscale")
+_square_sum = ops.MultitypeFuncGraph("square_sum")
+_finite = ops.MultitypeFuncGraph("finite")
+_mul = ops.MultitypeFuncGraph("mul")
+
+
+@_unscale.register("Tensor", "Tensor")
+def _unscale_one(inv_scale, grad):
+    return grad.astype(mstype.float32) * inv_scale
+
+
+@_square_sum.register("Tensor")
+def _square_sum_one(grad):
+    return (grad * grad).sum()
+
+
+@_finite.register("Tensor")
+def _finite_one(grad):
+    return ops.isfinite(grad).all()
+
+
+@_mul.register("Tensor", "Tensor")
+def _mul_one(coef, grad):
+    return grad * coef
+
+
+class TrainStep(nn.Cell):
+    """``construct(images, targets) -> (total_loss, per_exit_loss, lr, finite, loss_scale)``.
+
+    ``n_exits`` sizes the running per-exit loss sums that :meth:`take_loss_sums` reads for the log.
+
+    ``network`` maps ``(images, targets)`` to ``(total, per_exit)``; ``lr_table`` holds the learning
+    rate of every step and is indexed by the ``global_step`` Parameter (so the schedule position is
+    part of the checkpointed state). A step whose gradients overflowed (inf/NaN) changes no weight,
+    moment or EMA and is counted by ``loss_scaler``; ``clip_grad`` clips the global gradient norm as
+    ``torch.nn.utils.clip_grad_norm_``. ``reducer`` (data parallel) averages gradients over devices.
+    """
+
+    def __init__(self, network: nn.Cell, optimizer: AdamW, lr_table: np.ndarray, loss_scaler: LossScaler,
+                 n_exits: int, clip_grad: float | None = None, ema: EMA | None = None,
+                 reducer: nn.Cell | None = None) -> None:
+        super().__init__(auto_prefix=False)
+        if clip_grad is not None and clip_grad <= 0:
+            raise ValueError(f"clip_grad must be positive (or unset), got {clip_grad}")
+        self.network = network
+        self.optimizer = optimizer
+        self.weights = ParameterTuple(optimizer.params)
+        self.loss_scaler = loss_scaler
+        self.ema = ema
+        self.use_ema = ema is not None
+        self.reducer = reducer
+        self.use_reducer = reducer is not None
+        self.clip_grad = float(clip_grad) if clip_grad else 0.0
+        self.lr_table = Tensor(np.asarray(lr_table, np.float32))
+        self.last_step = len(lr_table) - 1
+        self.global_step = Parameter(Tensor(0, mstype.int32), name="global_step", requires_grad=False)
+        # Running sums for the log, read and reset by the host between steps (no sync per step).
+        self.loss_sum = Parameter(Tensor(np.zeros(n_exits, np.float32)), name="log_loss_sum", requires_grad=False)
+        self.loss_steps = Parameter(Tensor(0, mstype.int32), name="log_loss_steps", requires_grad=False)
+        self.grad = ops.GradOperation(get_by_list=True, sens_param=True)
+        self.hyper_map = ops.HyperMap()
+
+    def clip(self, grads):
+        norm = ops.sqrt(ops.stack(self.hyper_map(_square_sum, grads)).sum())
+        coef = ops.minimum(self.clip_grad / (norm + 1e-6), 1.0)
+        return self.hyper_map(ops.partial(_mul, coef), grads)
+
+    def construct(self, images, targets):
+        total, per_exit = self.network(images, targets)
+        scale = self.loss_scaler.scale * 1.0
+        sens = (ops.ones_like(total) * scale.astype(total.dtype), ops.zeros_like(per_exit))
+        grads = self.grad(self.network, self.weights)(images, targets, sens)
+        if self.use_reducer:
+            grads = self.reducer(grads)
+        grads = self.hyper_map(ops.partial(_unscale, 1.0 / scale), grads)
+        finite = ops.stack(self.hyper_map(_finite, grads)).all()
+        step = self.global_step * 1
+        lr = self.lr_table[ops.minimum(step, self.last_step)]
+        ops.assign(self.global_step, step + 1)
+        if self.clip_grad > 0:
+            grads = self.clip(grads)
+        if finite:
+            self.optimizer(grads, lr)
+            if self.use_ema:
+                self.ema()
+        self.loss_scaler(finite)
+        ops.assign(self.loss_sum, self.loss_sum + per_exit.astype(mstype.float32))
+        ops.assign(self.loss_steps, self.loss_steps + 1)
+        return total, per_exit, lr, finite, scale
+
+    def take_loss_sums(self) -> tuple[np.ndarray, int]:
+        """Per-exit loss summed over the steps since the last call, and their count; resets both."""
+        sums, steps = self.loss_sum.asnumpy().copy(), int(self.loss_steps.asnumpy())
+        # ops.assign, not set_data: a graph compiled by jit in PyNative mode keeps the old buffers.
+        ops.assign(self.loss_sum, Tensor(np.zeros_like(sums)))
+        ops.assign(self.loss_steps, Tensor(0, mstype.int32))
+        return sums, steps

@@ -1,0 +1,36 @@
+"""The quick-start demo: `bash scripts/run_eval.sh` with no arguments on the shipped checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("sklearn", reason="the digits demo needs scikit-learn")
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.mark.slow
+def test_demo_evaluation_without_arguments():
+    env = {**os.environ, "PYTHON": sys.executable}
+    proc = subprocess.run(["bash", os.path.join(REPO, "scripts", "run_eval.sh")], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(os.path.join(REPO, "outputs", "demo", "eval_results.json"), encoding="utf-8") as f:
+        results = json.load(f)
+    anytime = results["anytime_classification"]
+    cumulative = results["flops"]
+    assert len(anytime) == len(cumulative) == 3
+    assert anytime[-1] >= 90.0
+    flops, accuracy = results["budgeted_batch_classification"]
+    as_good = [f for f, a in zip(flops, accuracy, strict=True) if a >= anytime[-1]]
+    assert as_good and min(as_good) < cumulative[-1]
+    assert results["operating_point"]["engine_matches_simulation"] is True
+    assert results["throughput"]["measured_speedup_vs_all_exits"] > 1.0
+    for name in ("budgeted_batch.csv", "accuracy_vs_gflops.png"):
+        assert os.path.isfile(os.path.join(REPO, "outputs", "demo", name))
+    assert "anytime top-1 per exit" in proc.stdout
