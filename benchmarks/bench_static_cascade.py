@@ -11,9 +11,7 @@ compiled graph fed the previous exit's state (``model.run_stage``, what the earl
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import mindspore as ms
@@ -21,19 +19,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from timing import time_calls  # benchmarks/timing.py
+
 import dvt_ms
 from dvt_ms.models import DVTCascade
-
-
-def time_calls(fn, repeats: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def bench(name: str, batch: int, repeats: int, warmup: int) -> dict:
@@ -67,9 +56,9 @@ def bench(name: str, batch: int, repeats: int, warmup: int) -> dict:
         with torch.inference_mode():
             return [o.numpy() for o in reference(x_pt)]
 
-    t_ms = time_calls(run_ms, repeats, warmup)
-    t_st = time_calls(run_stages, repeats, warmup)
-    t_pt = time_calls(run_pt, repeats, warmup)
+    t_ms = time_calls(run_ms, repeats, warmup)[1]
+    t_st = time_calls(run_stages, repeats, warmup)[1]
+    t_pt = time_calls(run_pt, repeats, warmup)[1]
     return {"model": name, "ms": batch / t_ms, "stages": batch / t_st, "torch": batch / t_pt,
             "ratio": t_pt / t_ms, "ratio_stages": t_pt / t_st}
 

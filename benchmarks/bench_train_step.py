@@ -11,15 +11,15 @@ same machine in one run, and their ratio.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import mindspore as ms
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from timing import time_calls  # benchmarks/timing.py
 
 import dvt_ms
 from dvt_ms.data.augment import one_hot
@@ -28,21 +28,6 @@ from dvt_ms.train.loss import NetWithLoss
 from dvt_ms.train.loss_scale import LossScaler
 from dvt_ms.train.optimizer import AdamW, no_weight_decay, param_groups
 from dvt_ms.train.train_step import TrainStep
-
-
-def time_calls(fn, repeats: int, warmup: int) -> tuple[float, float]:
-    """(seconds of the first call, median seconds of ``repeats`` calls after ``warmup`` more)."""
-    start = time.perf_counter()
-    fn()
-    first = time.perf_counter() - start
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return first, statistics.median(times)
 
 
 def main() -> None:

@@ -27,17 +27,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 fail() { echo "run_distribute_train.sh: $*" >&2; exit 2; }
 
-pick_python() {
-    if [ -n "${PYTHON:-}" ]; then
-        echo "${PYTHON}"
-    elif [ -n "${VIRTUAL_ENV:-}" ] && [ -x "${VIRTUAL_ENV}/bin/python" ]; then
-        echo "${VIRTUAL_ENV}/bin/python"
-    elif [ -x "${ROOT}/.venv/bin/python" ]; then
-        echo "${ROOT}/.venv/bin/python"
-    else
-        echo python3
-    fi
-}
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"  # DVT_PY: the interpreter, PYTHONPATH set
 
 WORKERS="" LOCAL="" ADDR="127.0.0.1" PORT="8118" NODE_RANK="0" LOG_DIR="outputs/distribute_logs"
 RANK_TABLE="" RANK_START="0" JOIN="True"
@@ -66,8 +56,8 @@ done
     || fail "need 1 <= local_worker_num ($LOCAL) <= worker_num ($WORKERS)"
 [ "$#" -gt 0 ] || fail "no dvt-train arguments after -- (at least -c configs/<model>.yaml --data_dir ...)"
 
-PY="$(pick_python)"
-export PYTHONPATH="${ROOT}${PYTHONPATH:+:${PYTHONPATH}}"
+dvt_install
+PY="$DVT_PY"
 mkdir -p "$LOG_DIR"
 
 if [ -z "$RANK_TABLE" ]; then

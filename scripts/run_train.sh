@@ -6,25 +6,15 @@
 #       --num_classes 10 --pretrained dvt_t2t_vit_12.ckpt --epoch_size 60 --warmup_epochs 5
 #   scripts/run_train.sh ... --auto_resume True      (continue the run in --ckpt_save_dir after a stop)
 #   scripts/run_train.sh --help                      (every flag)
-# PYTHON selects the interpreter (default: the active virtualenv, else the repo's .venv, else python3).
+# PYTHON selects the interpreter (default: the active virtual/conda environment, else ./.venv).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-pick_python() {
-    if [ -n "${PYTHON:-}" ]; then
-        echo "${PYTHON}"
-    elif [ -n "${VIRTUAL_ENV:-}" ] && [ -x "${VIRTUAL_ENV}/bin/python" ]; then
-        echo "${VIRTUAL_ENV}/bin/python"
-    elif [ -x "${ROOT}/.venv/bin/python" ]; then
-        echo "${ROOT}/.venv/bin/python"
-    else
-        echo python3
-    fi
-}
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"  # DVT_PY: the interpreter, PYTHONPATH set
 
 if [ "$#" -eq 0 ]; then
     sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
 fi
-export PYTHONPATH="${ROOT}${PYTHONPATH:+:${PYTHONPATH}}"
-exec "$(pick_python)" -m dvt_ms.train "$@"
+dvt_install
+exec "$DVT_PY" -m dvt_ms.train "$@"

@@ -29,8 +29,7 @@ def vit_cascade_spec(*, img_size: int = 224, in_chans: int = 3, num_classes: int
     unless ``patch_sizes`` / ``patch_paddings`` give it explicitly.
     """
     n = len(exit_grids)
-    dims, depths = per_exit(embed_dim, n, "embed_dim"), per_exit(depth, n, "depth")
-    heads, ratios = per_exit(num_heads, n, "num_heads"), per_exit(mlp_ratio, n, "mlp_ratio")
+    sizes = _transformer_sizes(n, embed_dim, depth, num_heads, mlp_ratio)
     exits = []
     for k, grid in enumerate(exit_grids):
         if patch_sizes is not None:
@@ -39,9 +38,9 @@ def vit_cascade_spec(*, img_size: int = 224, in_chans: int = 3, num_classes: int
         else:
             patch, _, pad = patch_for_grid(img_size, grid)
         exits.append(ExitSpec(
-            stem="patch", embed_dim=dims[k], depth=depths[k], num_heads=heads[k], mlp_ratio=float(ratios[k]),
-            qkv_bias=qkv_bias, norm_eps=norm_eps, pos_embed="learned", patch_size=patch, patch_stride=patch,
-            patch_padding=pad, feature_reuse=k > 0 and feature_reuse, relation_reuse=k > 0 and relation_reuse))
+            stem="patch", **sizes[k], qkv_bias=qkv_bias, norm_eps=norm_eps, pos_embed="learned", patch_size=patch,
+            patch_stride=patch, patch_padding=pad, feature_reuse=k > 0 and feature_reuse,
+            relation_reuse=k > 0 and relation_reuse))
     spec = CascadeSpec(img_size=img_size, in_chans=in_chans, num_classes=num_classes, exits=tuple(exits),
                        exit_names=tuple(exit_names or default_exit_names(n)), drop_rate=drop_rate,
                        attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate)
@@ -61,8 +60,7 @@ def t2t_cascade_spec(*, img_size: int = 224, in_chans: int = 3, num_classes: int
     from ``img_size`` and the grid (:func:`t2t_unfolds_for_grid`, the official values at 224).
     """
     n = len(exit_grids)
-    dims, depths = per_exit(embed_dim, n, "embed_dim"), per_exit(depth, n, "depth")
-    heads, ratios = per_exit(num_heads, n, "num_heads"), per_exit(mlp_ratio, n, "mlp_ratio")
+    sizes = _transformer_sizes(n, embed_dim, depth, num_heads, mlp_ratio)
     exits = []
     for k, grid in enumerate(exit_grids):
         if t2t_unfolds is not None:
@@ -70,8 +68,7 @@ def t2t_cascade_spec(*, img_size: int = 224, in_chans: int = 3, num_classes: int
         else:
             unfolds = t2t_unfolds_for_grid(img_size, grid)
         exits.append(ExitSpec(
-            stem="t2t", embed_dim=dims[k], depth=depths[k], num_heads=heads[k], mlp_ratio=float(ratios[k]),
-            qkv_bias=qkv_bias, norm_eps=norm_eps, pos_embed="sinusoid", t2t_unfolds=unfolds,
+            stem="t2t", **sizes[k], qkv_bias=qkv_bias, norm_eps=norm_eps, pos_embed="sinusoid", t2t_unfolds=unfolds,
             t2t_variant=t2t_variant, token_dim=token_dim, feature_reuse=k > 0 and feature_reuse,
             relation_reuse=k > 0 and relation_reuse))
     spec = CascadeSpec(img_size=img_size, in_chans=in_chans, num_classes=num_classes, exits=tuple(exits),
@@ -79,6 +76,14 @@ def t2t_cascade_spec(*, img_size: int = 224, in_chans: int = 3, num_classes: int
                        attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate)
     _check_grids(spec, exit_grids)
     return spec
+
+
+def _transformer_sizes(n: int, embed_dim, depth, num_heads, mlp_ratio) -> list[dict]:
+    """Per-exit transformer sizes from scalars (shared by every exit) or one value per exit."""
+    columns = {name: per_exit(value, n, name) for name, value in
+               (("embed_dim", embed_dim), ("depth", depth), ("num_heads", num_heads), ("mlp_ratio", mlp_ratio))}
+    return [{"embed_dim": int(columns["embed_dim"][k]), "depth": int(columns["depth"][k]),
+             "num_heads": int(columns["num_heads"][k]), "mlp_ratio": float(columns["mlp_ratio"][k])} for k in range(n)]
 
 
 def _check_grids(spec: CascadeSpec, exit_grids: Sequence[int]) -> None:
