@@ -15,6 +15,7 @@ else
     "${PYTHON3:-python3}" -m venv "$DVT_ROOT/.venv"
   fi
   DVT_PY="$DVT_ROOT/.venv/bin/python"
+  export VIRTUAL_ENV="$DVT_ROOT/.venv" PATH="$DVT_ROOT/.venv/bin:$PATH"  # child processes see it too
 fi
 export PYTHONPATH="$DVT_ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export GLOG_v="${GLOG_v:-3}"  # MindSpore's C++ log: errors only

@@ -66,8 +66,10 @@ if [ -z "$RANK_TABLE" ]; then
     [ -n "$MSRUN" ] || fail "msrun not found (it comes with MindSpore >= 2.3)"
     # msrun starts the workers as `python <args>` from PATH: make that name the chosen interpreter.
     if [ "$(command -v python || true)" != "$(command -v "$PY")" ]; then
+        # A wrapper, not a symlink: a symlinked venv interpreter would not find its environment.
         SHIM="$(mktemp -d)"
-        ln -s "$(command -v "$PY")" "$SHIM/python"
+        printf '#!/bin/sh\nexec "%s" "$@"\n' "$(command -v "$PY")" > "$SHIM/python"
+        chmod +x "$SHIM/python"
         export PATH="$SHIM:$PATH"
     fi
     exec "$MSRUN" --worker_num="$WORKERS" --local_worker_num="$LOCAL" --master_addr="$ADDR" \
