@@ -45,6 +45,9 @@ PY
   done
   local spec="$DVT_ROOT"
   if [[ ${#extras[@]} -gt 0 ]]; then spec="$DVT_ROOT[$(IFS=,; echo "${extras[*]}")]"; fi
-  echo "[dvt_ms] installing dvt_ms ${extras[*]:-} ${pkgs[*]:-} into $("$DVT_PY" -c 'import sys; print(sys.prefix)')" >&2
+  local what="dvt_ms"
+  if [[ ${#extras[@]} -gt 0 ]]; then what+="[$(IFS=,; echo "${extras[*]}")]"; fi
+  if [[ ${#pkgs[@]} -gt 0 ]]; then what+=" ${pkgs[*]}"; fi
+  echo "[dvt_ms] installing $what into $("$DVT_PY" -c 'import sys; print(sys.prefix)')" >&2
   "$DVT_PY" -m pip install --quiet --disable-pip-version-check -e "$spec" "numpy<2" "${pkgs[@]}"
 }
