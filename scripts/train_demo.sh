@@ -1,16 +1,14 @@
 #!/usr/bin/env bash
 # Reproduce the shipped demo checkpoint (demo/dvt_digits_demo.ckpt): build the digits folder, train
-# configs/dvt_digits_demo.yaml with dvt-train on the CPU, copy the best checkpoint into demo/.
+# configs/dvt_digits_demo.yaml with dvt-train on the CPU, calibrate its exit thresholds (dvt-eval
+# --eval_mode 2) and store them, with the evaluation figures, inside the copied checkpoint.
 source "$(dirname "$0")/env.sh"
 dvt_install demo
 cd "$DVT_ROOT"
-python -m dvt_ms.demo.digits --out data/digits
-python -m dvt_ms.train -c configs/dvt_digits_demo.yaml --data_dir data/digits "$@"
-python - <<'PY'
-import os, shutil
-src, dst = "outputs/demo_train/best.ckpt", "demo/dvt_digits_demo.ckpt"
-os.makedirs("demo", exist_ok=True)
-shutil.copyfile(src, dst + ".tmp")
-os.replace(dst + ".tmp", dst)
-print(f"copied {src} -> {dst} ({os.path.getsize(dst) / 1e6:.2f} MB)")
-PY
+"$DVT_PY" -m dvt_ms.demo.digits --out data/digits
+"$DVT_PY" -m dvt_ms.train -c configs/dvt_digits_demo.yaml --data_dir data/digits "$@"
+"$DVT_PY" -m dvt_ms.inference -c configs/dvt_digits_demo.yaml --ckpt outputs/demo_train/best.ckpt \
+    --data_dir data/digits --eval_mode 2 --output_dir outputs/demo_train/eval
+mkdir -p demo
+"$DVT_PY" -m dvt_ms.inference.stamp --ckpt outputs/demo_train/best.ckpt \
+    --results outputs/demo_train/eval/eval_results.json --dst demo/dvt_digits_demo.ckpt
