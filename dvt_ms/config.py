@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from .checkpoint import atomic_output
+
 
 class ConfigError(ValueError):
     """A config file or flag that cannot be used; the message names the file, key and value."""
@@ -246,8 +248,5 @@ def spec_from_config(cfg: dict[str, Any]):
 
 def dump_yaml(cfg: dict[str, Any], path: str | os.PathLike) -> None:
     """Write a resolved config atomically (temp file, then rename)."""
-    path = os.fspath(path)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         yaml.safe_dump({k: v for k, v in cfg.items() if k != "config"}, f, sort_keys=False)
-    os.replace(tmp, path)

@@ -2,39 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import os
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
+from ..checkpoint import atomic_output
 from .plot import plot_accuracy_vs_gflops
 
-__all__ = ["CSV_NAME", "JSON_NAME", "PLOT_NAME", "atomic_path", "write_outputs"]
+__all__ = ["CSV_NAME", "JSON_NAME", "PLOT_NAME", "write_outputs"]
 
 JSON_NAME = "eval_results.json"
 CSV_NAME = "budgeted_batch.csv"
 PLOT_NAME = "accuracy_vs_gflops.png"
-
-
-@contextlib.contextmanager
-def atomic_path(path: str) -> Iterator[str]:
-    """A temporary file next to ``path``, renamed onto it on success and removed on failure."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".partial", dir=directory)
-    os.close(fd)
-    try:
-        yield tmp
-        mask = os.umask(0o022)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp creates 0600 files: give the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
 
 
 def _write_csv(path: str, results: dict[str, Any]) -> None:
@@ -70,21 +51,21 @@ def write_outputs(output_dir: str, results: dict[str, Any]) -> list[str]:
     os.makedirs(output_dir, exist_ok=True)
     written = []
     path = os.path.join(output_dir, JSON_NAME)
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+    with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         json.dump(results, f, indent=2)
         f.write("\n")
     written.append(path)
     curve = results.get("budgeted_batch_classification") or [[], []]
     if curve[0]:
         path = os.path.join(output_dir, CSV_NAME)
-        with atomic_path(path) as tmp:
+        with atomic_output(path) as tmp:
             _write_csv(tmp, results)
         written.append(path)
     flops: Sequence[float] = results.get("flops") or []
     anytime: Sequence[float] = results.get("anytime_classification") or []
     if curve[0] or (flops and anytime):
         path = os.path.join(output_dir, PLOT_NAME)
-        with atomic_path(path) as tmp:
+        with atomic_output(path) as tmp:
             exit_points = (flops, anytime) if len(flops) == len(anytime) else ([], [])
             title = f"{results.get('model') or 'DVT'}: accuracy vs GFLOPs"
             plot_accuracy_vs_gflops(tmp, curve[0], curve[1], exit_points[0], exit_points[1], _chosen(results),
