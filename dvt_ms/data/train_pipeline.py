@@ -23,10 +23,8 @@ from typing import Any
 import numpy as np
 
 from .augment import MixupCutmix, TrainTransform
-from .cifar import CifarDataset
-from .datasets import DATASETS, SPLIT_DIRS
+from .datasets import open_split
 from .errors import DataError
-from .folder import ImageFolder
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["TrainData", "TrainSource", "data_error_from", "epoch_order", "open_train_reader"]
@@ -36,21 +34,7 @@ _BATCH_STREAM = 0x6D6978  # separates the batch generators' seed sequences from 
 
 def open_train_reader(dataset: str, data_dir: str | os.PathLike):
     """The training split as a random-access reader returning ``(PIL image, label)``."""
-    if dataset not in DATASETS:
-        raise DataError(f"unknown dataset {dataset!r}: use one of {', '.join(DATASETS)}")
-    if not data_dir:
-        raise DataError("no data directory given: set --data_dir (it must hold train/ and val/ for "
-                        "imagefolder, the binary files for CIFAR)")
-    data_dir = os.fspath(data_dir)
-    if not os.path.isdir(data_dir):
-        raise DataError(f"data directory not found: {data_dir}")
-    folder, cifar_split = SPLIT_DIRS["train"]
-    if dataset == "imagefolder":
-        root = os.path.join(data_dir, folder)
-        if not os.path.isdir(root):
-            raise DataError(f"{data_dir} has no {folder}/ directory (expected {root}/<class>/<image files>)")
-        return ImageFolder(root)
-    return CifarDataset(data_dir, cifar_split, dataset)
+    return open_split(dataset, data_dir, "train")
 
 
 def epoch_order(num_samples: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:

@@ -9,6 +9,7 @@ import numpy as np
 from mindspore import nn
 
 from ..data import iterate_batches
+from ..inference.thresholds import topk_correct
 from .distributed import Runtime, sum_over_devices
 
 
@@ -19,13 +20,6 @@ class Accuracy:
     top1: list[float]
     top5: list[float]
     count: int
-
-
-def topk_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> int:
-    """How many rows of ``logits`` have their label among the ``k`` highest scores."""
-    k = min(k, logits.shape[1])
-    top = np.argpartition(-logits, k - 1, axis=1)[:, :k]
-    return int((top == labels[:, None]).any(axis=1).sum())
 
 
 def evaluate(model: nn.Cell, dataset, batch_size: int, runtime: Runtime, num_workers: int = 4,
@@ -47,7 +41,7 @@ def evaluate(model: nn.Cell, dataset, batch_size: int, runtime: Runtime, num_wor
             row = []
             for logits in outputs:
                 scores = logits.astype(ms.float32).asnumpy()
-                row += [topk_correct(scores, labels, 1), topk_correct(scores, labels, 5)]
+                row += [int(topk_correct(scores, labels, 1).sum()), int(topk_correct(scores, labels, 5).sum())]
             row.append(len(labels))
             counts = np.asarray(row, np.float64) if counts is None else counts + row
     finally:
