@@ -87,7 +87,7 @@ class EarlyExitEngine:
         if self.buckets and self.buckets[0] < 1:
             raise ValueError(f"bucket sizes must be >= 1, got {list(buckets)}")
         self.min_batch = max(1, int(min_batch))
-        self._wants = [model.needs_state(k) if k else (False, False) for k in range(self.num_exits)]
+        self._wants = [model.needs_state(k) for k in range(self.num_exits)]
         self._stages = [self._build_stage(k) for k in range(self.num_exits)]
 
     # ---- compilation ------------------------------------------------------------------------------

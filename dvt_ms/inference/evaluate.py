@@ -215,13 +215,20 @@ def _stored_thresholds(metadata: dict | None, num_exits: int, ckpt: str) -> np.n
     return rows
 
 
-def _operating_point(cfg: dict[str, Any], curve, rows: np.ndarray | None, num_exits: int):
+def _explicit_thresholds(cfg: dict[str, Any], num_exits: int) -> np.ndarray | None:
+    """``--thresholds`` for every exit (the last one :data:`ALWAYS`), or None when not given."""
+    if cfg.get("thresholds") is None:
+        return None
+    try:
+        return normalize_thresholds(cfg["thresholds"], num_exits, "--thresholds")
+    except ValueError as err:
+        raise EvalError(str(err)) from None
+
+
+def _operating_point(cfg: dict[str, Any], explicit: np.ndarray | None, curve, rows: np.ndarray | None):
     """(thresholds, how they were chosen, 1-based curve point or None)."""
-    if cfg.get("thresholds") is not None:
-        try:
-            return normalize_thresholds(cfg["thresholds"], num_exits, "--thresholds"), "--thresholds", None
-        except ValueError as err:
-            raise EvalError(str(err)) from None
+    if explicit is not None:
+        return explicit, "--thresholds", None
     if not curve:
         raise EvalError("there are no thresholds to run: the checkpoint stores none; pass --thresholds or use "
                         "--eval_mode 2")
@@ -254,12 +261,8 @@ def evaluate(cfg: dict[str, Any]) -> dict[str, Any]:
     val = build_eval_dataset(cfg["dataset"], cfg["data_dir"], "val", spec.img_size, cfg.get("crop_pct"))
     _check_labels(val, spec.num_classes, f"validation set {getattr(val, 'root', cfg['data_dir'])}")
     rows = None if cfg["eval_mode"] == 2 else _stored_thresholds(metadata, num_exits, cfg["ckpt"])
-    if cfg.get("thresholds") is not None:
-        try:
-            normalize_thresholds(cfg["thresholds"], num_exits, "--thresholds")
-        except ValueError as err:
-            raise EvalError(str(err)) from None
-    elif cfg["eval_mode"] == 1 and rows is None:
+    explicit = _explicit_thresholds(cfg, num_exits)  # checked before any image is read
+    if explicit is None and cfg["eval_mode"] == 1 and rows is None:
         raise EvalError(f"{cfg['ckpt']} stores no thresholds (dynamic_threshold): pass --thresholds, or use "
                         "--eval_mode 2 to calibrate them on training images")
 
@@ -290,7 +293,7 @@ def evaluate(cfg: dict[str, Any]) -> dict[str, Any]:
     outputs = collect_exit_outputs(engine, val, batch_size, None, workers, "validation, all exits")
     curve = budgeted_batch_curve(outputs.confidences, outputs.predictions, outputs.targets, cumulative,
                                  rows) if rows is not None else []
-    thresholds, chosen_by, point = _operating_point(cfg, curve, rows, num_exits)
+    thresholds, chosen_by, point = _operating_point(cfg, explicit, curve, rows)
 
     engine.set_thresholds(thresholds)
     real = run_early_exit(engine, val, batch_size, workers, "validation, early exit")
