@@ -9,6 +9,7 @@ import numpy as np
 from mindspore import nn
 
 from ..checkpoint import CheckpointError, compare_shapes, read_checkpoint
+from ..convert.mapping import strip_wrapper_prefixes
 
 
 def is_head(name: str) -> bool:
@@ -27,7 +28,7 @@ def load_pretrained(model: nn.Cell, path: str) -> list[str]:
     if not os.path.isfile(path):
         raise CheckpointError(f"--pretrained {path}: file not found")
     arrays, _ = read_checkpoint(path)
-    arrays = {k[len("module."):] if k.startswith("module.") else k: v for k, v in arrays.items()}
+    arrays, _ = strip_wrapper_prefixes(arrays)  # e.g. module. from a DataParallel checkpoint
     params = model.parameters_dict()
     notes = []
     heads_differ = [k for k in arrays
