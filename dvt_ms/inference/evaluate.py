@@ -202,6 +202,16 @@ def _metadata_results(cfg: dict[str, Any], metadata: dict | None) -> dict[str, A
     }
 
 
+def _buckets(cfg: dict, batch_size: int) -> list[int] | str | None:
+    """The engine's ``buckets`` from --pad_to_buckets / --buckets: unset -> the device's fastest shapes."""
+    pad = cfg.get("pad_to_buckets")
+    if pad is None:
+        return [int(b) for b in cfg["buckets"]] if cfg.get("buckets") else "auto"
+    if not pad:
+        return None
+    return [int(b) for b in (cfg.get("buckets") or default_buckets(batch_size))]
+
+
 def _stored_thresholds(metadata: dict | None, num_exits: int, ckpt: str) -> np.ndarray | None:
     if not metadata or metadata.get("dynamic_threshold") is None:
         return None
@@ -266,11 +276,8 @@ def evaluate(cfg: dict[str, Any]) -> dict[str, Any]:
         raise EvalError(f"{cfg['ckpt']} stores no thresholds (dynamic_threshold): pass --thresholds, or use "
                         "--eval_mode 2 to calibrate them on training images")
 
-    pad = cfg.get("pad_to_buckets")
-    if pad is None:
-        pad = cfg["device_target"] == "Ascend"
-    buckets = [int(b) for b in (cfg.get("buckets") or default_buckets(batch_size))] if pad else None
-    if buckets and (min(buckets) < 1 or max(buckets) < batch_size):
+    buckets = _buckets(cfg, batch_size)
+    if isinstance(buckets, list) and (min(buckets) < 1 or max(buckets) < batch_size):
         raise EvalError(f"--buckets {buckets} must be positive sizes and include one of at least --batch_size "
                         f"{batch_size}")
     engine = EarlyExitEngine(model, [NEVER] * (num_exits - 1), buckets=buckets)

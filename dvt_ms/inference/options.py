@@ -25,9 +25,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("seed", "int", 0, "seed of the calibration subset"),
     Option("crop_pct", "float", None, "centre-crop fraction of the resized short side (default 224/256 for "
                                       "imagefolder, 1.0 for CIFAR)"),
-    Option("pad_to_buckets", "bool", None, "pad early-exit subsets to fixed batch sizes (static-shape "
-                                           "backends; default: on for Ascend, off elsewhere)"),
-    Option("buckets", "list", None, "subset sizes for --pad_to_buckets (default: powers of two and the batch size)"),
+    Option("pad_to_buckets", "bool", None, "True: pad early-exit subsets to fixed batch sizes (static shapes); "
+                                           "False: one graph per exit for any batch size (dynamic shapes); "
+                                           "default: the fastest for the device (CPU: static, finely spaced "
+                                           "sizes; Ascend: static, powers of two; GPU: dynamic)"),
+    Option("buckets", "list", None, "subset sizes to pad to (default with --pad_to_buckets True: powers of two "
+                                    "and the batch size)"),
     Option("throughput_batches", "int", 8, "batches timed for the early exit / all exits / last exit "
                                            "throughput comparison (0 skips it)"),
     Option("throughput_rounds", "int", 3, "timed rounds of the throughput comparison (the median is reported)"),

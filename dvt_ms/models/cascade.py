@@ -7,7 +7,8 @@ from typing import Any
 
 from mindspore import Tensor, nn
 
-from .exit import DVTExit
+from .. import kernels
+from .exit import DVTExit, ExitStage
 from .spec import CascadeSpec
 
 
@@ -39,6 +40,7 @@ class DVTCascade(nn.Cell):
             setattr(self, name, DVTExit(spec, k))
         for k in range(spec.num_exits - 1):
             self.exit(k).emit_relations = spec.exits[k + 1].relation_reuse
+        self.__dict__["_stages"] = {}  # exit index -> ExitStage for run_stage; not a child cell
 
     def exit(self, k: int) -> DVTExit:
         """The cell of exit ``k`` (0-based)."""
@@ -53,6 +55,12 @@ class DVTCascade(nn.Cell):
         if len(shape) != 4 or shape[1:] != expected:
             raise ValueError(f"{type(self).__name__} expects images of shape [B, {expected[0]}, {expected[1]}, "
                              f"{expected[2]}], got {list(shape)}")
+
+    def set_inputs(self, *inputs) -> None:
+        """As :meth:`mindspore.nn.Cell.set_inputs`; a dynamic dimension switches the fused CPU kernels off
+        (they need static shapes)."""
+        kernels.drop_kernels_if_dynamic(self, inputs)
+        super().set_inputs(*inputs)
 
     def _check_construct_args(self, *args) -> None:
         # Graph mode, top-level call: check on the host before compiling, for a clean error message.
@@ -90,6 +98,8 @@ class DVTCascade(nn.Cell):
             raise ValueError(f"exit {k + 1} reuses features: pass the features produced by exit {k}")
         if want_relations and state.relations is None:
             raise ValueError(f"exit {k + 1} reuses relations: pass the relations produced by exit {k}")
-        logits, tokens, rel = self.exit(k)(x, state.features if want_features else None,
-                                           state.relations if want_relations else None)
+        if k not in self._stages:
+            self._stages[k] = ExitStage(self.exit(k))
+        logits, tokens, rel = ExitStage.unpack(self._stages[k](x, state.features if want_features else None,
+                                                               state.relations if want_relations else None))
         return logits, ReuseState(tokens, rel)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from mindspore import Parameter, nn, ops
 
+from .. import kernels
 from .layers import Block, LayerNorm, PatchEmbed, RelationReuse, T2TStem
 from .layers.init import frozen, sinusoid_table, trunc_normal
 from .layers.mlp import dense
@@ -89,3 +90,34 @@ class DVTExit(nn.Cell):
     def construct(self, x, features=None, relations=None):
         feature, tokens, out_rel = self.forward_features(x, features, relations)
         return self.forward_head(feature), tokens, out_rel
+
+
+class ExitStage(nn.Cell):
+    """Exit ``k`` as a stand-alone compiled stage ``(x, features, relations) -> (logits, tokens[, relations])``.
+
+    The output tuple holds tensors only (``relations`` only when the exit emits them): a ``None`` among
+    a compiled graph's outputs sends MindSpore down a run-time graph path that cannot run custom ops.
+    Use :meth:`unpack` to get the ``(logits, tokens, relations-or-None)`` triple back.
+    ``auto_prefix=False`` keeps the parameter names of the wrapped exit untouched.
+    """
+
+    def __init__(self, exit_cell: DVTExit) -> None:
+        super().__init__(auto_prefix=False)
+        self.exit_cell = exit_cell
+        self.emits_relations = exit_cell.emit_relations
+
+    def set_inputs(self, *inputs) -> None:
+        """As :meth:`mindspore.nn.Cell.set_inputs`; a dynamic dimension switches the fused CPU kernels off."""
+        kernels.drop_kernels_if_dynamic(self, inputs)
+        super().set_inputs(*inputs)
+
+    def construct(self, x, features=None, relations=None):
+        logits, tokens, out_rel = self.exit_cell(x, features, relations)
+        if self.emits_relations:
+            return logits, tokens, out_rel
+        return logits, tokens
+
+    @staticmethod
+    def unpack(outputs) -> tuple:
+        """``(logits, tokens, relations)`` from a stage's outputs, ``relations`` ``None`` when not emitted."""
+        return outputs[0], outputs[1], (outputs[2] if len(outputs) > 2 else None)

@@ -7,7 +7,7 @@ import math
 from mindspore import nn, ops
 
 from .init import frozen, orthogonal_features
-from .mlp import Mlp, dense
+from .mlp import GELU, Mlp, dense
 from .norm import LayerNorm
 
 T2T_NORM_EPS = 1e-5  # the T2T stem uses torch's default LayerNorm epsilon
@@ -30,7 +30,7 @@ class TokenPerformer(nn.Cell):
         self.norm1 = LayerNorm(dim, T2T_NORM_EPS)
         self.norm2 = LayerNorm(emb, T2T_NORM_EPS)
         self.epsilon = 1e-8
-        self.mlp = nn.SequentialCell([dense(emb, emb), nn.GELU(approximate=False), dense(emb, emb), nn.Dropout(p=drop)])
+        self.mlp = nn.SequentialCell([dense(emb, emb), GELU(), dense(emb, emb), nn.Dropout(p=drop)])
         self.w = frozen("w", orthogonal_features(self.m, emb))
         self.inv_sqrt_m = 1.0 / math.sqrt(self.m)
 

@@ -1,0 +1,92 @@
+"""Fused CPU kernels for inference: the one seam between the model's layers and custom operators.
+
+MindSpore's CPU kernels for LayerNorm and exact GELU are 5-25x slower than torch's on the same
+machine, and a DVT exit is full of both. On CPU, the layers call the kernels of ``cpu_kernels.cc``
+instead, through ``mindspore.ops.Custom`` (``func_type="aot"``), compiled on first use with the system
+compiler (see :mod:`.build`). Each op here returns ``None`` where the stock ops must be used: on
+Ascend/GPU, when no compiler is found (a warning says so, once), or when switched off with
+``DVT_MS_KERNELS=0`` or :func:`use_kernels`. The choice is made when a cell is built; the layers take
+the kernel path only in inference mode and for float32 inputs, the stock path otherwise (training,
+mixed precision), so that gradients never depend on a custom op. The custom ops need static shapes:
+:func:`drop_kernels_if_dynamic` switches a network back to the stock ops before it is compiled for a
+dynamic batch dimension (``set_inputs`` with ``None``).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import mindspore as ms
+from mindspore import Tensor, nn, ops
+
+from .build import KernelBuildError, build_library
+
+__all__ = ["KernelBuildError", "drop_kernels_if_dynamic", "gelu_op", "kernels_enabled", "layer_norm_op",
+           "use_kernels"]
+
+_LOG = logging.getLogger(__name__)
+_override: list[bool] = []
+
+
+def kernels_enabled() -> bool:
+    """Whether cells built now take the fused CPU kernels: CPU device, not switched off."""
+    if _override:
+        wanted = _override[-1]
+    else:
+        wanted = os.environ.get("DVT_MS_KERNELS", "1").strip().lower() not in ("0", "false", "off", "no")
+    return wanted and ms.get_context("device_target") == "CPU"
+
+
+@contextmanager
+def use_kernels(enabled: bool) -> Iterator[None]:
+    """Build cells inside this block with (``True``) or without (``False``) the fused CPU kernels."""
+    _override.append(bool(enabled))
+    try:
+        yield
+    finally:
+        _override.pop()
+
+
+@functools.lru_cache(maxsize=1)
+def _library() -> str | None:
+    try:
+        return str(build_library())
+    except KernelBuildError as err:
+        _LOG.warning("dvt_ms: fused CPU kernels unavailable, using MindSpore's stock ops (%s)", err)
+        return None
+
+
+def _custom(symbol: str, out_shape, out_dtype):
+    if not kernels_enabled():
+        return None
+    library = _library()
+    if library is None:
+        return None
+    return ops.Custom(f"{library}:{symbol}", out_shape=out_shape, out_dtype=out_dtype, func_type="aot")
+
+
+def layer_norm_op():
+    """``op(x, weight, bias, eps)`` -> LayerNorm of float32 ``x`` over its last axis (``eps`` a [1]
+    tensor), or ``None`` where the stock op must be used."""
+    return _custom("dvt_layer_norm", lambda x, w, b, eps: x, lambda x, w, b, eps: x)
+
+
+def gelu_op():
+    """``op(x)`` -> exact (erf) GELU of float32 ``x``, or ``None`` where the stock op must be used."""
+    return _custom("dvt_gelu", lambda x: x, lambda x: x)
+
+
+def drop_kernels_if_dynamic(cell: nn.Cell, inputs: Sequence[object]) -> bool:
+    """Before ``cell.set_inputs(*inputs)``: if any input has a dynamic dimension (``None`` or -1), make
+    every cell under ``cell`` use the stock ops (cells that can take a kernel hold it as ``fused``).
+    Returns whether the kernels were dropped."""
+    dynamic = any(isinstance(t, Tensor) and any(d is None or d < 0 for d in t.shape) for t in inputs)
+    if dynamic:
+        for _, sub in cell.cells_and_names():
+            if getattr(sub, "fused", None) is not None:
+                sub.fused = None
+    return dynamic

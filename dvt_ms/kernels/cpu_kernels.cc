@@ -1,0 +1,98 @@
+// Fused float32 CPU kernels for DVT inference, called through mindspore.ops.Custom (func_type "aot").
+//
+// Every entry point has MindSpore's AOT signature: params holds the inputs then the output, shapes and
+// ndims describe them. Each kernel runs on the calling thread: MindSpore's CPU runtime already keeps
+// the cores busy, and an OpenMP team of our own would spin against its threads (measured: slower than
+// one thread). The loops are written so that the compiler vectorises them (no branches, no libm calls).
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+namespace {
+
+int64_t count(int ndim, const int64_t *shape) {
+  int64_t n = 1;
+  for (int i = 0; i < ndim; ++i) n *= shape[i];
+  return n;
+}
+
+// exp(x) for float32: 2^n * p(r) with x = n ln2 + r, |r| <= ln2 / 2; relative error below 2e-7.
+inline float exp_approx(float x) {
+  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  const float n = std::nearbyint(x * 1.44269504088896341f);
+  const float r = (x - n * 0.693145751953125f) - n * 1.428606765330187e-06f;
+  float p = 1.0f / 5040.0f;
+  p = p * r + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
+
+// erf(x): Abramowitz & Stegun 7.1.26 (absolute error below 1.5e-7), odd extension for x < 0.
+inline float erf_approx(float x) {
+  const float a = std::fabs(x);
+  const float t = 1.0f / (1.0f + 0.3275911f * a);
+  float p = 1.061405429f;
+  p = p * t - 1.453152027f;
+  p = p * t + 1.421413741f;
+  p = p * t - 0.284496736f;
+  p = p * t + 0.254829592f;
+  const float y = 1.0f - p * t * exp_approx(-a * a);
+  return std::copysign(y, x);
+}
+
+}  // namespace
+
+extern "C" {
+
+// LayerNorm over the last axis. Inputs: x [..., D], weight [D], bias [D], eps [1]. Output: [..., D].
+int dvt_layer_norm(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+  if (nparam != 5) return 1;
+  const float *x = static_cast<const float *>(params[0]);
+  const float *w = static_cast<const float *>(params[1]);
+  const float *b = static_cast<const float *>(params[2]);
+  const float eps = *static_cast<const float *>(params[3]);
+  float *y = static_cast<float *>(params[4]);
+  const int64_t d = shapes[0][ndims[0] - 1];
+  const int64_t rows = count(ndims[0] - 1, shapes[0]);
+  const float inv_d = 1.0f / static_cast<float>(d);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float *xr = x + r * d;
+    float *yr = y + r * d;
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t i = 0; i < d; ++i) sum += xr[i];
+    const float mean = sum * inv_d;
+    float sq = 0.0f;
+#pragma omp simd reduction(+ : sq)
+    for (int64_t i = 0; i < d; ++i) {
+      const float c = xr[i] - mean;
+      sq += c * c;
+    }
+    const float rstd = 1.0f / std::sqrt(sq * inv_d + eps);
+#pragma omp simd
+    for (int64_t i = 0; i < d; ++i) yr[i] = (xr[i] - mean) * rstd * w[i] + b[i];
+  }
+  return 0;
+}
+
+// Exact (erf) GELU, element-wise: 0.5 x (1 + erf(x / sqrt 2)). Input x, output of the same shape.
+int dvt_gelu(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+  if (nparam != 2) return 1;
+  const float *x = static_cast<const float *>(params[0]);
+  float *y = static_cast<float *>(params[1]);
+  const int64_t n = count(ndims[0], shapes[0]);
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) y[i] = 0.5f * x[i] * (1.0f + erf_approx(x[i] * 0.70710678118654752f));
+  return 0;
+}
+
+}  // extern "C"
