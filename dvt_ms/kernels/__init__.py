@@ -26,7 +26,7 @@ from mindspore import Tensor, nn, ops
 from .build import KernelBuildError, build_library
 
 __all__ = ["KernelBuildError", "drop_kernels_if_dynamic", "gelu_op", "kernels_enabled", "layer_norm_op",
-           "use_kernels"]
+           "unfold_op", "use_kernels"]
 
 _LOG = logging.getLogger(__name__)
 _override: list[bool] = []
@@ -79,6 +79,16 @@ def gelu_op():
     """``op(x)`` -> exact (erf) GELU of float32 ``x``, or ``None`` where the stock op must be used."""
     return _custom("dvt_gelu", lambda x: x, lambda x: x)
 
+
+
+def unfold_op(tokens: int, features: int):
+    """``op(x, geometry)`` -> soft split of float32 ``x`` with the tokens axis first, [B, tokens, features]
+    (torch's ``unfold(x).transpose(1, 2)``), or ``None`` where the stock op must be used.
+
+    ``geometry`` is an int32 tensor ``[channels_last, side, kernel, stride, padding]``: ``x`` is an image
+    [B, C, side, side] (``channels_last`` 0) or a grid of tokens [B, side * side, C] (1).
+    """
+    return _custom("dvt_unfold", lambda x, g: [x[0], tokens, features], lambda x, g: x)
 
 def drop_kernels_if_dynamic(cell: nn.Cell, inputs: Sequence[object]) -> bool:
     """Before ``cell.set_inputs(*inputs)``: if any input has a dynamic dimension (``None`` or -1), make

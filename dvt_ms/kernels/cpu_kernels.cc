@@ -95,4 +95,59 @@ int dvt_gelu(int nparam, void **params, int *ndims, int64_t **shapes, const char
   return 0;
 }
 
+// Soft split: torch's unfold with the tokens axis first. Inputs: x, geometry int32 [5] =
+// {channels_last, side, kernel, stride, padding}. x is an image [B, C, side, side] (channels_last 0)
+// or a square grid of tokens [B, side * side, C] (1). Output [B, L, C * kernel * kernel], L = out * out
+// with out = (side + 2 padding - kernel) / stride + 1, features ordered (c, ki, kj) as torch orders
+// them; zero padding.
+int dvt_unfold(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+  if (nparam != 3 || ndims[1] != 1 || shapes[1][0] != 5) return 1;
+  const float *x = static_cast<const float *>(params[0]);
+  const int32_t *geometry = static_cast<const int32_t *>(params[1]);
+  float *y = static_cast<float *>(params[2]);
+  const bool channels_last = geometry[0] != 0;
+  const int64_t side = geometry[1], k = geometry[2], stride = geometry[3], pad = geometry[4];
+  const int64_t batch = shapes[0][0];
+  const int64_t channels = channels_last ? shapes[0][2] : shapes[0][1];
+  const int64_t out = (side + 2 * pad - k) / stride + 1;
+  const int64_t features = channels * k * k;
+  for (int64_t b = 0; b < batch; ++b) {
+    const float *image = x + b * channels * side * side;
+    for (int64_t oy = 0; oy < out; ++oy) {
+      for (int64_t ox = 0; ox < out; ++ox) {
+        float *row = y + ((b * out + oy) * out + ox) * features;
+        if (channels_last) {  // gather C contiguous channels per pixel, scatter them k * k apart
+          for (int64_t ki = 0; ki < k; ++ki) {
+            const int64_t iy = oy * stride - pad + ki;
+            for (int64_t kj = 0; kj < k; ++kj) {
+              const int64_t ix = ox * stride - pad + kj;
+              float *dst = row + ki * k + kj;  // feature (c, ki, kj) sits at c * k * k + ki * k + kj
+              if (iy < 0 || iy >= side || ix < 0 || ix >= side) {
+                for (int64_t c = 0; c < channels; ++c) dst[c * k * k] = 0.0f;
+              } else {
+                const float *pixel = image + (iy * side + ix) * channels;
+                for (int64_t c = 0; c < channels; ++c) dst[c * k * k] = pixel[c];
+              }
+            }
+          }
+        } else {  // copy one image row segment of k pixels per (c, ki)
+          for (int64_t c = 0; c < channels; ++c) {
+            const float *plane = image + c * side * side;
+            for (int64_t ki = 0; ki < k; ++ki) {
+              const int64_t iy = oy * stride - pad + ki;
+              float *dst = row + (c * k + ki) * k;
+              for (int64_t kj = 0; kj < k; ++kj) {
+                const int64_t ix = ox * stride - pad + kj;
+                const bool inside = iy >= 0 && iy < side && ix >= 0 && ix < side;
+                dst[kj] = inside ? plane[iy * side + ix] : 0.0f;
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+  return 0;
+}
+
 }  // extern "C"

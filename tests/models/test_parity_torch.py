@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import dvt_ms
+from dvt_ms.kernels import use_kernels
 from dvt_ms.models import DVTCascade
 from dvt_ms.models.spec import with_reuse
 from tests.models.helpers import PUBLISHED, copy_torch_weights, relative_errors, tiny_spec, tiny_t2t_spec
@@ -16,10 +17,12 @@ from dvt_ms.reference.torch_dvt import build_torch_dvt  # noqa: E402
 TOL = 1e-4  # max |delta| <= 1e-4 * max |logit|, fp32
 
 
-def run_both(spec, batch: int = 2, seed: int = 0):
+def run_both(spec, batch: int = 2, seed: int = 0, kernels: bool = True):
+    """Logits of the reference and of dvt_ms (built with or without the fused CPU kernels)."""
     torch.manual_seed(seed)
     reference = build_torch_dvt(spec).eval()
-    model = DVTCascade(spec)
+    with use_kernels(kernels):
+        model = DVTCascade(spec)
     model.set_train(False)
     copy_torch_weights(reference, model)
     x = np.random.RandomState(seed).randn(batch, spec.in_chans, spec.img_size, spec.img_size).astype(np.float32)
@@ -31,20 +34,22 @@ def run_both(spec, batch: int = 2, seed: int = 0):
     return expected, got
 
 
+@pytest.mark.parametrize("kernels", [True, False], ids=["fused_kernels", "stock_ops"])
 @pytest.mark.parametrize("feature_reuse", [False, True])
 @pytest.mark.parametrize("relation_reuse", [False, True])
 @pytest.mark.parametrize("mode", ["graph", "pynative"])
-def test_tiny_all_reuse_combinations(feature_reuse, relation_reuse, mode, request):
+def test_tiny_all_reuse_combinations(feature_reuse, relation_reuse, mode, kernels, request):
     request.getfixturevalue(f"{mode}_mode")
     spec = with_reuse(tiny_spec(), feature_reuse, relation_reuse)
-    expected, got = run_both(spec, batch=3)
+    expected, got = run_both(spec, batch=3, kernels=kernels)
     assert len(got) == 3
     assert max(relative_errors(expected, got)) <= TOL
 
 
+@pytest.mark.parametrize("kernels", [True, False], ids=["fused_kernels", "stock_ops"])
 @pytest.mark.parametrize("variant", ["performer", "transformer"])
-def test_tiny_t2t(variant, graph_mode):
-    expected, got = run_both(tiny_t2t_spec(t2t_variant=variant))
+def test_tiny_t2t(variant, kernels, graph_mode):
+    expected, got = run_both(tiny_t2t_spec(t2t_variant=variant), kernels=kernels)
     assert max(relative_errors(expected, got)) <= TOL
 
 

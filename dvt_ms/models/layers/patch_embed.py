@@ -24,17 +24,22 @@ class PatchProjection(nn.Cell):
         self.kernel, self.stride, self.padding = kernel, stride, padding
         self.grid = (img_size + 2 * padding - kernel) // stride + 1
         self.patchify = kernel == stride
+        self.crop = img_size + 2 * padding != self.grid * kernel  # pixels past the last whole patch
+        self.project = ops.MatMul(transpose_b=True)
 
     def construct(self, x):
         k, g, p = self.kernel, self.grid, self.padding
         if p > 0:
             x = ops.pad(x, (p, p, p, p))
         if self.patchify:
-            x = x[:, :, : g * k, : g * k]
+            if self.crop:
+                x = x[:, :, : g * k, : g * k]
             x = x.reshape(-1, self.in_chans, g, k, g, k).transpose(0, 2, 4, 1, 3, 5)
-            x = x.reshape(-1, g * g, self.in_chans * k * k)
+            # A 2-D MatMul: a 3-D x 2-D matmul broadcasts the weight to every image first on CPU.
+            x = x.reshape(-1, self.in_chans * k * k)
             w = self.weight.reshape(self.embed_dim, -1).astype(x.dtype)
-            return ops.matmul(x, w.swapaxes(0, 1)) + self.bias.astype(x.dtype)
+            y = self.project(x, w) + self.bias.astype(x.dtype)
+            return y.reshape(-1, g * g, self.embed_dim)
         y = ops.conv2d(x, self.weight.astype(x.dtype), self.bias.astype(x.dtype), stride=self.stride)
         return y.reshape(-1, self.embed_dim, g * g).swapaxes(1, 2)
 

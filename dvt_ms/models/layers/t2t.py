@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import math
 
-from mindspore import nn, ops
+import numpy as np
+from mindspore import Tensor, nn, ops
+from mindspore import dtype as mstype
 
+from ... import kernels
 from .init import frozen, orthogonal_features
 from .mlp import GELU, Mlp, dense
 from .norm import LayerNorm
@@ -33,19 +36,32 @@ class TokenPerformer(nn.Cell):
         self.mlp = nn.SequentialCell([dense(emb, emb), GELU(), dense(emb, emb), nn.Dropout(p=drop)])
         self.w = frozen("w", orthogonal_features(self.m, emb))
         self.inv_sqrt_m = 1.0 / math.sqrt(self.m)
+        self.neg_half = Tensor(np.full((self.m, emb), -0.5, np.float32))
+        self.features_mm = ops.MatMul(transpose_b=True)
+        self.bmm_ta = ops.BatchMatMul(transpose_a=True)
+        self.bmm_tb = ops.BatchMatMul(transpose_b=True)
 
     def random_features(self, x):
-        """exp(w^T x - |x|^2 / 2) / sqrt(m): [B, T, emb] -> [B, T, m]."""
-        xd = (x * x).sum(axis=-1, keepdims=True) / 2
-        wtx = ops.matmul(x, self.w.astype(x.dtype).swapaxes(0, 1))
-        return ops.exp(wtx - xd) * self.inv_sqrt_m
+        """exp(w^T x - |x|^2 / 2) / sqrt(m): [B, T, emb] -> [B, T, m].
+
+        ``[x, x*x] @ [w, -1/2]^T`` gives the exponent in one 2-D MatMul: no reduction kernel (slow on
+        CPU) and no per-image broadcast of ``w``.
+        """
+        tokens = x.shape[1]
+        flat = x.reshape(-1, self.emb)
+        w = ops.cat((self.w.astype(x.dtype), self.neg_half.astype(x.dtype)), 1)  # [m, 2 emb]
+        z = self.features_mm(ops.cat((flat, flat * flat), 1), w)
+        return (ops.exp(z) * self.inv_sqrt_m).reshape(-1, tokens, self.m)
 
     def attend(self, x):
         k, q, v = ops.split(self.kqv(x), self.emb, axis=-1)
         kp, qp = self.random_features(k), self.random_features(q)
-        normaliser = (qp * kp.sum(axis=1, keepdims=True)).sum(axis=-1, keepdims=True)  # [B, T, 1]
-        kptv = ops.matmul(v.swapaxes(1, 2), kp)  # [B, emb, m]
-        y = ops.matmul(qp, kptv.swapaxes(1, 2)) / (normaliser + self.epsilon)
+        # A column of ones appended to v makes the two batched matmuls also produce the normaliser
+        # qp . sum_t kp (its last output column), with no reduction kernel.
+        v1 = ops.cat((v, ops.ones_like(v[:, :, :1])), 2)  # [B, T, emb + 1]
+        kptv = self.bmm_ta(v1, kp)  # [B, emb + 1, m]
+        y1 = self.bmm_tb(qp, kptv)  # [B, T, emb + 1]
+        y = y1[:, :, : self.emb] / (y1[:, :, self.emb:] + self.epsilon)
         return v + self.dp(self.proj(y))
 
     def construct(self, x):
@@ -114,6 +130,14 @@ class T2TStem(nn.Cell):
             self.attention1 = TokenTransformer(dims[0], token_dim, sizes[0] ** 2)
             self.attention2 = TokenTransformer(dims[1], token_dim, sizes[1] ** 2)
         self.project = dense(token_dim * k2 * k2, embed_dim)
+        # Fused soft splits (CPU inference): straight to tokens-first, the 2nd and 3rd reading the token
+        # grid channels-last, so that neither an Im2Col nor a transpose runs.
+        inputs = ((0, img_size, in_chans), (1, sizes[0], token_dim), (1, sizes[1], token_dim))
+        ops_ = [kernels.unfold_op(size * size, channels * u[0] * u[0])
+                for (_, _, channels), size, u in zip(inputs, sizes, self.unfolds, strict=True)]
+        self.fused = tuple(ops_) if all(op is not None for op in ops_) else None
+        self.geometries = tuple(Tensor(np.array([layout, side, *u], np.int32))
+                                for (layout, side, _), u in zip(inputs, self.unfolds, strict=True))
 
     def soft_split(self, x, i: int):
         kernel, stride, padding = self.unfolds[i]
@@ -123,6 +147,10 @@ class T2TStem(nn.Cell):
         return x.swapaxes(1, 2).reshape(-1, self.token_dim, side, side)
 
     def construct(self, x):
+        if self.fused is not None and not self.training and x.dtype == mstype.float32:
+            x = self.attention1(self.fused[0](x, self.geometries[0]))
+            x = self.attention2(self.fused[1](x, self.geometries[1]))
+            return self.project(self.fused[2](x, self.geometries[2]))
         x = self.attention1(self.soft_split(x, 0))
         x = self.attention2(self.soft_split(self.to_grid(x, self.sizes[0]), 1))
         return self.project(self.soft_split(self.to_grid(x, self.sizes[1]), 2))

@@ -1,0 +1,171 @@
+"""The fused CPU kernels: same numbers as MindSpore's stock ops, built once and cached, clean fallback."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import mindspore as ms
+import numpy as np
+import pytest
+from mindspore import nn, ops
+
+from dvt_ms import kernels
+from dvt_ms.kernels import build
+from dvt_ms.models import DVTCascade
+from dvt_ms.models.layers import LayerNorm
+from dvt_ms.models.layers.mlp import GELU
+from tests.models.helpers import tiny_spec
+
+
+@pytest.fixture
+def fresh_library(tmp_path, monkeypatch):
+    """Kernels built into an empty cache folder; the process-wide library choice is reset around the test."""
+    monkeypatch.setenv("DVT_MS_KERNEL_CACHE", str(tmp_path))
+    kernels._library.cache_clear()
+    yield tmp_path
+    kernels._library.cache_clear()
+
+
+def stock_and_fused(cell_factory, x: np.ndarray):
+    with kernels.use_kernels(False):
+        stock = cell_factory()
+    with kernels.use_kernels(True):
+        fused = cell_factory()
+    assert stock.fused is None and fused.fused is not None
+    for cell in (stock, fused):
+        cell.set_train(False)
+    for p_stock, p_fused in zip(stock.get_parameters(), fused.get_parameters(), strict=True):
+        p_fused.set_data(p_stock.data)
+    return stock(ms.Tensor(x)).asnumpy(), fused(ms.Tensor(x)).asnumpy()
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 7), (3, 50, 256), (1, 17, 588)])
+@pytest.mark.parametrize("eps", [1e-5, 1e-6])
+def test_layer_norm_matches_stock_op(shape, eps, graph_mode):
+    rng = np.random.RandomState(0)
+    x = (rng.randn(*shape) * 3 + 1).astype(np.float32)
+
+    def make():
+        cell = LayerNorm(shape[-1], eps)
+        cell.weight.set_data(ms.Tensor(rng.randn(shape[-1]).astype(np.float32)))
+        cell.bias.set_data(ms.Tensor(rng.randn(shape[-1]).astype(np.float32)))
+        return cell
+
+    stock, fused = stock_and_fused(make, x)
+    np.testing.assert_allclose(fused, stock, rtol=1e-5, atol=2e-5)
+
+
+def test_gelu_matches_exact_erf_gelu(graph_mode):
+    x = np.concatenate([np.linspace(-12, 12, 4000), np.random.RandomState(1).randn(3000) * 4]).astype(np.float32)
+    stock, fused = stock_and_fused(GELU, x.reshape(7, 1000))
+    np.testing.assert_allclose(fused, stock, rtol=1e-6, atol=3e-7)
+    exact = ops.gelu(ms.Tensor(x), approximate="none").asnumpy().reshape(7, 1000)
+    np.testing.assert_allclose(fused, exact, rtol=1e-6, atol=3e-7)
+
+
+class SumOf(nn.Cell):
+    def __init__(self, inner: nn.Cell) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def construct(self, x):
+        return self.inner(x).sum()
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["image", "token_grid"])
+@pytest.mark.parametrize("side, kernel, stride, padding", [(9, 3, 2, 1), (16, 7, 4, 2), (12, 5, 3, 0), (30, 14, 8, 3)])
+def test_unfold_matches_stock_unfold_tokens_first(side, kernel, stride, padding, channels_last, graph_mode):
+    channels, out = 3, (side + 2 * padding - kernel) // stride + 1
+    x = np.random.RandomState(0).randn(2, channels, side, side).astype(np.float32)
+    expected = ops.unfold(ms.Tensor(x), kernel, 1, padding, stride).swapaxes(1, 2).asnumpy()
+    with kernels.use_kernels(True):
+        op = kernels.unfold_op(out * out, channels * kernel * kernel)
+    inputs = x.transpose(0, 2, 3, 1).reshape(2, side * side, channels) if channels_last else x
+    geometry = ms.Tensor(np.array([int(channels_last), side, kernel, stride, padding], np.int32))
+    got = op(ms.Tensor(np.ascontiguousarray(inputs)), geometry).asnumpy()
+    assert got.shape == expected.shape == (2, out * out, channels * kernel * kernel)
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_training_and_float16_take_the_stock_ops(graph_mode):
+    with kernels.use_kernels(True):
+        cell = LayerNorm(8)
+    x = ms.Tensor(np.random.RandomState(0).randn(2, 3, 8).astype(np.float16))
+    cell.set_train(False)
+    assert cell(x).dtype == ms.float16  # the fused kernel is float32 only
+    cell.set_train(True)
+    grad = ms.grad(SumOf(cell))(ms.Tensor(np.random.RandomState(1).randn(2, 8).astype(np.float32)))
+    assert grad.shape == (2, 8) and np.isfinite(grad.asnumpy()).all()
+
+
+def test_cascade_outputs_with_and_without_kernels_agree(graph_mode):
+    x = ms.Tensor(np.random.RandomState(0).randn(3, 3, 32, 32).astype(np.float32))
+    outputs = []
+    for enabled in (False, True):
+        ms.set_seed(0)
+        with kernels.use_kernels(enabled):
+            model = DVTCascade(tiny_spec())
+        model.set_train(False)
+        outputs.append([o.asnumpy() for o in model(x)])
+    for stock, fused in zip(*outputs, strict=True):
+        np.testing.assert_allclose(fused, stock, rtol=1e-5, atol=1e-5)
+
+
+def test_dynamic_batch_switches_the_kernels_off(graph_mode):
+    with kernels.use_kernels(True):
+        model = DVTCascade(tiny_spec())
+    model.set_train(False)
+    fused = [cell for _, cell in model.cells_and_names() if getattr(cell, "fused", None) is not None]
+    assert fused, "the tiny model has LayerNorm and GELU cells that take kernels on CPU"
+    model.set_inputs(ms.Tensor(shape=[None, 3, 32, 32], dtype=ms.float32))
+    assert all(cell.fused is None for cell in fused)
+    assert model(ms.Tensor(np.zeros((2, 3, 32, 32), np.float32)))[0].shape == (2, 10)
+
+
+def test_switch_by_environment(monkeypatch):
+    monkeypatch.setenv("DVT_MS_KERNELS", "0")
+    assert not kernels.kernels_enabled()
+    assert kernels.gelu_op() is None
+    with kernels.use_kernels(True):
+        assert kernels.kernels_enabled()
+    monkeypatch.setenv("DVT_MS_KERNELS", "1")
+    assert kernels.kernels_enabled()
+
+
+def test_library_is_built_once_and_cached(fresh_library):
+    first = build.build_library()
+    assert first.parent == fresh_library and first.is_file()
+    mtime = first.stat().st_mtime_ns
+    assert build.build_library() == first and first.stat().st_mtime_ns == mtime
+    assert [p.name for p in fresh_library.iterdir()] == [first.name]  # no temporary file left behind
+
+
+def test_no_compiler_falls_back_to_stock_ops_with_a_warning(fresh_library, monkeypatch, caplog):
+    monkeypatch.setattr(build, "find_compiler", lambda: None)
+    with caplog.at_level(logging.WARNING), kernels.use_kernels(True):
+        assert kernels.layer_norm_op() is None
+        cell = LayerNorm(4)
+    assert cell.fused is None
+    assert "no C++ compiler found" in caplog.text
+    assert list(fresh_library.iterdir()) == []
+
+
+def test_failing_compiler_is_a_clear_error_and_leaves_nothing(fresh_library, monkeypatch, tmp_path_factory):
+    fake = tmp_path_factory.mktemp("bin") / "broken-c++"
+    fake.write_text("#!/bin/sh\necho 'broken-c++: internal error' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("CXX", str(fake))
+    with pytest.raises(build.KernelBuildError, match="broken-c\\+\\+ failed to build cpu_kernels.cc"):
+        build.build_library()
+    assert list(fresh_library.iterdir()) == []
+
+
+def test_cache_key_changes_with_the_compiler(fresh_library, monkeypatch):
+    compiler = build.find_compiler()
+    if compiler is None:
+        pytest.skip("no C++ compiler on this machine")
+    path = build.library_path(compiler)
+    monkeypatch.setattr(build, "_compiler_version", lambda _: "another compiler 1.0")
+    assert build.library_path(compiler) != path
+    assert os.path.dirname(path) == str(fresh_library)
