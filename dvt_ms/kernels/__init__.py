@@ -26,7 +26,7 @@ from mindspore import Tensor, nn, ops
 from .build import KernelBuildError, build_library
 
 __all__ = ["KernelBuildError", "drop_kernels_if_dynamic", "gelu_op", "kernels_enabled", "layer_norm_op",
-           "unfold_op", "use_kernels"]
+           "sandwich_op", "unfold_op", "use_kernels"]
 
 _LOG = logging.getLogger(__name__)
 _override: list[bool] = []
@@ -89,6 +89,12 @@ def unfold_op(tokens: int, features: int):
     [B, C, side, side] (``channels_last`` 0) or a grid of tokens [B, side * side, C] (1).
     """
     return _custom("dvt_unfold", lambda x, g: [x[0], tokens, features], lambda x, g: x)
+
+
+def sandwich_op():
+    """``op(x, p)`` -> ``p @ x @ p.T`` for every plane of float32 ``x`` [B, C, n_in, n_in] with a sparse
+    resize operator ``p`` [n_out, n_in], or ``None`` where the stock ops must be used."""
+    return _custom("dvt_sandwich", lambda x, p: [x[0], x[1], p[0], p[0]], lambda x, p: x)
 
 def drop_kernels_if_dynamic(cell: nn.Cell, inputs: Sequence[object]) -> bool:
     """Before ``cell.set_inputs(*inputs)``: if any input has a dynamic dimension (``None`` or -1), make

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 SOURCE = Path(__file__).with_name("cpu_kernels.cc")
-FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fopenmp-simd", "-std=c++17")
+FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fopenmp-simd", "-pthread", "-std=c++17")
 _LOG = logging.getLogger(__name__)
 
 

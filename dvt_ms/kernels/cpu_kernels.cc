@@ -1,15 +1,41 @@
 // Fused float32 CPU kernels for DVT inference, called through mindspore.ops.Custom (func_type "aot").
 //
 // Every entry point has MindSpore's AOT signature: params holds the inputs then the output, shapes and
-// ndims describe them. Each kernel runs on the calling thread: MindSpore's CPU runtime already keeps
-// the cores busy, and an OpenMP team of our own would spin against its threads (measured: slower than
-// one thread). The loops are written so that the compiler vectorises them (no branches, no libm calls).
+// ndims describe them. Large calls split their rows over short-lived threads (parallel_for); no OpenMP
+// team: its idle threads spin against MindSpore's own (measured: slower than one thread). The loops are
+// written so that the compiler vectorises them (no branches, no libm calls).
 
 #include <cmath>
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
+#include <thread>
+#include <vector>
 
 namespace {
+
+// Runs body(begin, end) over [0, n) split between the calling thread and up to (cores - 1) short-lived
+// threads, when the work is large enough to pay for starting them (no pool: nothing spins between
+// calls, so MindSpore's own threads keep the cores when the kernels are idle).
+template <typename Body>
+void parallel_for(int64_t n, int64_t work_per_item, const Body &body) {
+  const int64_t min_work_per_thread = 1 << 18;
+  int64_t threads = std::min<int64_t>(std::max(1u, std::thread::hardware_concurrency()), 8);
+  threads = std::min(threads, std::max<int64_t>(1, n * work_per_item / min_work_per_thread));
+  threads = std::min(threads, n);
+  if (threads <= 1) {
+    body(0, n);
+    return;
+  }
+  std::vector<std::thread> pool;
+  const int64_t chunk = (n + threads - 1) / threads;
+  for (int64_t t = 1; t < threads; ++t) {
+    const int64_t begin = t * chunk, end = std::min(n, begin + chunk);
+    if (begin < end) pool.emplace_back([&body, begin, end] { body(begin, end); });
+  }
+  body(0, std::min(n, chunk));
+  for (auto &thread : pool) thread.join();
+}
 
 int64_t count(int ndim, const int64_t *shape) {
   int64_t n = 1;
@@ -64,23 +90,25 @@ int dvt_layer_norm(int nparam, void **params, int *ndims, int64_t **shapes, cons
   const int64_t d = shapes[0][ndims[0] - 1];
   const int64_t rows = count(ndims[0] - 1, shapes[0]);
   const float inv_d = 1.0f / static_cast<float>(d);
-  for (int64_t r = 0; r < rows; ++r) {
-    const float *xr = x + r * d;
-    float *yr = y + r * d;
-    float sum = 0.0f;
+  parallel_for(rows, 4 * d, [&](int64_t first, int64_t last) {
+    for (int64_t r = first; r < last; ++r) {
+      const float *xr = x + r * d;
+      float *yr = y + r * d;
+      float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
-    for (int64_t i = 0; i < d; ++i) sum += xr[i];
-    const float mean = sum * inv_d;
-    float sq = 0.0f;
+      for (int64_t i = 0; i < d; ++i) sum += xr[i];
+      const float mean = sum * inv_d;
+      float sq = 0.0f;
 #pragma omp simd reduction(+ : sq)
-    for (int64_t i = 0; i < d; ++i) {
-      const float c = xr[i] - mean;
-      sq += c * c;
-    }
-    const float rstd = 1.0f / std::sqrt(sq * inv_d + eps);
+      for (int64_t i = 0; i < d; ++i) {
+        const float c = xr[i] - mean;
+        sq += c * c;
+      }
+      const float rstd = 1.0f / std::sqrt(sq * inv_d + eps);
 #pragma omp simd
-    for (int64_t i = 0; i < d; ++i) yr[i] = (xr[i] - mean) * rstd * w[i] + b[i];
-  }
+      for (int64_t i = 0; i < d; ++i) yr[i] = (xr[i] - mean) * rstd * w[i] + b[i];
+    }
+  });
   return 0;
 }
 
@@ -90,8 +118,12 @@ int dvt_gelu(int nparam, void **params, int *ndims, int64_t **shapes, const char
   const float *x = static_cast<const float *>(params[0]);
   float *y = static_cast<float *>(params[1]);
   const int64_t n = count(ndims[0], shapes[0]);
+  const int64_t block = 4096;
+  parallel_for((n + block - 1) / block, 16 * block, [&](int64_t first, int64_t last) {
+    const int64_t end = std::min(n, last * block);
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) y[i] = 0.5f * x[i] * (1.0f + erf_approx(x[i] * 0.70710678118654752f));
+    for (int64_t i = first * block; i < end; ++i) y[i] = 0.5f * x[i] * (1.0f + erf_approx(x[i] * 0.70710678118654752f));
+  });
   return 0;
 }
 
@@ -111,9 +143,10 @@ int dvt_unfold(int nparam, void **params, int *ndims, int64_t **shapes, const ch
   const int64_t channels = channels_last ? shapes[0][2] : shapes[0][1];
   const int64_t out = (side + 2 * pad - k) / stride + 1;
   const int64_t features = channels * k * k;
-  for (int64_t b = 0; b < batch; ++b) {
-    const float *image = x + b * channels * side * side;
-    for (int64_t oy = 0; oy < out; ++oy) {
+  parallel_for(batch * out, out * features, [&](int64_t first, int64_t last) {
+    for (int64_t item = first; item < last; ++item) {
+      const int64_t b = item / out, oy = item % out;
+      const float *image = x + b * channels * side * side;
       for (int64_t ox = 0; ox < out; ++ox) {
         float *row = y + ((b * out + oy) * out + ox) * features;
         if (channels_last) {  // gather C contiguous channels per pixel, scatter them k * k apart
@@ -146,7 +179,57 @@ int dvt_unfold(int nparam, void **params, int *ndims, int64_t **shapes, const ch
         }
       }
     }
+  });
+  return 0;
+}
+
+// Resize both token axes of every plane: out[b, c] = P x[b, c] P^T. Inputs: x [B, C, n_in, n_in],
+// P [n_out, n_in] (a resize operator: a few non-zeros per row). Output [B, C, n_out, n_out]. P is read
+// as a sparse matrix, so the cost is proportional to its non-zeros, not to n_out * n_in.
+int dvt_sandwich(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+  if (nparam != 3 || ndims[0] != 4 || ndims[1] != 2 || shapes[0][2] != shapes[1][1]) return 1;
+  const float *x = static_cast<const float *>(params[0]);
+  const float *p = static_cast<const float *>(params[1]);
+  float *y = static_cast<float *>(params[2]);
+  const int64_t planes = shapes[0][0] * shapes[0][1];
+  const int64_t n_in = shapes[1][1], n_out = shapes[1][0];
+  std::vector<int64_t> start(n_out + 1, 0), col;
+  std::vector<float> weight;
+  for (int64_t i = 0; i < n_out; ++i) {
+    for (int64_t j = 0; j < n_in; ++j) {
+      if (p[i * n_in + j] != 0.0f) {
+        col.push_back(j);
+        weight.push_back(p[i * n_in + j]);
+      }
+    }
+    start[i + 1] = static_cast<int64_t>(col.size());
   }
+  parallel_for(planes, n_out * n_out * 4, [&](int64_t first, int64_t last) {
+    std::vector<float> rows(n_in * n_out);  // x P^T for one plane: [n_in, n_out]
+    for (int64_t plane = first; plane < last; ++plane) {
+      const float *xp = x + plane * n_in * n_in;
+      float *yp = y + plane * n_out * n_out;
+      for (int64_t r = 0; r < n_in; ++r) {
+        const float *xr = xp + r * n_in;
+        float *tr = rows.data() + r * n_out;
+        for (int64_t o = 0; o < n_out; ++o) {
+          float acc = 0.0f;
+          for (int64_t e = start[o]; e < start[o + 1]; ++e) acc += weight[e] * xr[col[e]];
+          tr[o] = acc;
+        }
+      }
+      for (int64_t o = 0; o < n_out; ++o) {
+        float *yr = yp + o * n_out;
+        std::fill(yr, yr + n_out, 0.0f);
+        for (int64_t e = start[o]; e < start[o + 1]; ++e) {
+          const float w = weight[e];
+          const float *tr = rows.data() + col[e] * n_out;
+#pragma omp simd
+          for (int64_t q = 0; q < n_out; ++q) yr[q] += w * tr[q];
+        }
+      }
+    }
+  });
   return 0;
 }
 

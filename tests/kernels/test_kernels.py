@@ -13,7 +13,7 @@ from mindspore import nn, ops
 from dvt_ms import kernels
 from dvt_ms.kernels import build
 from dvt_ms.models import DVTCascade
-from dvt_ms.models.layers import LayerNorm
+from dvt_ms.models.layers import LayerNorm, relation_resize_matrix
 from dvt_ms.models.layers.mlp import GELU
 from tests.models.helpers import tiny_spec
 
@@ -86,6 +86,16 @@ def test_unfold_matches_stock_unfold_tokens_first(side, kernel, stride, padding,
     got = op(ms.Tensor(np.ascontiguousarray(inputs)), geometry).asnumpy()
     assert got.shape == expected.shape == (2, out * out, channels * kernel * kernel)
     np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("up, down", [(4, 6), (7, 10), (10, 14)])
+def test_sandwich_matches_dense_resize(up, down, graph_mode):
+    p = relation_resize_matrix(up, down)
+    x = np.random.RandomState(0).randn(2, 5, up * up + 1, up * up + 1).astype(np.float32)
+    with kernels.use_kernels(True):
+        op = kernels.sandwich_op()
+    got = op(ms.Tensor(x), ms.Tensor(p)).asnumpy()
+    np.testing.assert_allclose(got, p @ x @ p.T, rtol=1e-5, atol=1e-5)
 
 
 def test_training_and_float16_take_the_stock_ops(graph_mode):

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from mindspore import Parameter, Tensor, nn, ops
+from mindspore import dtype as mstype
 
+from ... import kernels
 from .grid_resize import relation_resize_matrix
 from .init import torch_default_uniform
+from .mlp import GELU
 
 
 class PointwiseConv(nn.Cell):
@@ -35,11 +38,12 @@ class RelationReuse(nn.SequentialCell):
     def __init__(self, in_channels: int, out_channels: int, hidden_channels: int, up_grid: int, grid: int,
                  depth: int) -> None:
         super().__init__([
-            PointwiseConv(in_channels, hidden_channels), nn.GELU(approximate=False),
+            PointwiseConv(in_channels, hidden_channels), GELU(),
             PointwiseConv(hidden_channels, out_channels)])
         self.n_up, self.n = up_grid * up_grid + 1, grid * grid + 1
         self.out_channels, self.depth = out_channels, depth
         self.resize = Tensor(relation_resize_matrix(up_grid, grid))
+        self.fused = kernels.sandwich_op()  # CPU: P R P^T from P's non-zeros, no broadcast of P
 
     def construct(self, relations):
         r = relations.reshape(-1, relations.shape[1], self.n_up * self.n_up)
@@ -47,5 +51,8 @@ class RelationReuse(nn.SequentialCell):
             r = cell(r)
         r = r.reshape(-1, self.out_channels, self.n_up, self.n_up)
         p = self.resize.astype(r.dtype)
-        r = ops.matmul(ops.matmul(p, r), p.swapaxes(0, 1))
+        if self.fused is not None and not self.training and r.dtype == mstype.float32:
+            r = self.fused(r, p)
+        else:
+            r = ops.matmul(ops.matmul(p, r), p.swapaxes(0, 1))
         return ops.split(r, self.out_channels // self.depth, axis=1)
