@@ -166,7 +166,7 @@ def test_failing_compiler_is_a_clear_error_and_leaves_nothing(fresh_library, mon
     fake.write_text("#!/bin/sh\necho 'broken-c++: internal error' >&2\nexit 1\n")
     fake.chmod(0o755)
     monkeypatch.setenv("CXX", str(fake))
-    with pytest.raises(build.KernelBuildError, match="broken-c\\+\\+ failed to build cpu_kernels.cc"):
+    with pytest.raises(build.KernelBuildError, match=r"broken-c\+\+ failed to build cpu_kernels\.cc"):
         build.build_library()
     assert list(fresh_library.iterdir()) == []
 
