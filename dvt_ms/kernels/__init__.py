@@ -88,7 +88,12 @@ def unfold_op(tokens: int, features: int):
     ``geometry`` is an int32 tensor ``[channels_last, side, kernel, stride, padding]``: ``x`` is an image
     [B, C, side, side] (``channels_last`` 0) or a grid of tokens [B, side * side, C] (1).
     """
-    return _custom("dvt_unfold", lambda x, g: [x[0], tokens, features], lambda x, g: x)
+    op = _custom("dvt_unfold", lambda x, g: [x[0], tokens, features], lambda x, g: x)
+    if op is not None:
+        # PyNative caches an op's inferred shape by name and input shapes; the output shape here also
+        # depends on the geometry's values, so make it part of the op's identity.
+        op.add_prim_attr("dvt_output", f"{tokens}x{features}")
+    return op
 
 
 def sandwich_op():
