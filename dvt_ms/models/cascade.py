@@ -58,7 +58,7 @@ class DVTCascade(nn.Cell):
 
     def set_inputs(self, *inputs) -> None:
         """As :meth:`mindspore.nn.Cell.set_inputs`; a dynamic dimension switches the fused CPU kernels off
-        (they need static shapes)."""
+        in every cell under this one (they need static shapes), for all graphs compiled from them later."""
         kernels.drop_kernels_if_dynamic(self, inputs)
         super().set_inputs(*inputs)
 

@@ -107,7 +107,8 @@ class ExitStage(nn.Cell):
         self.emits_relations = exit_cell.emit_relations
 
     def set_inputs(self, *inputs) -> None:
-        """As :meth:`mindspore.nn.Cell.set_inputs`; a dynamic dimension switches the fused CPU kernels off."""
+        """As :meth:`mindspore.nn.Cell.set_inputs`; a dynamic dimension switches the fused CPU kernels off
+        in the wrapped exit (they need static shapes), for all graphs compiled from it later."""
         kernels.drop_kernels_if_dynamic(self, inputs)
         super().set_inputs(*inputs)
 

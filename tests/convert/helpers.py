@@ -13,8 +13,6 @@ from dvt_ms.convert.cli import main
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY_CONFIG = os.path.join(REPO, "configs", "dvt_tiny_cpu.yaml")
-REFERENCE_KEYS = os.environ.get(
-    "DVT_REFERENCE_KEYS", os.path.join(os.path.dirname(REPO), "shared", "reference", "torch_state_dicts"))
 PUBLISHED = ("dvt_t2t_vit_12", "dvt_t2t_vit_14", "dvt_deit_small")
 
 
@@ -80,14 +78,3 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
     code = main([str(a) for a in argv])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
-
-
-def read_key_file(name: str) -> dict[str, tuple[int, ...]]:
-    """Official key -> shape list of a published model (``key<TAB>[shape]`` per line)."""
-    shapes = {}
-    with open(os.path.join(REFERENCE_KEYS, f"{name}.keys.txt"), encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                key, shape = line.rstrip("\n").split("\t")
-                shapes[key] = tuple(int(s) for s in shape.strip("[]").split(",") if s.strip())
-    return shapes

@@ -17,7 +17,8 @@ from dvt_ms.convert.mapping import (
     to_torch_state_dict,
 )
 from dvt_ms.models import DVTCascade
-from tests.convert.helpers import PUBLISHED, read_key_file, tiny_spec, tiny_t2t_spec
+from tests.convert.helpers import PUBLISHED, tiny_spec, tiny_t2t_spec
+from tests.official_keys import official_shapes
 
 EXPECTED = {"a.cls_token": (1, 1, 4), "a.norm.weight": (4,), "a.head.weight": (3, 4)}
 
@@ -127,13 +128,13 @@ def test_expected_shapes_come_from_the_model_and_equal_the_torch_keys(make_spec)
 
 def test_identify_the_published_models_from_their_official_keys():
     for name in PUBLISHED:
-        found = identify_model(read_key_file(name))
+        found = identify_model(official_shapes(name))
         assert (found.name, found.overrides) == (name, {})
         assert found.spec == dvt_ms.spec_for(name)
 
 
 def test_identify_infers_the_number_of_classes():
-    shapes = read_key_file("dvt_t2t_vit_12")
+    shapes = official_shapes("dvt_t2t_vit_12")
     for key in list(shapes):
         if key.endswith("head.weight"):
             shapes[key] = (100, shapes[key][1])

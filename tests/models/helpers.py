@@ -11,8 +11,6 @@ from dvt_ms.config import load_yaml, spec_from_config
 from dvt_ms.models.spec import CascadeSpec
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-REFERENCE_KEYS = os.environ.get(
-    "DVT_REFERENCE_KEYS", os.path.join(os.path.dirname(REPO), "shared", "reference", "torch_state_dicts"))
 PUBLISHED = ("dvt_t2t_vit_12", "dvt_t2t_vit_14", "dvt_deit_small")
 
 

@@ -2,31 +2,20 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 import dvt_ms
-from tests.models.helpers import PUBLISHED, REFERENCE_KEYS
+from tests.models.helpers import PUBLISHED
+from tests.official_keys import official_shapes
 
 COUNTS = {"dvt_t2t_vit_12": 22_461_516, "dvt_t2t_vit_14": 67_881_836, "dvt_deit_small": 70_442_232}
-
-
-def reference_shapes(name: str) -> dict[str, list[int]]:
-    path = os.path.join(REFERENCE_KEYS, f"{name}.keys.txt")
-    shapes = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            key, shape = line.rstrip("\n").split("\t")
-            shapes[key] = [int(v) for v in shape.strip("[]").split(",") if v.strip()]
-    return shapes
 
 
 @pytest.mark.parametrize("name", PUBLISHED)
 def test_parameters_mirror_official_keys(name):
     model = dvt_ms.create_model(name)
-    mine = {p.name: list(p.shape) for p in model.get_parameters()}
-    ref = reference_shapes(name)
+    mine = {p.name: tuple(p.shape) for p in model.get_parameters()}
+    ref = official_shapes(name)
     assert sorted(set(mine) - set(ref)) == []
     assert sorted(set(ref) - set(mine)) == []
     assert mine == ref

@@ -22,8 +22,8 @@ F = torch.nn.functional
 
 from dvt_ms.models.spec import CascadeSpec, ExitSpec, with_reuse  # noqa: E402
 from dvt_ms.reference import torch_dvt as td  # noqa: E402
+from tests.official_keys import official_key_rows  # noqa: E402
 
-KEY_DIR = Path("/work/shared/reference/torch_state_dicts")
 NAMES = ("less_less_token", "less_token", "normal_token")
 PUBLISHED = ("dvt_t2t_vit_12", "dvt_t2t_vit_14", "dvt_deit_small")
 PARAM_COUNTS = {"dvt_t2t_vit_12": 22_461_516, "dvt_t2t_vit_14": 67_881_836, "dvt_deit_small": 70_442_232}
@@ -103,15 +103,6 @@ def mixed_spec() -> CascadeSpec:
                        reuse_channels=12, reuse_hidden=20, relation_expansion=2)
 
 
-def read_keys(name: str) -> list[tuple[str, list[int]]]:
-    rows = []
-    for line in (KEY_DIR / f"{name}.keys.txt").read_text().splitlines():
-        if line.strip():
-            key, shape = line.split("\t")
-            rows.append((key, [int(v) for v in shape.strip("[] ").split(",") if v.strip()]))
-    return rows
-
-
 @pytest.fixture(scope="module")
 def published_models():
     torch.manual_seed(0)
@@ -129,12 +120,11 @@ def test_published_spec_matches_package(name):
     assert spec_for(name) == local_published_spec(name)
 
 
-@pytest.mark.skipif(not KEY_DIR.is_dir(), reason="reference key files are not available")
 @pytest.mark.parametrize("name", PUBLISHED)
 def test_state_dict_matches_official_keys(published_models, name):
     model = published_models[name]
-    mine = [(k, list(v.shape)) for k, v in model.state_dict().items()]
-    assert mine == read_keys(name)  # same keys, same order, same shapes
+    mine = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
+    assert mine == official_key_rows(name)  # same keys, same order, same shapes
 
 
 @pytest.mark.parametrize("name", PUBLISHED)
