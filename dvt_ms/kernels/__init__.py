@@ -1,9 +1,11 @@
 """Fused CPU kernels for inference: the one seam between the model's layers and custom operators.
 
 MindSpore's CPU kernels for LayerNorm and exact GELU are 5-25x slower than torch's on the same
-machine, and a DVT exit is full of both. On CPU, the layers call the kernels of ``cpu_kernels.cc``
-instead, through ``mindspore.ops.Custom`` (``func_type="aot"``), compiled on first use with the system
-compiler (see :mod:`.build`). Each op here returns ``None`` where the stock ops must be used: on
+machine, and a DVT exit is full of both; its unfold (+ transpose) and the per-image broadcast behind a
+2-D x 4-D matmul cost the T2T stems and relation reuse as much again. On CPU, the layers (LayerNorm,
+GELU, the T2T soft splits, relation reuse's resize) call the kernels of ``cpu_kernels.cc`` instead,
+through ``mindspore.ops.Custom`` (``func_type="aot"``), compiled on first use with the system compiler
+(see :mod:`.build`). Each op here returns ``None`` where the stock ops must be used: on
 Ascend/GPU, when no compiler is found (a warning says so, once), or when switched off with
 ``DVT_MS_KERNELS=0`` or :func:`use_kernels`. The choice is made when a cell is built; the layers take
 the kernel path only in inference mode and for float32 inputs, the stock path otherwise (training,
