@@ -41,7 +41,7 @@ from .thresholds import (
 )
 from .throughput import speed_report
 
-__all__ = ["EvalError", "ExitOutputs", "build_model", "collect_exit_outputs", "evaluate", "run_early_exit", "summary"]
+__all__ = ["EvalError", "ExitOutputs", "collect_exit_outputs", "evaluate", "run_early_exit", "summary"]
 
 METADATA_FIELDS = ("flops", "anytime_classification", "budgeted_batch_classification", "dynamic_threshold")
 
@@ -86,7 +86,7 @@ def _set_device(target: str) -> None:
         raise EvalError(f"--device_target {target} is not available in this MindSpore installation: {first}") from None
 
 
-def build_model(cfg: dict[str, Any], metadata: dict | None):
+def resolve_model(cfg: dict[str, Any], metadata: dict | None):
     """The model named by the config (``--config`` / ``--model`` and model flags), or else by the
     checkpoint's own record; returns ``(model, name, arguments)``."""
     from ..models import create_model
@@ -261,7 +261,7 @@ def evaluate(cfg: dict[str, Any]) -> dict[str, Any]:
         return results
 
     _set_device(cfg["device_target"])
-    model, name, overrides = build_model(cfg, metadata)
+    model, name, overrides = resolve_model(cfg, metadata)
     load_checkpoint(model, cfg["ckpt"])
     spec = model.spec
     num_exits = spec.num_exits

@@ -36,7 +36,6 @@ from ..data import DataError, build_eval_dataset
 from ..data.train_pipeline import TrainData, open_train_reader
 from ..flops import cumulative_gflops
 from ..models import CascadeSpec
-from .checkpoints import CheckpointManager, Progress, ResumeError, find_state, load_state
 from .distributed import LaunchError, Runtime, grad_reducer, init_runtime
 from .ema import EMA
 from .logs import setup_logging
@@ -46,9 +45,10 @@ from .lr_schedule import cosine_schedule, scaled_lr
 from .optimizer import AdamW, param_groups
 from .options import OPTIONS
 from .pretrained import load_pretrained
+from .run_state import CheckpointManager, ResumeError, RunRecord, find_state, load_state
 from .train_step import TrainStep
 from .trainer import LoopSettings, Trainer, TrainingDiverged
-from .validate import Accuracy, evaluate
+from .validate import Accuracy, exit_accuracy
 
 PROG = "dvt-train"
 USER_ERRORS = (ConfigError, DataError, CheckpointError, ResumeError, LaunchError, TrainingDiverged, ValueError)
@@ -103,7 +103,7 @@ def reseed_for_resume(cfg: dict[str, Any], state_path: str | None) -> None:
     ms.set_seed(cfg["seed"] + 1_000_003 * int(meta.get("epoch", 0)))
 
 
-def build_model(cfg: dict[str, Any], runtime: Runtime, log: logging.Logger) -> nn.Cell:
+def build_training_model(cfg: dict[str, Any], runtime: Runtime, log: logging.Logger) -> nn.Cell:
     """The cascade of the config, with ``--pretrained`` weights and the ``--amp_level`` casts applied."""
     model = create_model_from_config(cfg)
     if cfg["pretrained"]:
@@ -152,10 +152,10 @@ RESUME_KEYS = ("model", "model_args", "num_classes", "img_size", "epoch_size", "
 
 
 def restore_progress(state_path: str | None, step: nn.Cell, metadata: dict[str, Any],
-                     log: logging.Logger) -> Progress:
+                     log: logging.Logger) -> RunRecord:
     """The progress of a resumed run (state loaded into ``step``), or a fresh one."""
     if state_path is None:
-        return Progress()
+        return RunRecord()
     progress, notes = load_state(state_path, step, {k: metadata[k] for k in RESUME_KEYS})
     log.info("resumed from %s: %d epochs done, step %d", state_path, progress.epoch, progress.global_step)
     for note in notes:
@@ -170,7 +170,7 @@ def build_validation(cfg: dict[str, Any], model: nn.Cell, val_data, runtime: Run
     forward = ms.jit(model) if runtime.mode == 1 else model
 
     def validate() -> Accuracy:
-        return evaluate(model, val_data, cfg["batch_size"], runtime, cfg["num_parallel_workers"], forward)
+        return exit_accuracy(model, val_data, cfg["batch_size"], runtime, cfg["num_parallel_workers"], forward)
 
     return validate
 
@@ -187,7 +187,7 @@ def run(cfg: dict[str, Any]) -> int:
     val_data = build_val_data(cfg, spec)
     state_path = find_state(cfg["resume"], cfg["auto_resume"], run_dir)
     reseed_for_resume(cfg, state_path)
-    model = build_model(cfg, runtime, log)
+    model = build_training_model(cfg, runtime, log)
     step, ema = build_train_step(cfg, model, data, runtime, log)
     metadata = run_metadata(cfg, model, data, runtime)
     progress = restore_progress(state_path, step, metadata, log)

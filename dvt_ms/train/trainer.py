@@ -14,10 +14,10 @@ from mindspore import nn
 
 from ..data.errors import DataError
 from ..data.train_pipeline import TrainData, data_error_from
-from .checkpoints import CheckpointManager, Progress
 from .distributed import Runtime, sum_over_devices, weight_spread
 from .ema import EMA
 from .logs import format_duration
+from .run_state import CheckpointManager, RunRecord
 from .train_step import TrainStep
 from .validate import Accuracy
 
@@ -54,11 +54,11 @@ class Trainer:
 
     def __init__(self, train_step: TrainStep, model: nn.Cell, data: TrainData, runtime: Runtime,
                  ckpt: CheckpointManager, settings: LoopSettings, logger: logging.Logger,
-                 evaluate: Callable[[], Accuracy] | None = None, ema: EMA | None = None,
+                 validate: Callable[[], Accuracy] | None = None, ema: EMA | None = None,
                  metadata: dict[str, Any] | None = None) -> None:
         self.step, self.model, self.data, self.runtime = train_step, model, data, runtime
         self.ckpt, self.settings, self.log = ckpt, settings, logger
-        self.evaluate, self.ema, self.metadata = evaluate, ema, dict(metadata or {})
+        self.validate, self.ema, self.metadata = validate, ema, dict(metadata or {})
         self.steps_per_epoch = data.steps_per_epoch
         # PyNative mode: the train step is still one compiled graph; validation and the loop run eagerly.
         self.step_fn = ms.jit(train_step) if runtime.mode == 1 else train_step
@@ -74,7 +74,7 @@ class Trainer:
         iterator = dataset.create_tuple_iterator(num_epochs=1)
         return (lambda: self.step_fn(*next(iterator))), 1
 
-    def fit(self, progress: Progress) -> Progress:
+    def fit(self, progress: RunRecord) -> RunRecord:
         """Train until ``settings.epochs`` epochs are done; returns the final progress."""
         s = self.settings
         if progress.epoch >= s.epochs:
@@ -146,16 +146,16 @@ class Trainer:
 
     def _due_validation(self, epoch: int) -> bool:
         interval = self.settings.val_interval
-        return self.evaluate is not None and interval > 0 and (epoch % interval == 0 or epoch == self.settings.epochs)
+        return self.validate is not None and interval > 0 and (epoch % interval == 0 or epoch == self.settings.epochs)
 
-    def _end_epoch(self, progress: Progress, train_loss: list[float], lr: float, speed: float,
+    def _end_epoch(self, progress: RunRecord, train_loss: list[float], lr: float, speed: float,
                    seconds: float) -> None:
         epoch = progress.epoch
         entry: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "val_top1": None, "val_top5": None,
                                  "lr": lr, "img_per_sec": speed, "epoch_seconds": seconds}
         is_best = False
         if self._due_validation(epoch):
-            acc = self.evaluate()
+            acc = self.validate()
             entry["val_top1"], entry["val_top5"] = acc.top1, acc.top5
             is_best = progress.best_top1 is None or acc.top1[-1] > progress.best_top1
             if is_best:
@@ -164,7 +164,7 @@ class Trainer:
                 params = self.model.trainable_params()
                 saved = self.ema.swap_into(params)
                 try:
-                    ema_acc = self.evaluate()
+                    ema_acc = self.validate()
                 finally:
                     self.ema.restore(params, saved)
                 entry["val_top1_ema"], entry["val_top5_ema"] = ema_acc.top1, ema_acc.top5

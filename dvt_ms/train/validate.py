@@ -22,7 +22,7 @@ class Accuracy:
     count: int
 
 
-def evaluate(model: nn.Cell, dataset, batch_size: int, runtime: Runtime, num_workers: int = 4,
+def exit_accuracy(model: nn.Cell, dataset, batch_size: int, runtime: Runtime, num_workers: int = 4,
              forward=None) -> Accuracy:
     """Accuracy of every exit of ``model`` on ``dataset`` (items ``(float32 [3, S, S], label)``).
 

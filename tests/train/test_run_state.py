@@ -15,19 +15,19 @@ import pytest
 
 import dvt_ms
 from dvt_ms.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
-from dvt_ms.train.checkpoints import (
-    STATE,
-    CheckpointManager,
-    Progress,
-    ResumeError,
-    find_state,
-    load_state,
-)
 from dvt_ms.train.ema import EMA
 from dvt_ms.train.loss import NetWithLoss
 from dvt_ms.train.loss_scale import LossScaler
 from dvt_ms.train.optimizer import AdamW, param_groups
 from dvt_ms.train.pretrained import load_pretrained
+from dvt_ms.train.run_state import (
+    STATE,
+    CheckpointManager,
+    ResumeError,
+    RunRecord,
+    find_state,
+    load_state,
+)
 from dvt_ms.train.train_step import TrainStep
 from tests.train.helpers import REPO, subprocess_env
 
@@ -56,7 +56,7 @@ def test_state_round_trip_restores_everything(tmp_path, graph_mode):
     for i in range(3):
         step(*_batch(i))
     manager = CheckpointManager(str(tmp_path), keep_max=2, interval=1)
-    progress = Progress(epoch=3, global_step=3, best_top1=12.5, best_epoch=2, results=[{"epoch": 1}])
+    progress = RunRecord(epoch=3, global_step=3, best_top1=12.5, best_epoch=2, results=[{"epoch": 1}])
     np.random.seed(7)
     manager.save(step, model, progress, {"model": "dvt_vit", "global_batch": 4}, is_best=True)
     expected_numpy_draw = np.random.random_sample()
@@ -84,7 +84,7 @@ def test_state_round_trip_restores_everything(tmp_path, graph_mode):
 def test_resume_refuses_a_different_set_up_and_plain_weights(tmp_path, graph_mode):
     model, step = _train_step()
     manager = CheckpointManager(str(tmp_path))
-    manager.save(step, model, Progress(epoch=1, global_step=1), {"model": "dvt_vit", "global_batch": 4}, False)
+    manager.save(step, model, RunRecord(epoch=1, global_step=1), {"model": "dvt_vit", "global_batch": 4}, False)
     with pytest.raises(ResumeError, match="global_batch: state 4 vs now 8"):
         load_state(str(tmp_path / STATE), step, {"model": "dvt_vit", "global_batch": 8})
     with pytest.raises(ResumeError, match="not a dvt_ms training state"):
@@ -109,7 +109,7 @@ def test_keep_checkpoint_max_and_interval(tmp_path, graph_mode):
     model, step = _train_step(ema=False)
     manager = CheckpointManager(str(tmp_path), keep_max=2, interval=2)
     for epoch in range(1, 8):
-        manager.save(step, model, Progress(epoch=epoch, global_step=epoch), {}, is_best=epoch == 3)
+        manager.save(step, model, RunRecord(epoch=epoch, global_step=epoch), {}, is_best=epoch == 3)
     assert [e for e, _ in manager.epoch_files()] == [4, 6]
     assert read_checkpoint(str(tmp_path / STATE))[1]["epoch"] == 7
     manager.write_results([{"epoch": 1}])
@@ -121,13 +121,13 @@ _KILL_DURING_WRITE = textwrap.dedent("""
     import sys, time
     import mindspore as ms
     import numpy as np
-    from dvt_ms.train.checkpoints import CheckpointManager, Progress
+    from dvt_ms.train.run_state import CheckpointManager, RunRecord
     sys.path.insert(0, {tests!r})
-    from tests.train.test_checkpoints import _train_step
+    from tests.train.test_run_state import _train_step
 
     model, step = _train_step(ema=False)
     manager = CheckpointManager({directory!r})
-    manager.save(step, model, Progress(epoch=1, global_step=5), {{"model": "dvt_vit"}}, is_best=False)
+    manager.save(step, model, RunRecord(epoch=1, global_step=5), {{"model": "dvt_vit"}}, is_best=False)
     real_save = ms.save_checkpoint
 
     def slow_save(entries, path, *args, **kwargs):
@@ -141,7 +141,7 @@ _KILL_DURING_WRITE = textwrap.dedent("""
     for p in step.get_parameters():
         if p.name.endswith("head.bias"):
             p.set_data(ms.Tensor(np.full(p.shape, 7.0, np.float32)))
-    manager.save(step, model, Progress(epoch=2, global_step=10), {{"model": "dvt_vit"}}, is_best=False)
+    manager.save(step, model, RunRecord(epoch=2, global_step=10), {{"model": "dvt_vit"}}, is_best=False)
 """)
 
 

@@ -41,7 +41,7 @@ class ResumeError(ValueError):
 
 
 @dataclass
-class Progress:
+class RunRecord:
     """Host-side bookkeeping of a run: completed epochs, steps, best accuracy and per-epoch results."""
 
     epoch: int = 0
@@ -95,7 +95,7 @@ class CheckpointManager:
                 found.append((int(match.group(1)), self.path(name)))
         return sorted(found)
 
-    def save(self, train_cell: nn.Cell, model: nn.Cell, progress: Progress, metadata: Mapping[str, Any],
+    def save(self, train_cell: nn.Cell, model: nn.Cell, progress: RunRecord, metadata: Mapping[str, Any],
              is_best: bool, ema_weights: Mapping[str, np.ndarray] | None = None) -> None:
         """Write the state of the epoch just finished (``progress.epoch``) and the weight files."""
         if not self.enabled:
@@ -150,7 +150,7 @@ def find_state(resume: str | None, auto_resume: bool, ckpt_save_dir: str) -> str
     return None
 
 
-def load_state(path: str, train_cell: nn.Cell, expect: Mapping[str, Any]) -> tuple[Progress, list[str]]:
+def load_state(path: str, train_cell: nn.Cell, expect: Mapping[str, Any]) -> tuple[RunRecord, list[str]]:
     """Load a training state into ``train_cell`` (weights, optimizer, counters, loss scale, EMA).
 
     ``expect`` holds run properties that must not change across a resume (model, global batch, steps
@@ -190,6 +190,6 @@ def load_state(path: str, train_cell: nn.Cell, expect: Mapping[str, Any]) -> tup
         notes.append(f"ignored {len(unused)} tensors of the state that this run does not use "
                      f"(e.g. {unused[0]})")
     set_rng_states(meta.get("rng", {}))
-    progress = Progress(int(meta["epoch"]), int(meta["global_step"]), meta.get("best_top1"), meta.get("best_epoch"),
+    progress = RunRecord(int(meta["epoch"]), int(meta["global_step"]), meta.get("best_top1"), meta.get("best_epoch"),
                         list(meta.get("results", [])))
     return progress, notes
