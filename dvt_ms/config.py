@@ -1,7 +1,8 @@
 """Flat YAML configs whose keys are the command-line flags (mindcv style).
 
-A config file is a flat mapping loaded with ``yaml.safe_load``; every key must be a known option of
-some dvt_ms command (model, data, training or evaluation), otherwise loading fails naming the key.
+A config file is a flat mapping loaded with ``yaml.safe_load``. Each command hands the loader its
+option tables (the model options here, its own flags, and the flags of the other commands that may
+share one config file); a key in none of them fails loading, naming the key.
 On the command line every option is ``--key value``; values are parsed as YAML scalars or lists, so
 ``--exit_grids 4,6,8``, ``--exit_grids [4,6,8]`` and ``--distribute True`` all work. Precedence:
 built-in defaults < YAML file < command line.
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import importlib
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -66,23 +66,13 @@ MODEL_OPTIONS: tuple[Option, ...] = (
     Option("exit_names", "any", None, "attribute names of the exits (parameter prefixes)"),
 )
 
-# Modules that contribute option tables (pure-Python modules, cheap to import).
-OPTION_MODULES = ("dvt_ms.train.options", "dvt_ms.inference.options")
-
-
-def all_options() -> dict[str, Option]:
-    """Every option known to any dvt_ms command, by name."""
-    options = {o.name: o for o in MODEL_OPTIONS}
-    for module in OPTION_MODULES:
-        try:
-            table = importlib.import_module(module).OPTIONS
-        except ModuleNotFoundError as err:
-            if err.name and module.startswith(err.name):
-                continue
-            raise
-        for o in table:
-            options.setdefault(o.name, o)
-    return options
+def merge_options(*tables: Iterable[Option]) -> list[Option]:
+    """The options of several tables, each name once (the first table that has it wins)."""
+    merged: dict[str, Option] = {}
+    for table in tables:
+        for option in table:
+            merged.setdefault(option.name, option)
+    return list(merged.values())
 
 
 def _parse_scalar(text: str) -> Any:
@@ -157,8 +147,8 @@ def coerce(option: Option, value: Any, where: str) -> Any:
     return value
 
 
-def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    """Read and validate a flat YAML config; errors name the file and the key."""
+def load_yaml(path: str | os.PathLike, options: Iterable[Option]) -> dict[str, Any]:
+    """Read a flat YAML config and validate it against ``options``; errors name the file and the key."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}")
@@ -171,12 +161,12 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config must be a flat mapping of option: value, got {type(data).__name__}")
-    return validate(data, where=path)
+    return validate(data, options, where=path)
 
 
-def validate(data: dict[str, Any], where: str = "config") -> dict[str, Any]:
-    """Check that every key is a known option and every value has the right type."""
-    options = all_options()
+def validate(data: dict[str, Any], options: Iterable[Option], where: str = "config") -> dict[str, Any]:
+    """Check that every key is one of ``options`` and every value has the right type."""
+    options = {o.name: o for o in options}
     out = {}
     for key, value in data.items():
         if key not in options:
@@ -200,11 +190,13 @@ def build_parser(options: Iterable[Option], description: str = "", prog: str | N
 
 
 def resolve(options: Iterable[Option], argv: Sequence[str] | None = None, description: str = "",
-            prog: str | None = None, defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+            prog: str | None = None, defaults: dict[str, Any] | None = None,
+            shared_with: Iterable[Option] = ()) -> dict[str, Any]:
     """Defaults < YAML (``-c``) < command line, validated. Returns the flat resolved config.
 
-    Keys of the YAML that belong to other commands (e.g. training keys when evaluating) are validated
-    and kept, so one file can serve every command.
+    ``options`` are this command's flags. ``shared_with`` are the flags of the other commands whose
+    keys a config file may also hold (e.g. training keys when evaluating): such keys are validated and
+    kept, so one file serves every command, but they are not flags of this one.
     """
     options = list(options)
     known = {o.name: o for o in options}
@@ -213,7 +205,7 @@ def resolve(options: Iterable[Option], argv: Sequence[str] | None = None, descri
     cfg: dict[str, Any] = {o.name: o.default for o in options}
     cfg.update(defaults or {})
     if args.config:
-        cfg.update(load_yaml(args.config))
+        cfg.update(load_yaml(args.config, merge_options(options, shared_with)))
     for name, o in known.items():
         raw = getattr(args, name)
         if raw is not None:
@@ -226,6 +218,18 @@ def model_overrides(cfg: dict[str, Any]) -> dict[str, Any]:
     """The model arguments set in a resolved config (all model keys but ``model`` that are not None)."""
     names = {o.name for o in MODEL_OPTIONS} - {"model"}
     return {k: v for k, v in cfg.items() if k in names and v is not None}
+
+
+def named_model(cfg: dict[str, Any], recorded: dict | None) -> tuple[str, dict[str, Any], str] | None:
+    """``(name, arguments, where from)`` of the model a command should build: the config's ``model``
+    with its model keys, else the model recorded in a checkpoint's metadata (``model``, ``model_args``)
+    with the config's model keys on top; None when neither names a model."""
+    if cfg.get("model"):
+        return cfg["model"], model_overrides(cfg), "given"
+    if recorded and recorded.get("model"):
+        return recorded["model"], {**(recorded.get("model_args") or {}), **model_overrides(cfg)}, \
+            "recorded in the checkpoint"
+    return None
 
 
 def create_model_from_config(cfg: dict[str, Any], **extra: Any):

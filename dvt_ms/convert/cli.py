@@ -19,7 +19,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..checkpoint import checkpoint_format
-from ..config import MODEL_OPTIONS, build_parser, coerce, load_yaml, model_overrides
+from ..config import MODEL_OPTIONS, build_parser, coerce, load_yaml, merge_options, model_overrides, named_model
+from ..inference.options import OPTIONS as EVAL_OPTIONS
+from ..train.options import OPTIONS as TRAIN_OPTIONS
 from .errors import ConvertError
 
 PROG = "dvt-convert"
@@ -53,7 +55,8 @@ def build_argument_parser():
 def _model_config(args) -> dict[str, Any]:
     cfg: dict[str, Any] = {}
     if args.config:
-        cfg.update(load_yaml(args.config))
+        # a config of dvt-train / dvt-eval is read for its model keys
+        cfg.update(load_yaml(args.config, merge_options(MODEL_OPTIONS, TRAIN_OPTIONS, EVAL_OPTIONS)))
     for option in MODEL_OPTIONS:
         raw = getattr(args, option.name)
         if raw is not None:
@@ -67,16 +70,13 @@ def resolve_model(cfg: dict[str, Any], shapes: dict[str, tuple], info: dict | No
     from ..models import spec_for
     from .mapping import identify_model, infer_num_classes
 
-    if cfg.get("model"):
-        name, overrides, how = cfg["model"], model_overrides(cfg), "given"
-    elif info and info.get("model"):
-        name, overrides, how = info["model"], dict(info.get("model_args") or {}), "recorded in the checkpoint"
-        overrides.update(model_overrides(cfg))
-    else:
+    chosen = named_model(cfg, info)
+    if chosen is None:
         if model_overrides(cfg):
             raise ConvertError("model flags were given without --model: name the model they apply to")
         found = identify_model(shapes)
         return found.name, found.overrides, found.spec, "identified from the checkpoint keys"
+    name, overrides, how = chosen
     spec = spec_for(name, **overrides)
     if "num_classes" not in overrides:
         classes = infer_num_classes(shapes, spec.exit_names[-1])

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from ..checkpoint import CheckpointError
 from ..config import MODEL_OPTIONS, ConfigError, resolve
 from ..data import DataError
+from ..train.options import OPTIONS as TRAIN_OPTIONS
 from .options import OPTIONS
 
 PROG = "dvt-eval"
@@ -27,7 +28,7 @@ DESCRIPTION = ("Evaluate a Dynamic Vision Transformer with real early exit: anyt
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``dvt-eval`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
     try:
-        cfg = resolve((*MODEL_OPTIONS, *OPTIONS), argv, DESCRIPTION, PROG)
+        cfg = resolve((*MODEL_OPTIONS, *OPTIONS), argv, DESCRIPTION, PROG, shared_with=TRAIN_OPTIONS)
     except ConfigError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..checkpoint import load_checkpoint, read_metadata
-from ..config import model_overrides
+from ..config import named_model
 from ..data import DataError, build_eval_dataset, iterate_batches
 from ..flops import cumulative_gflops, stage_macs
 from .engine import EarlyExitEngine, default_buckets
@@ -86,20 +86,16 @@ def _set_device(target: str) -> None:
         raise EvalError(f"--device_target {target} is not available in this MindSpore installation: {first}") from None
 
 
-def resolve_model(cfg: dict[str, Any], metadata: dict | None):
+def build_eval_model(cfg: dict[str, Any], metadata: dict | None):
     """The model named by the config (``--config`` / ``--model`` and model flags), or else by the
     checkpoint's own record; returns ``(model, name, arguments)``."""
     from ..models import create_model
 
-    overrides = model_overrides(cfg)
-    if cfg.get("model"):
-        name = cfg["model"]
-    elif metadata and metadata.get("model"):
-        name = metadata["model"]
-        overrides = {**(metadata.get("model_args") or {}), **overrides}
-    else:
+    chosen = named_model(cfg, metadata)
+    if chosen is None:
         raise EvalError(f"no model given and {cfg['ckpt']} does not name one: pass --config configs/<model>.yaml "
                         "or --model NAME")
+    name, overrides, _ = chosen
     try:
         model = create_model(name, **overrides)
     except (ValueError, TypeError) as err:
@@ -261,7 +257,7 @@ def evaluate(cfg: dict[str, Any]) -> dict[str, Any]:
         return results
 
     _set_device(cfg["device_target"])
-    model, name, overrides = resolve_model(cfg, metadata)
+    model, name, overrides = build_eval_model(cfg, metadata)
     load_checkpoint(model, cfg["ckpt"])
     spec = model.spec
     num_exits = spec.num_exits

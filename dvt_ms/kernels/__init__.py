@@ -27,8 +27,8 @@ from mindspore import Tensor, nn, ops
 
 from .build import KernelBuildError, build_library
 
-__all__ = ["KernelBuildError", "drop_kernels_if_dynamic", "gelu_op", "kernels_enabled", "layer_norm_op",
-           "sandwich_op", "unfold_op", "use_kernels"]
+__all__ = ["KernelBuildError", "StaticShapeKernels", "drop_kernels_if_dynamic", "gelu_op", "kernels_enabled",
+           "layer_norm_op", "sandwich_op", "unfold_op", "use_fused", "use_kernels"]
 
 _LOG = logging.getLogger(__name__)
 _override: list[bool] = []
@@ -102,6 +102,23 @@ def sandwich_op():
     """``op(x, p)`` -> ``p @ x @ p.T`` for every plane of float32 ``x`` [B, C, n_in, n_in] with a sparse
     resize operator ``p`` [n_out, n_in], or ``None`` where the stock ops must be used."""
     return _custom("dvt_sandwich", lambda x, p: [x[0], x[1], p[0], p[0]], lambda x, p: x)
+
+
+def use_fused(cell: nn.Cell, x: Tensor) -> bool:
+    """Whether ``cell`` runs its fused kernel (``cell.fused``) on ``x``: it holds one, it is in inference,
+    and ``x`` is float32. Called from ``construct``; graph mode folds it to a constant."""
+    return cell.fused is not None and not cell.training and x.dtype == ms.float32
+
+
+class StaticShapeKernels:
+    """Mixin for a cell compiled on its own: ``set_inputs`` with a dynamic dimension switches the fused
+    kernels off in every cell under it (they need static shapes), for all graphs compiled later."""
+
+    def set_inputs(self, *inputs) -> None:
+        """As :meth:`mindspore.nn.Cell.set_inputs`, dropping the fused kernels for dynamic shapes."""
+        drop_kernels_if_dynamic(self, inputs)
+        super().set_inputs(*inputs)
+
 
 def drop_kernels_if_dynamic(cell: nn.Cell, inputs: Sequence[object]) -> bool:
     """Before ``cell.set_inputs(*inputs)``: if any input has a dynamic dimension (``None`` or -1), make

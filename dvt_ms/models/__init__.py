@@ -1,12 +1,12 @@
 """DVT models: spec, building blocks, exits, the cascade and the registered entrypoints."""
 
 from .cascade import DVTCascade, ReuseState
-from .dvt import spec_for, t2t_cascade_spec, vit_cascade_spec
+from .dvt import t2t_cascade_spec, vit_cascade_spec
 from .exit import DVTExit
-from .registry import create_model, list_models, model_arguments, register_model
+from .registry import create_model, list_models, model_arguments, register_model, register_variant, spec_for
 from .spec import CascadeSpec, ExitSpec
 
 __all__ = [
     "CascadeSpec", "DVTCascade", "DVTExit", "ExitSpec", "ReuseState", "create_model", "list_models",
-    "model_arguments", "register_model", "spec_for", "t2t_cascade_spec", "vit_cascade_spec",
+    "model_arguments", "register_model", "register_variant", "spec_for", "t2t_cascade_spec", "vit_cascade_spec",
 ]

@@ -20,7 +20,7 @@ class ReuseState:
     relations: Tensor | None = None
 
 
-class DVTCascade(nn.Cell):
+class DVTCascade(kernels.StaticShapeKernels, nn.Cell):
     """A Dynamic Vision Transformer: ``construct(x)`` returns the logits of every exit (a tuple).
 
     Exits are attributes named ``spec.exit_names`` (``less_less_token``, ``less_token``,
@@ -38,8 +38,6 @@ class DVTCascade(nn.Cell):
         self.img_size = spec.img_size
         for k, name in enumerate(self.exit_names):
             setattr(self, name, DVTExit(spec, k))
-        for k in range(spec.num_exits - 1):
-            self.exit(k).emit_relations = spec.exits[k + 1].relation_reuse
         self.__dict__["_stages"] = {}  # exit index -> ExitStage for run_stage; not a child cell
 
     def exit(self, k: int) -> DVTExit:
@@ -56,23 +54,15 @@ class DVTCascade(nn.Cell):
             raise ValueError(f"{type(self).__name__} expects images of shape [B, {expected[0]}, {expected[1]}, "
                              f"{expected[2]}], got {list(shape)}")
 
-    def set_inputs(self, *inputs) -> None:
-        """As :meth:`mindspore.nn.Cell.set_inputs`; a dynamic dimension switches the fused CPU kernels off
-        in every cell under this one (they need static shapes), for all graphs compiled from them later."""
-        kernels.drop_kernels_if_dynamic(self, inputs)
-        super().set_inputs(*inputs)
-
-    def _check_construct_args(self, *args) -> None:
-        # Graph mode, top-level call: check on the host before compiling, for a clean error message.
+    def __call__(self, *args, **kwargs):
+        # A top-level call checks the images on the host first, so that graph mode reports a bad shape
+        # before compiling, without a C++ stack; inside another cell's graph, construct's check raises.
         if args:
             self.check_input(args[0])
-        super()._check_construct_args(*args)
+        return super().__call__(*args, **kwargs)
 
     def construct(self, x):
-        if len(x.shape) != 4 or x.shape[1] != self.spec.in_chans or x.shape[2] != self.img_size \
-                or x.shape[3] != self.img_size:
-            raise ValueError(f"DVTCascade expects images of shape [B, {self.spec.in_chans}, {self.img_size}, "
-                             f"{self.img_size}], got {list(x.shape)}")
+        self.check_input(x)
         outputs = ()
         features, relations = None, None
         for name in self.exit_names:

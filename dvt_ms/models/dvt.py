@@ -1,17 +1,16 @@
-"""Model entrypoints: the published DVT cascades and generic ones built from any grids.
+"""Registered models: the published DVT cascades and generic ones built from any grids.
 
-Every argument of every entrypoint can be overridden through :func:`create_model`. Scalars that
+Each registered name is a spec function (see :mod:`~dvt_ms.models.registry`); every argument can be
+overridden through :func:`create_model` / :func:`spec_for`. Scalars that
 describe a transformer (``embed_dim``, ``depth``, ``num_heads``, ``mlp_ratio``) may also be given per
 exit as lists.
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 
-from .cascade import DVTCascade
-from .registry import register_model
+from .registry import register_variant
 from .spec import CascadeSpec, ExitSpec, default_exit_names, patch_for_grid, per_exit, t2t_unfolds_for_grid
 
 PUBLISHED_GRIDS = (7, 10, 14)
@@ -100,49 +99,24 @@ T2T_VIT_14 = {"embed_dim": 384, "depth": 14, "num_heads": 6, "mlp_ratio": 3.0}
 DEIT_SMALL = {"embed_dim": 384, "depth": 12, "num_heads": 6, "mlp_ratio": 4.0}
 VIT_BASE = {"embed_dim": 768, "depth": 12, "num_heads": 12, "mlp_ratio": 4.0}
 
-SPEC_BUILDERS: dict[str, tuple] = {
-    "dvt_vit": (vit_cascade_spec, {}),
-    "dvt_t2t_vit": (t2t_cascade_spec, {}),
-    "dvt_t2t_vit_12": (t2t_cascade_spec, T2T_VIT_12),
-    "dvt_t2t_vit_14": (t2t_cascade_spec, T2T_VIT_14),
-    "dvt_deit_small": (vit_cascade_spec, DEIT_SMALL),
-    "dvt_deit_small_2exit": (vit_cascade_spec, {**DEIT_SMALL, "exit_grids": (7, 14)}),
-    "dvt_vit_base_2exit": (vit_cascade_spec, {**VIT_BASE, "exit_grids": (7, 14)}),
-}
-
-
-def _entrypoint(name: str, doc: str):
-    """A registered model function whose signature is its spec builder's, defaults overridden."""
-    builder, defaults = SPEC_BUILDERS[name]
-
-    def entry(**kwargs) -> DVTCascade:
-        return DVTCascade(builder(**{**defaults, **kwargs}))
-
-    params = [p.replace(default=defaults.get(p.name, p.default))
-              for p in inspect.signature(builder).parameters.values()]
-    entry.__name__ = entry.__qualname__ = name
-    entry.__doc__ = doc
-    entry.__signature__ = inspect.Signature(params, return_annotation=DVTCascade)
-    return register_model(entry)
-
-
-dvt_vit = _entrypoint("dvt_vit", "A DeiT/ViT-style DVT cascade with any number of exits and grids.")
-dvt_t2t_vit = _entrypoint("dvt_t2t_vit", "A T2T-ViT DVT cascade with any number of exits and grids.")
-dvt_t2t_vit_12 = _entrypoint(
-    "dvt_t2t_vit_12", "DVT T2T-ViT-12: exits 7x7 / 10x10 / 14x14 at 224px, both reuses on (22,461,516 params).")
-dvt_t2t_vit_14 = _entrypoint(
-    "dvt_t2t_vit_14", "DVT T2T-ViT-14: exits 7x7 / 10x10 / 14x14 at 224px, both reuses on (67,881,836 params).")
-dvt_deit_small = _entrypoint(
-    "dvt_deit_small", "DVT DeiT-small: patch 32 / 23 (pad 3) / 16 exits, 7x7 / 10x10 / 14x14 (70,442,232 params).")
-dvt_deit_small_2exit = _entrypoint(
-    "dvt_deit_small_2exit", "Two-exit DVT DeiT-small of the official MindSpore repo: patch 32 (7x7), patch 16 (14x14).")
-dvt_vit_base_2exit = _entrypoint(
-    "dvt_vit_base_2exit", "Two-exit DVT ViT-B/16 of the official MindSpore repo: patch 32 (7x7), patch 16 (14x14).")
-
-
-def spec_for(name: str, **overrides) -> CascadeSpec:
-    """The :class:`CascadeSpec` that ``create_model(name, **overrides)`` would build, without building it."""
-    if name not in SPEC_BUILDERS:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(sorted(SPEC_BUILDERS))}")
-    builder, defaults = SPEC_BUILDERS[name]
-    return builder(**{**defaults, **overrides})
+dvt_vit = register_variant("dvt_vit", vit_cascade_spec,
+                           "A DeiT/ViT-style DVT cascade with any number of exits and grids.")
+dvt_t2t_vit = register_variant("dvt_t2t_vit", t2t_cascade_spec,
+                               "A T2T-ViT DVT cascade with any number of exits and grids.")
+dvt_t2t_vit_12 = register_variant(
+    "dvt_t2t_vit_12", t2t_cascade_spec,
+    "DVT T2T-ViT-12: exits 7x7 / 10x10 / 14x14 at 224px, both reuses on (22,461,516 params).", **T2T_VIT_12)
+dvt_t2t_vit_14 = register_variant(
+    "dvt_t2t_vit_14", t2t_cascade_spec,
+    "DVT T2T-ViT-14: exits 7x7 / 10x10 / 14x14 at 224px, both reuses on (67,881,836 params).", **T2T_VIT_14)
+dvt_deit_small = register_variant(
+    "dvt_deit_small", vit_cascade_spec,
+    "DVT DeiT-small: patch 32 / 23 (pad 3) / 16 exits, 7x7 / 10x10 / 14x14 (70,442,232 params).", **DEIT_SMALL)
+dvt_deit_small_2exit = register_variant(
+    "dvt_deit_small_2exit", vit_cascade_spec,
+    "Two-exit DVT DeiT-small of the official MindSpore repo: patch 32 (7x7), patch 16 (14x14).",
+    **DEIT_SMALL, exit_grids=(7, 14))
+dvt_vit_base_2exit = register_variant(
+    "dvt_vit_base_2exit", vit_cascade_spec,
+    "Two-exit DVT ViT-B/16 of the official MindSpore repo: patch 32 (7x7), patch 16 (14x14).",
+    **VIT_BASE, exit_grids=(7, 14))

@@ -31,7 +31,8 @@ class DVTExit(nn.Cell):
         self.grid = e.grid(spec.img_size)
         self.num_tokens = self.grid * self.grid + 1
         self.feature_reuse, self.relation_reuse = e.feature_reuse, e.relation_reuse
-        self.emit_relations = False
+        # the next exit's relation reuse reads this exit's attention logits
+        self.emit_relations = k + 1 < spec.num_exits and spec.exits[k + 1].relation_reuse
 
         d = e.embed_dim
         self.cls_token = Parameter(trunc_normal((1, 1, d)), name="cls_token")
@@ -92,7 +93,7 @@ class DVTExit(nn.Cell):
         return self.forward_head(feature), tokens, out_rel
 
 
-class ExitStage(nn.Cell):
+class ExitStage(kernels.StaticShapeKernels, nn.Cell):
     """Exit ``k`` as a stand-alone compiled stage ``(x, features, relations) -> (logits, tokens[, relations])``.
 
     The output tuple holds tensors only (``relations`` only when the exit emits them): a ``None`` among
@@ -105,12 +106,6 @@ class ExitStage(nn.Cell):
         super().__init__(auto_prefix=False)
         self.exit_cell = exit_cell
         self.emits_relations = exit_cell.emit_relations
-
-    def set_inputs(self, *inputs) -> None:
-        """As :meth:`mindspore.nn.Cell.set_inputs`; a dynamic dimension switches the fused CPU kernels off
-        in the wrapped exit (they need static shapes), for all graphs compiled from it later."""
-        kernels.drop_kernels_if_dynamic(self, inputs)
-        super().set_inputs(*inputs)
 
     def construct(self, x, features=None, relations=None):
         logits, tokens, out_rel = self.exit_cell(x, features, relations)

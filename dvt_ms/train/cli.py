@@ -35,6 +35,7 @@ from ..config import (
 from ..data import DataError, build_eval_dataset
 from ..data.train_pipeline import TrainData, open_train_reader
 from ..flops import cumulative_gflops
+from ..inference.options import OPTIONS as EVAL_OPTIONS
 from ..models import CascadeSpec
 from .distributed import LaunchError, Runtime, grad_reducer, init_runtime
 from .ema import EMA
@@ -56,7 +57,8 @@ USER_ERRORS = (ConfigError, DataError, CheckpointError, ResumeError, LaunchError
 
 def load_config(argv: Sequence[str] | None) -> dict[str, Any]:
     """Defaults < YAML < command line, plus the checks that need several keys at once."""
-    cfg = resolve((*MODEL_OPTIONS, *OPTIONS), argv, description=__doc__.split("\n\n")[0], prog=PROG)
+    cfg = resolve((*MODEL_OPTIONS, *OPTIONS), argv, description=__doc__.split("\n\n")[0], prog=PROG,
+                  shared_with=EVAL_OPTIONS)
     if not cfg.get("model"):
         raise ConfigError("no model: pass -c configs/<model>.yaml or --model <name>")
     if cfg["mode"] not in (0, 1):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from mindspore import dtype as mstype
 from mindspore import nn, ops
 
 from ... import kernels
@@ -22,7 +21,7 @@ class GELU(nn.Cell):
         self.fused = kernels.gelu_op()
 
     def construct(self, x):
-        if self.fused is not None and not self.training and x.dtype == mstype.float32:
+        if kernels.use_fused(self, x):
             return self.fused(x)
         return ops.gelu(x, approximate="none")
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
-from mindspore import dtype as mstype
 
 from ... import kernels
 
@@ -27,6 +26,6 @@ class LayerNorm(nn.Cell):
         self.eps_tensor = Tensor(np.array([eps], np.float32))
 
     def construct(self, x):
-        if self.fused is not None and not self.training and x.dtype == mstype.float32:
+        if kernels.use_fused(self, x):
             return self.fused(x, self.weight, self.bias, self.eps_tensor)
         return self.layer_norm(x, self.weight.astype(x.dtype), self.bias.astype(x.dtype))[0]

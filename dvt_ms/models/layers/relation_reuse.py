@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from mindspore import Parameter, Tensor, nn, ops
-from mindspore import dtype as mstype
 
 from ... import kernels
 from .grid_resize import relation_resize_matrix
@@ -51,7 +50,7 @@ class RelationReuse(nn.SequentialCell):
             r = cell(r)
         r = r.reshape(-1, self.out_channels, self.n_up, self.n_up)
         p = self.resize.astype(r.dtype)
-        if self.fused is not None and not self.training and r.dtype == mstype.float32:
+        if kernels.use_fused(self, r):
             r = self.fused(r, p)
         else:
             r = ops.matmul(ops.matmul(p, r), p.swapaxes(0, 1))

@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 from mindspore import Tensor, nn, ops
-from mindspore import dtype as mstype
 
 from ... import kernels
 from .init import frozen, orthogonal_features
@@ -147,7 +146,7 @@ class T2TStem(nn.Cell):
         return x.swapaxes(1, 2).reshape(-1, self.token_dim, side, side)
 
     def construct(self, x):
-        if self.fused is not None and not self.training and x.dtype == mstype.float32:
+        if kernels.use_fused(self, x):
             x = self.attention1(self.fused[0](x, self.geometries[0]))
             x = self.attention2(self.fused[1](x, self.geometries[1]))
             return self.project(self.fused[2](x, self.geometries[2]))
