@@ -40,6 +40,7 @@ __all__ = [
     "load_checkpoint",
     "read_checkpoint",
     "read_metadata",
+    "require_file",
     "save_checkpoint",
 ]
 
@@ -148,11 +149,15 @@ def _umask() -> int:
     return mask
 
 
-def _require_file(path: str) -> None:
+def require_file(path: str, what: str = "checkpoint", error: type[Exception] = CheckpointError,
+                 allow_empty: bool = True) -> None:
+    """Raise ``error`` naming ``what`` and ``path`` unless ``path`` is an existing (non-empty) file."""
     if not os.path.exists(path):
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise error(f"{what} not found: {path}")
     if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint path is not a file: {path}")
+        raise error(f"{what} path is not a file: {path}")
+    if not allow_empty and os.path.getsize(path) == 0:
+        raise error(f"{what} {path} is empty (0 bytes): an interrupted download?")
 
 
 def _to_numpy(value: Any) -> np.ndarray:
@@ -197,7 +202,7 @@ def _open_safetensors(path: str):
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict | None]:
     """All tensors of a ``.ckpt`` / ``.safetensors`` file as numpy arrays (file order), and its metadata."""
     path = os.fspath(path)
-    _require_file(path)
+    require_file(path)
     fmt = checkpoint_format(path)
     arrays: dict[str, np.ndarray] = {}
     metadata = None
@@ -223,7 +228,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dic
 def read_metadata(path: str | os.PathLike) -> dict | None:
     """The dvt_ms metadata embedded in a checkpoint, or ``None`` when it has none."""
     path = os.fspath(path)
-    _require_file(path)
+    require_file(path)
     if checkpoint_format(path) == "safetensors":
         with _open_safetensors(path) as f:
             header = f.metadata() or {}

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ..checkpoint import SAFETENSORS_METADATA_KEY, CheckpointError, atomic_output
+from ..checkpoint import SAFETENSORS_METADATA_KEY, CheckpointError, atomic_output, require_file
 from .errors import ConvertError
 
 __all__ = [
@@ -98,12 +98,7 @@ def _numpy_globals() -> list:
 
 
 def _check_file(path: str) -> None:
-    if not os.path.exists(path):
-        raise ConvertError(f"source checkpoint not found: {path}")
-    if not os.path.isfile(path):
-        raise ConvertError(f"source checkpoint is not a file: {path}")
-    if os.path.getsize(path) == 0:
-        raise ConvertError(f"{path} is empty (0 bytes): an interrupted download?")
+    require_file(path, "source checkpoint", ConvertError, allow_empty=False)
 
 
 def read_torch_object(path: str | os.PathLike) -> Any:

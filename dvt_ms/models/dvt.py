@@ -14,6 +14,10 @@ from .registry import register_variant
 from .spec import CascadeSpec, ExitSpec, default_exit_names, patch_for_grid, per_exit, t2t_unfolds_for_grid
 
 PUBLISHED_GRIDS = (7, 10, 14)
+# the arguments every family's spec function has and hands to _assemble unchanged
+SHARED_ARGUMENTS = ("img_size", "in_chans", "num_classes", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias",
+                    "norm_eps", "drop_rate", "attn_drop_rate", "drop_path_rate", "feature_reuse", "relation_reuse",
+                    "exit_names")
 
 
 def vit_cascade_spec(*, img_size: int = 224, in_chans: int = 3, num_classes: int = 1000,
@@ -27,24 +31,18 @@ def vit_cascade_spec(*, img_size: int = 224, in_chans: int = 3, num_classes: int
     Each exit's patch embedding follows from ``img_size`` and its grid (:func:`patch_for_grid`)
     unless ``patch_sizes`` / ``patch_paddings`` give it explicitly.
     """
+    shared = {name: value for name, value in locals().items() if name in SHARED_ARGUMENTS}
     n = len(exit_grids)
-    sizes = _transformer_sizes(n, embed_dim, depth, num_heads, mlp_ratio)
-    exits = []
+    stems = []
     for k, grid in enumerate(exit_grids):
         if patch_sizes is not None:
             patch = per_exit(patch_sizes, n, "patch_sizes")[k]
             pad = per_exit(patch_paddings, n, "patch_paddings")[k] if patch_paddings is not None else 0
         else:
             patch, _, pad = patch_for_grid(img_size, grid)
-        exits.append(ExitSpec(
-            stem="patch", **sizes[k], qkv_bias=qkv_bias, norm_eps=norm_eps, pos_embed="learned", patch_size=patch,
-            patch_stride=patch, patch_padding=pad, feature_reuse=k > 0 and feature_reuse,
-            relation_reuse=k > 0 and relation_reuse))
-    spec = CascadeSpec(img_size=img_size, in_chans=in_chans, num_classes=num_classes, exits=tuple(exits),
-                       exit_names=tuple(exit_names or default_exit_names(n)), drop_rate=drop_rate,
-                       attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate)
-    _check_grids(spec, exit_grids)
-    return spec
+        stems.append({"stem": "patch", "pos_embed": "learned", "patch_size": patch, "patch_stride": patch,
+                      "patch_padding": pad})
+    return _assemble(stems, exit_grids, **shared)
 
 
 def t2t_cascade_spec(*, img_size: int = 224, in_chans: int = 3, num_classes: int = 1000,
@@ -58,19 +56,30 @@ def t2t_cascade_spec(*, img_size: int = 224, in_chans: int = 3, num_classes: int
     ``t2t_unfolds`` gives per exit three (kernel, stride, padding) soft splits; by default they follow
     from ``img_size`` and the grid (:func:`t2t_unfolds_for_grid`, the official values at 224).
     """
+    shared = {name: value for name, value in locals().items() if name in SHARED_ARGUMENTS}
     n = len(exit_grids)
-    sizes = _transformer_sizes(n, embed_dim, depth, num_heads, mlp_ratio)
-    exits = []
+    stems = []
     for k, grid in enumerate(exit_grids):
         if t2t_unfolds is not None:
             unfolds = tuple(tuple(int(v) for v in u) for u in per_exit(t2t_unfolds, n, "t2t_unfolds")[k])
         else:
             unfolds = t2t_unfolds_for_grid(img_size, grid)
-        exits.append(ExitSpec(
-            stem="t2t", **sizes[k], qkv_bias=qkv_bias, norm_eps=norm_eps, pos_embed="sinusoid", t2t_unfolds=unfolds,
-            t2t_variant=t2t_variant, token_dim=token_dim, feature_reuse=k > 0 and feature_reuse,
-            relation_reuse=k > 0 and relation_reuse))
-    spec = CascadeSpec(img_size=img_size, in_chans=in_chans, num_classes=num_classes, exits=tuple(exits),
+        stems.append({"stem": "t2t", "pos_embed": "sinusoid", "t2t_unfolds": unfolds, "t2t_variant": t2t_variant,
+                      "token_dim": token_dim})
+    return _assemble(stems, exit_grids, **shared)
+
+
+def _assemble(stems: list[dict], exit_grids: Sequence[int], *, img_size: int, in_chans: int, num_classes: int,
+              embed_dim, depth, num_heads, mlp_ratio, qkv_bias: bool, norm_eps: float, drop_rate: float,
+              attn_drop_rate: float, drop_path_rate: float, feature_reuse: bool, relation_reuse: bool,
+              exit_names: Sequence[str] | None) -> CascadeSpec:
+    """The cascade from each exit's stem fields and the settings every family shares; checks the grids."""
+    n = len(stems)
+    sizes = _transformer_sizes(n, embed_dim, depth, num_heads, mlp_ratio)
+    exits = tuple(ExitSpec(**stem, **sizes[k], qkv_bias=qkv_bias, norm_eps=norm_eps,
+                           feature_reuse=k > 0 and feature_reuse, relation_reuse=k > 0 and relation_reuse)
+                  for k, stem in enumerate(stems))
+    spec = CascadeSpec(img_size=img_size, in_chans=in_chans, num_classes=num_classes, exits=exits,
                        exit_names=tuple(exit_names or default_exit_names(n)), drop_rate=drop_rate,
                        attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate)
     _check_grids(spec, exit_grids)

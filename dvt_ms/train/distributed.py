@@ -91,31 +91,18 @@ def grad_reducer(runtime: Runtime, params) -> nn.Cell | None:
     return nn.DistributedGradReducer(params, mean=True, degree=runtime.group_size)
 
 
-class _AllReduceSum(nn.Cell):
-    def __init__(self) -> None:
+class _Collective(nn.Cell):
+    """One collective op on one tensor, as a cell (MindSpore runs collectives inside a compiled cell).
+    ``takes_tuple``: the op takes and returns a tuple of tensors (Broadcast)."""
+
+    def __init__(self, op, takes_tuple: bool = False) -> None:
         super().__init__()
-        self.all_reduce = ops.AllReduce()
+        self.op, self.takes_tuple = op, takes_tuple
 
     def construct(self, x):
-        return self.all_reduce(x)
-
-
-class _AllGather(nn.Cell):
-    def __init__(self) -> None:
-        super().__init__()
-        self.all_gather = ops.AllGather()
-
-    def construct(self, x):
-        return self.all_gather(x)
-
-
-class _BroadcastFromFirst(nn.Cell):
-    def __init__(self) -> None:
-        super().__init__()
-        self.broadcast = ops.Broadcast(0)
-
-    def construct(self, x):
-        return self.broadcast((x,))[0]
+        if self.takes_tuple:
+            return self.op((x,))[0]
+        return self.op(x)
 
 
 def sum_over_devices(runtime: Runtime, values):
@@ -123,7 +110,7 @@ def sum_over_devices(runtime: Runtime, values):
     values = np.asarray(values, dtype=np.float32)
     if not runtime.distributed or runtime.group_size == 1:
         return values
-    return _AllReduceSum()(ms.Tensor(values)).asnumpy()
+    return _Collective(ops.AllReduce())(ms.Tensor(values)).asnumpy()
 
 
 def weight_spread(runtime: Runtime, params) -> float:
@@ -133,6 +120,6 @@ def weight_spread(runtime: Runtime, params) -> float:
         return 0.0
     # Only sum all-reduces exist on every backend: compare with rank 0's copy, then gather the maxima.
     local = np.concatenate([p.asnumpy().astype(np.float32).ravel() for p in params])
-    first = _BroadcastFromFirst()(ms.Tensor(local)).asnumpy()
+    first = _Collective(ops.Broadcast(0), takes_tuple=True)(ms.Tensor(local)).asnumpy()
     own = np.asarray([np.max(np.abs(local - first)) if local.size else 0.0], np.float32)
-    return float(_AllGather()(ms.Tensor(own)).asnumpy().max())
+    return float(_Collective(ops.AllGather())(ms.Tensor(own)).asnumpy().max())
