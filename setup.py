@@ -10,8 +10,8 @@ setup(
     long_description_content_type="text/markdown",
     packages=find_packages(include=["dvt_ms", "dvt_ms.*"]),
     package_data={"dvt_ms.kernels": ["*.cc"]},  # compiled on first use (dvt_ms.kernels.build)
-    python_requires=">=3.9",
-    install_requires=["mindspore>=2.6", "numpy<2", "pyyaml", "pillow", "safetensors"],
+    python_requires=">=3.10",
+    install_requires=["mindspore>=2.6", "numpy<2", "pyyaml", "pillow", "safetensors", "tqdm"],
     extras_require={
         "test": ["pytest", "ruff"],
         "torch": ["torch>=2.1"],
@@ -20,6 +20,8 @@ setup(
     entry_points={"console_scripts": [
         "dvt-convert = dvt_ms.convert.cli:main",
         "dvt-eval = dvt_ms.inference.cli:main",
+        "dvt-export = dvt_ms.serve.export:main",
+        "dvt-predict = dvt_ms.serve.predict:main",
         "dvt-train = dvt_ms.train.cli:main",
     ]},
 )

@@ -31,7 +31,8 @@ class Option:
     """One config key / command-line flag.
 
     ``kind`` is one of ``str``, ``int``, ``float``, ``bool``, ``list`` (of numbers), ``int_or_list``,
-    ``float_or_list``, ``any``. ``choices`` restricts a ``str`` option.
+    ``float_or_list``, ``paths`` (one or more strings: ``--images a.jpg b/``), ``any``. ``choices``
+    restricts a ``str`` option. A ``bool`` flag given without a value means True.
     """
 
     name: str
@@ -103,7 +104,7 @@ def coerce(option: Option, value: Any, where: str) -> Any:
     if value is None:
         return None
     kind = option.kind
-    if isinstance(value, str) and kind not in ("str",):
+    if isinstance(value, str) and kind not in ("str", "paths"):
         if kind in ("list", "int_or_list", "float_or_list") and "," in value and not value.strip().startswith("["):
             value = [_parse_scalar(v) for v in value.split(",")]
         else:
@@ -114,6 +115,11 @@ def coerce(option: Option, value: Any, where: str) -> Any:
     def fail(expected: str) -> ConfigError:
         return ConfigError(f"{where}: {option.name} must be {expected}, got {value!r}")
 
+    if kind == "paths":
+        values = value if isinstance(value, list) else [value]
+        if not values or not all(isinstance(v, str) and v for v in values):
+            raise fail("one or more paths")
+        return list(values)
     if kind == "str":
         value = str(value)
         if option.choices and value not in option.choices:
@@ -184,8 +190,9 @@ def build_parser(options: Iterable[Option], description: str = "", prog: str | N
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("-c", "--config", default=None, help="flat YAML config whose keys are these flags")
     for o in options:
-        parser.add_argument(f"--{o.name}", default=None, help=o.help + (f" [default: {o.default}]"
-                                                                          if o.default is not None else ""))
+        shape = {"paths": {"nargs": "+"}, "bool": {"nargs": "?", "const": "True"}}.get(o.kind, {})
+        parser.add_argument(f"--{o.name}", default=None, **shape,
+                            help=o.help + (f" [default: {o.default}]" if o.default is not None else ""))
     return parser
 
 
@@ -232,13 +239,32 @@ def named_model(cfg: dict[str, Any], recorded: dict | None) -> tuple[str, dict[s
     return None
 
 
+def build_named_model(cfg: dict[str, Any], metadata: dict | None, source: str) -> tuple[Any, str, dict[str, Any]]:
+    """``(model, name, arguments)`` of :func:`named_model`, built (weights not loaded); ``source`` names the
+    checkpoint in the :class:`ConfigError` raised when nothing names a model or it cannot be built."""
+    from .models import create_model
+
+    chosen = named_model(cfg, metadata)
+    if chosen is None:
+        raise ConfigError(f"no model given and {source} does not name one: pass --config configs/<model>.yaml or "
+                          "--model NAME")
+    name, arguments, _ = chosen
+    try:
+        return create_model(name, **arguments), name, arguments
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"cannot build model {name!r}: {err}") from None
+
+
 def create_model_from_config(cfg: dict[str, Any], **extra: Any):
     """``create_model(cfg['model'], **model keys of cfg, **extra)``."""
     from .models import create_model
 
     if not cfg.get("model"):
         raise ConfigError("the config names no model: set 'model' (see dvt_ms.list_models())")
-    return create_model(cfg["model"], **{**model_overrides(cfg), **extra})
+    try:
+        return create_model(cfg["model"], **{**model_overrides(cfg), **extra})
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"cannot build model {cfg['model']!r}: {err}") from None
 
 
 def spec_from_config(cfg: dict[str, Any]):
@@ -247,7 +273,10 @@ def spec_from_config(cfg: dict[str, Any]):
 
     if not cfg.get("model"):
         raise ConfigError("the config names no model: set 'model' (see dvt_ms.list_models())")
-    return spec_for(cfg["model"], **model_overrides(cfg))
+    try:
+        return spec_for(cfg["model"], **model_overrides(cfg))
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"cannot build model {cfg['model']!r}: {err}") from None
 
 
 def dump_yaml(cfg: dict[str, Any], path: str | os.PathLike) -> None:

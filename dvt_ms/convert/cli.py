@@ -49,6 +49,9 @@ def build_argument_parser():
     group.add_argument("--verify-batch", "--verify_batch", dest="verify_batch", type=int, default=2,
                        help="batch size of --verify")
     group.add_argument("--seed", type=int, default=0, help="seed of the --verify batch")
+    group.add_argument("--class_names", "--class-names", dest="class_names", default=None,
+                       help="text file with one class name per line, stored with the weights (dvt-predict and "
+                            "dvt-export show them)")
     return parser
 
 
@@ -105,6 +108,16 @@ def _metadata(name: str, overrides: dict, spec, source, extra: dict | None = Non
     return meta
 
 
+def _class_names(path: str, num_classes: int) -> list[str]:
+    from ..data import DataError
+    from ..data.class_names import check_class_names, read_class_names
+
+    try:
+        return check_class_names(read_class_names(path), num_classes, path)
+    except DataError as err:
+        raise ConvertError(str(err)) from None
+
+
 def _verify(spec, torch_state, ms_path: str, args) -> None:
     from .verify import TOLERANCE, format_differences, verify_against_torch
 
@@ -146,6 +159,8 @@ def _to_mindspore(args, cfg) -> None:
     except MappingError as err:
         raise _misfit(args.src, name, how, state, err) from None
     meta = _metadata(name, overrides, spec, source, {"source_prefix_stripped": "".join(stripped)} if stripped else None)
+    if args.class_names:
+        meta["class_names"] = _class_names(args.class_names, spec.num_classes)
     with atomic_output(args.dst) as staged:
         save_checkpoint(params, staged, metadata=meta)
         if args.verify:
@@ -177,6 +192,8 @@ def _to_torch(args, cfg) -> None:
     except MappingError as err:
         raise _misfit(args.src, name, how, params, err) from None
     meta = dict(metadata or {})
+    if args.class_names:
+        meta["class_names"] = _class_names(args.class_names, spec.num_classes)
     meta.update({"model": name, "model_args": overrides, "num_classes": spec.num_classes,
                  "source": {"file": os.path.basename(args.src), "sha256": sha256_file(args.src),
                             "container": checkpoint_format(args.src)}})
@@ -219,6 +236,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_argument_parser()
     args = parser.parse_args(argv)
     try:
+        if args.class_names and args.backbone:
+            raise ConvertError("--class_names does not apply to --backbone (a backbone's heads are re-initialised)")
         if args.to_torch and args.backbone:
             raise ConvertError("--to-torch and --backbone cannot be combined")
         if os.path.abspath(args.src) == os.path.abspath(args.dst):

@@ -16,22 +16,25 @@ from PIL import Image, UnidentifiedImageError
 
 from .errors import DataError
 
-__all__ = ["IMG_EXTENSIONS", "ImageFolder", "load_image", "scan_image_folder"]
+__all__ = ["IMG_EXTENSIONS", "ImageFolder", "is_image_file", "list_image_files", "load_image", "scan_image_folder"]
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 Sample = tuple[str, int]
 
 
-def _is_image(name: str) -> bool:
+def is_image_file(name: str) -> bool:
+    """Whether a file name has an accepted image extension (hidden files excluded)."""
+    name = os.path.basename(name)
     return name.lower().endswith(IMG_EXTENSIONS) and not name.startswith(".")
 
 
-def _class_images(class_dir: str) -> list[str]:
+def list_image_files(root: str | os.PathLike) -> list[str]:
+    """Every image file below ``root`` (recursive, hidden folders skipped), sorted."""
     paths = []
-    for directory, subdirs, files in os.walk(class_dir, followlinks=True):
+    for directory, subdirs, files in os.walk(os.fspath(root), followlinks=True):
         subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
-        paths.extend(os.path.join(directory, f) for f in files if _is_image(f))
+        paths.extend(os.path.join(directory, f) for f in files if is_image_file(f))
     return sorted(paths)
 
 
@@ -54,7 +57,7 @@ def scan_image_folder(root: str | os.PathLike) -> tuple[list[Sample], list[str]]
                         f"{root}/<class>/<image files>)")
     samples: list[Sample] = []
     for index, name in enumerate(classes):
-        images = _class_images(os.path.join(root, name))
+        images = list_image_files(os.path.join(root, name))
         if not images:
             raise DataError(f"class folder {os.path.join(root, name)} contains no images (accepted extensions: "
                             f"{', '.join(IMG_EXTENSIONS)})")

@@ -8,14 +8,14 @@ data-parallel run equal to a single-device run.
 
 Randomness: each image is augmented with a generator seeded by ``(seed, epoch, image index)`` and each
 batch is mixed with one seeded by ``(seed, epoch, shard, batch)``, so results do not depend on worker
-processes, timing or restarts. One ``GeneratorDataset`` covers all remaining epochs, so worker processes
-start once per run; a resumed run simply starts at a later epoch.
+processes, timing or restarts. One pipeline (:func:`~dvt_ms.data.loader.reader_dataset`, the stack evaluation
+uses too, here with worker processes) covers all remaining epochs, so worker processes start once per run;
+a resumed run simply starts at a later epoch.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +24,8 @@ import numpy as np
 
 from .augment import MixupCutmix, TrainTransform
 from .datasets import open_split
-from .errors import DataError
+from .errors import DataError, data_error_from
+from .loader import reader_dataset
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["TrainData", "TrainSource", "data_error_from", "epoch_order", "open_train_reader"]
@@ -155,25 +156,11 @@ class TrainData:
     def dataset(self, start_epoch: int, num_epochs: int):
         """A ``mindspore.dataset`` pipeline of epochs ``start_epoch .. start_epoch + num_epochs - 1``:
         columns ``image`` float32 [B, 3, S, S] and ``target`` float32 [B, num_classes] (soft targets)."""
-        import mindspore.dataset as ds
-
-        workers = max(1, int(self.num_parallel_workers))
-        pipeline = ds.GeneratorDataset(self.source(start_epoch, num_epochs), ["image", "label"], shuffle=False,
-                                       num_parallel_workers=workers, python_multiprocessing=workers > 1,
-                                       max_rowsize=-1)
+        source = self.source(start_epoch, num_epochs)
+        pipeline = reader_dataset(source, np.arange(len(source)), ["image", "label"], self.num_parallel_workers,
+                                  processes=True)
         mixer = _BatchMixer(self.mixer, self.seed, start_epoch * self.steps_per_epoch, self.steps_per_epoch,
                             self.shard_id)
         return pipeline.batch(self.batch_size, drop_remainder=True, per_batch_map=mixer,
                               input_columns=["image", "label"], output_columns=["image", "target"])
 
-
-_DATA_ERROR = re.compile(r"DataError: ([^\n]+)")
-
-
-def data_error_from(err: BaseException) -> DataError | None:
-    """The :class:`DataError` raised inside a pipeline worker (MindSpore re-raises it wrapped in a
-    long RuntimeError), or ``None`` when ``err`` does not carry one."""
-    if isinstance(err, DataError):
-        return err
-    found = _DATA_ERROR.findall(str(err))
-    return DataError(found[-1].strip()) if found else None

@@ -65,8 +65,27 @@ class EvalTransform:
     def __init__(self, img_size: int, crop_pct: float = DEFAULT_CROP_PCT, mean=IMAGENET_MEAN,
                  std=IMAGENET_STD) -> None:
         self.img_size = int(img_size)
+        self.crop_pct = float(crop_pct)
         self.resize = eval_resize_size(self.img_size, crop_pct)
         self.mean, self.std = tuple(mean), tuple(std)
+
+    def describe(self) -> dict:
+        """The preprocessing as plain data (stored in an export manifest); :meth:`from_description` inverts it."""
+        return {"resize_short_side": self.resize, "center_crop": self.img_size, "crop_pct": self.crop_pct,
+                "interpolation": "bicubic", "scale": "1/255", "mean": list(self.mean), "std": list(self.std),
+                "layout": "NCHW float32 RGB"}
+
+    @classmethod
+    def from_description(cls, description: dict) -> EvalTransform:
+        """The transform :meth:`describe` wrote (``ValueError`` for one this code cannot reproduce)."""
+        if description.get("interpolation") != "bicubic":
+            raise ValueError(f"unsupported interpolation {description.get('interpolation')!r} (only bicubic)")
+        transform = cls(int(description["center_crop"]), float(description["crop_pct"]), description["mean"],
+                        description["std"])
+        if transform.resize != int(description["resize_short_side"]):
+            raise ValueError(f"resize_short_side {description['resize_short_side']} does not follow from "
+                             f"center_crop {transform.img_size} and crop_pct {transform.crop_pct}")
+        return transform
 
     def __call__(self, image: Image.Image) -> np.ndarray:
         image = center_crop(resize_short_side(image.convert("RGB"), self.resize), self.img_size)

@@ -10,11 +10,11 @@ command-line usage or config files.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 
 from ..checkpoint import CheckpointError
-from ..config import MODEL_OPTIONS, ConfigError, resolve
+from ..command import run_command
+from ..config import MODEL_OPTIONS, ConfigError
 from ..data import DataError
 from ..train.options import OPTIONS as TRAIN_OPTIONS
 from .options import OPTIONS
@@ -25,25 +25,16 @@ DESCRIPTION = ("Evaluate a Dynamic Vision Transformer with real early exit: anyt
                "measured vs FLOPs-predicted speed-up.")
 
 
+def _evaluate(cfg: dict) -> str:
+    from .evaluate import evaluate, summary
+
+    return summary(evaluate(cfg))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``dvt-eval`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
-    try:
-        cfg = resolve((*MODEL_OPTIONS, *OPTIONS), argv, DESCRIPTION, PROG, shared_with=TRAIN_OPTIONS)
-    except ConfigError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
-    except SystemExit as stop:  # argparse: --help or a usage error (already printed)
-        return stop.code if isinstance(stop.code, int) else 2
+    from .evaluate import EvalError
+    from .operating_point import ThresholdError
 
-    from .evaluate import EvalError, evaluate, summary
-
-    try:
-        results = evaluate(cfg)
-    except (EvalError, DataError, CheckpointError, ConfigError) as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
-    print(summary(results))
-    return 0
+    return run_command(PROG, (*MODEL_OPTIONS, *OPTIONS), argv, DESCRIPTION, _evaluate,
+                       (EvalError, ThresholdError, DataError, CheckpointError, ConfigError), TRAIN_OPTIONS)

@@ -20,13 +20,19 @@ stages meet subsets of varying size depends on the device (``buckets="auto"``, t
 An explicit list of ``buckets`` pads to those sizes; ``None`` compiles for a dynamic batch. Subsets
 of a single image are padded to two by default (``min_batch``): a batch of one takes matrix-vector
 kernels on some backends, whose last bits differ from those of the batched kernels.
+
+The engine does not care where its stages come from: a :class:`StageSource` gives one callable per
+exit, ``(images, features, relations) -> (logits, tokens[, relations])``, and says which reuse state
+each exit reads. :class:`CascadeStages` compiles them from a :class:`DVTCascade`;
+:class:`dvt_ms.serve.ExportedStages` loads them from exported MindIR files.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import mindspore as ms
 import numpy as np
@@ -34,9 +40,10 @@ from mindspore import Tensor, nn, ops
 
 from ..models.cascade import DVTCascade
 from ..models.exit import ExitStage
-from .thresholds import leaves_at, normalize_thresholds, softmax_confidence
+from .thresholds import leaves_at, normalize_thresholds, softmax_confidence, softmax_top_k
 
-__all__ = ["EarlyExitEngine", "EarlyExitResult", "ExitStage", "default_buckets", "fine_buckets"]
+__all__ = ["CascadeStages", "EarlyExitEngine", "EarlyExitResult", "ExitStage", "StageSource", "default_buckets",
+           "fine_buckets"]
 
 
 def default_buckets(batch_size: int) -> list[int]:
@@ -63,39 +70,89 @@ def _compile(cell: nn.Cell):
     return cell if ms.get_context("mode") == ms.GRAPH_MODE else ms.jit(cell)
 
 
+class StageSource(Protocol):
+    """Where the engine's stages come from."""
+
+    num_exits: int
+    image_shape: tuple[int, int, int]  # (C, H, W) of the images every stage takes
+    dynamic_only: bool  # the stages take any batch size and gain nothing from padding (exported graphs)
+
+    def needs_state(self, k: int) -> tuple[bool, bool]:
+        """(features, relations) that exit ``k`` reads from exit ``k - 1``."""
+
+    def stage(self, k: int, static: bool) -> Callable:
+        """Exit ``k`` as ``(images, features or None, relations or None) -> (logits, tokens[, relations])``;
+        ``static``: it will only see the padded bucket sizes (else any batch size)."""
+
+
+class CascadeStages:
+    """The stages of a :class:`DVTCascade`: each exit an :class:`ExitStage`, compiled on first call."""
+
+    dynamic_only = False
+
+    def __init__(self, model: DVTCascade) -> None:
+        model.set_train(False)
+        self.model, self.spec = model, model.spec
+        self.num_exits = model.num_exits
+        self.image_shape = (self.spec.in_chans, self.spec.img_size, self.spec.img_size)
+
+    def needs_state(self, k: int) -> tuple[bool, bool]:
+        return self.model.needs_state(k)
+
+    def stage(self, k: int, static: bool) -> Callable:
+        stage = ExitStage(self.model.exit(k))
+        if not static:
+            def dynamic(*shape: int) -> Tensor:
+                return Tensor(shape=[None, *shape], dtype=ms.float32)
+
+            features, relations = self.needs_state(k)
+            up = self.model.exit(k - 1) if k else None
+            stage.set_inputs(
+                dynamic(*self.image_shape),
+                dynamic(up.num_tokens, up.embed_dim) if features else None,
+                dynamic(up.depth * up.num_heads, up.num_tokens, up.num_tokens) if relations else None)
+        return _compile(stage)
+
+
 @dataclass
 class EarlyExitResult:
-    """Per image of a batch: predicted class, its confidence and the exit (0-based) that decided it."""
+    """Per image of a batch: predicted class, its confidence and the exit (0-based) that decided it;
+    with ``top_k`` the k most probable classes at that exit and their probabilities."""
 
     predictions: np.ndarray  # int64 [B]
     confidences: np.ndarray  # float32 [B]
     exits: np.ndarray  # int64 [B]
     counts: np.ndarray  # int64 [n_exits]: images that left at each exit
+    top_classes: np.ndarray | None = None  # int64 [B, k]
+    top_probabilities: np.ndarray | None = None  # float32 [B, k]
 
 
 class EarlyExitEngine:
-    """Run a :class:`DVTCascade` with real early exit.
+    """Run a :class:`DVTCascade` (or any :class:`StageSource`) with real early exit.
 
     ``thresholds``: one per exit but the last (or one per exit, the last ignored). ``buckets``:
-    ``"auto"`` (the fastest shapes for the device, see the module docstring), ``None`` for dynamic batch
-    shapes, or the sizes subsets are padded up to (each >= 1; a subset larger than the largest bucket is
-    an error). ``min_batch``: subsets smaller than this are padded up to it (see the module docstring).
-    The model is switched to inference mode.
+    ``"auto"`` (the fastest shapes for the device, see the module docstring; no padding for stages that
+    take any batch size), ``None`` for dynamic batch shapes, or the sizes subsets are padded up to (each
+    >= 1; a subset larger than the largest bucket is an error). ``min_batch``: subsets smaller than this
+    are padded up to it (see the module docstring). A model is switched to inference mode.
     """
 
-    def __init__(self, model: DVTCascade, thresholds: Sequence[float], *,
+    def __init__(self, model: DVTCascade | StageSource, thresholds: Sequence[float], *,
                  buckets: Sequence[int] | str | None = "auto", min_batch: int = 2) -> None:
-        model.set_train(False)
-        self.model = model
-        self.spec = model.spec
-        self.num_exits = model.num_exits
+        source = CascadeStages(model) if isinstance(model, DVTCascade) else model
+        self.source = source
+        self.model = model if isinstance(model, DVTCascade) else None
+        self.spec = self.model.spec if self.model is not None else None
+        self.num_exits = source.num_exits
+        self.image_shape = tuple(source.image_shape)
         self.thresholds = normalize_thresholds(thresholds, self.num_exits)
         self.auto_buckets = None
         if isinstance(buckets, str):
             if buckets != "auto":
                 raise ValueError(f"buckets must be 'auto', None or a list of sizes, got {buckets!r}")
             device = ms.get_context("device_target")
-            self.auto_buckets = {"CPU": fine_buckets, "Ascend": default_buckets}.get(device)
+            if not source.dynamic_only:
+                self.auto_buckets = {"CPU": fine_buckets, "Ascend": default_buckets}.get(device)
             self.buckets = None
         else:
             self.buckets = sorted({int(b) for b in buckets}) if buckets else None
@@ -103,27 +160,10 @@ class EarlyExitEngine:
                 raise ValueError(f"bucket sizes must be >= 1, got {list(buckets)}")
         self.static = self.auto_buckets is not None or self.buckets is not None
         self.min_batch = max(1, int(min_batch))
-        self._wants = [model.needs_state(k) for k in range(self.num_exits)]
-        self._stages = [self._build_stage(k) for k in range(self.num_exits)]
+        self._wants = [source.needs_state(k) for k in range(self.num_exits)]
+        self._stages = [source.stage(k, self.static) for k in range(self.num_exits)]
 
-    # ---- compilation ------------------------------------------------------------------------------
-
-    def _dynamic(self, shape: Sequence[int]) -> Tensor:
-        return Tensor(shape=[None, *shape], dtype=ms.float32)
-
-    def _image_shape(self) -> list[int]:
-        return [self.spec.in_chans, self.spec.img_size, self.spec.img_size]
-
-    def _build_stage(self, k: int):
-        stage = ExitStage(self.model.exit(k))
-        if not self.static:
-            features, relations = self._wants[k]
-            up = self.model.exit(k - 1) if k else None
-            stage.set_inputs(
-                self._dynamic(self._image_shape()),
-                self._dynamic([up.num_tokens, up.embed_dim]) if features else None,
-                self._dynamic([up.depth * up.num_heads, up.num_tokens, up.num_tokens]) if relations else None)
-        return _compile(stage)
+    # ---- padding ----------------------------------------------------------------------------------
 
     def _padded_size(self, n: int, batch: int) -> int:
         size = max(n, self.min_batch)
@@ -153,16 +193,20 @@ class EarlyExitEngine:
             x = images.astype(ms.float32)
         else:
             x = Tensor(np.ascontiguousarray(images, dtype=np.float32))
-        self.model.check_input(x)
+        if len(x.shape) != 4 or tuple(x.shape[1:]) != self.image_shape:
+            c, h, w = self.image_shape
+            raise ValueError(f"the model expects images of shape [B, {c}, {h}, {w}], got {list(x.shape)}")
         return x
 
-    def __call__(self, images) -> EarlyExitResult:
-        """Early-exit inference on a batch ``[B, C, H, W]`` (numpy array or Tensor)."""
+    def __call__(self, images, top_k: int = 0) -> EarlyExitResult:
+        """Early-exit inference on a batch ``[B, C, H, W]`` (numpy array or Tensor); ``top_k > 0`` also
+        returns the ``top_k`` most probable classes of each image at its exit."""
         x = self._as_tensor(images)
         batch = x.shape[0]
         predictions = np.zeros(batch, dtype=np.int64)
         confidences = np.zeros(batch, dtype=np.float32)
         exits = np.zeros(batch, dtype=np.int64)
+        top_classes = top_probabilities = None
         active = np.arange(batch, dtype=np.int64)  # batch positions of the images reaching exit k
         rows = active  # their rows in the previous stage's (padded) outputs
         tokens = relations = None
@@ -180,15 +224,22 @@ class EarlyExitEngine:
                 images_k,
                 ops.index_select(tokens, 0, state_index) if want_features else None,
                 ops.index_select(relations, 0, state_index) if want_relations else None))
-            conf, pred = softmax_confidence(logits.asnumpy()[: active.size])
+            scores = logits.asnumpy()[: active.size]
+            conf, pred = softmax_confidence(scores)
             done = (leaves_at(conf, self.thresholds[k]) if k < self.num_exits - 1
                     else np.ones(active.size, dtype=bool))
             leaving = active[done]
             predictions[leaving], confidences[leaving], exits[leaving] = pred[done], conf[done], k
+            if top_k > 0:
+                classes, probs = softmax_top_k(scores[done], top_k)
+                if top_classes is None:
+                    top_classes = np.zeros((batch, classes.shape[1]), np.int64)
+                    top_probabilities = np.zeros((batch, classes.shape[1]), np.float32)
+                top_classes[leaving], top_probabilities[leaving] = classes, probs
             rows = np.nonzero(~done)[0]
             active = active[~done]
         counts = np.bincount(exits, minlength=self.num_exits).astype(np.int64)
-        return EarlyExitResult(predictions, confidences, exits, counts)
+        return EarlyExitResult(predictions, confidences, exits, counts, top_classes, top_probabilities)
 
     def all_exit_logits(self, images) -> list[np.ndarray]:
         """Logits of every exit for every image of the batch (no early exit), as numpy arrays.

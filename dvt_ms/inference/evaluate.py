@@ -15,26 +15,28 @@ the three ways of running the model are timed on the first ``--throughput_batche
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ..checkpoint import load_checkpoint, read_metadata
-from ..config import named_model
+from ..config import build_named_model
 from ..data import DataError, build_eval_dataset, iterate_batches
 from ..flops import cumulative_gflops, stage_macs
 from .engine import EarlyExitEngine, default_buckets
-from .progress import Progress
+from .exit_examples import EXAMPLES_NAME, write_exit_examples
+from .operating_point import choose_operating_point, explicit_thresholds, stored_threshold_table
+from .progress import progress_bar
 from .report import write_outputs
 from .thresholds import (
     NEVER,
     budget_shares,
     budgeted_batch_curve,
     calibrate,
-    normalize_thresholds,
-    pick_budget_point,
     simulate_exits,
     softmax_confidence,
     topk_correct,
@@ -62,7 +64,7 @@ def _check_flags(cfg: dict[str, Any]) -> None:
     for name in ("batch_size", "calib_size"):
         if cfg[name] is None or cfg[name] < 1:
             raise EvalError(f"--{name} must be a positive integer, got {cfg[name]}")
-    for name in ("throughput_batches", "throughput_rounds", "num_parallel_workers"):
+    for name in ("throughput_batches", "throughput_rounds", "num_parallel_workers", "examples_per_exit"):
         if cfg[name] is None or cfg[name] < 0:
             raise EvalError(f"--{name} must be >= 0, got {cfg[name]}")
     if cfg.get("thresholds") is not None and cfg.get("budget") is not None:
@@ -84,23 +86,6 @@ def _set_device(target: str) -> None:
     except (RuntimeError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise EvalError(f"--device_target {target} is not available in this MindSpore installation: {first}") from None
-
-
-def build_eval_model(cfg: dict[str, Any], metadata: dict | None):
-    """The model named by the config (``--config`` / ``--model`` and model flags), or else by the
-    checkpoint's own record; returns ``(model, name, arguments)``."""
-    from ..models import create_model
-
-    chosen = named_model(cfg, metadata)
-    if chosen is None:
-        raise EvalError(f"no model given and {cfg['ckpt']} does not name one: pass --config configs/<model>.yaml "
-                        "or --model NAME")
-    name, overrides, _ = chosen
-    try:
-        model = create_model(name, **overrides)
-    except (ValueError, TypeError) as err:
-        raise EvalError(f"cannot build model {name!r}: {err}") from None
-    return model, name, overrides
 
 
 def _check_labels(dataset: Any, num_classes: int, where: str) -> None:
@@ -137,7 +122,7 @@ def collect_exit_outputs(engine: EarlyExitEngine, dataset: Any, batch_size: int,
     order = np.arange(len(dataset)) if indices is None else np.asarray(indices)
     out = ExitOutputs(engine.num_exits, order.size)
     position = 0
-    with Progress(order.size, desc) as bar:
+    with progress_bar(order.size, desc) as bar:
         for images, labels, _ in iterate_batches(dataset, batch_size, order, workers):
             rows = slice(position, position + len(labels))
             for k, logits in enumerate(engine.all_exit_logits(images)):
@@ -156,7 +141,7 @@ def run_early_exit(engine: EarlyExitEngine, dataset: Any, batch_size: int, worke
     result = {"predictions": np.zeros(n, np.int64), "confidences": np.zeros(n, np.float32),
               "exits": np.zeros(n, np.int64), "targets": np.zeros(n, np.int64)}
     position = 0
-    with Progress(n, desc) as bar:
+    with progress_bar(n, desc) as bar:
         for images, labels, _ in iterate_batches(dataset, batch_size, None, workers):
             out = engine(images)
             rows = slice(position, position + len(labels))
@@ -208,118 +193,119 @@ def _buckets(cfg: dict, batch_size: int) -> list[int] | str | None:
     return [int(b) for b in (cfg.get("buckets") or default_buckets(batch_size))]
 
 
-def _stored_thresholds(metadata: dict | None, num_exits: int, ckpt: str) -> np.ndarray | None:
-    if not metadata or metadata.get("dynamic_threshold") is None:
-        return None
-    try:
-        rows = np.asarray(metadata["dynamic_threshold"], dtype=np.float64)
-    except (TypeError, ValueError):
-        raise EvalError(f"{ckpt}: the stored dynamic_threshold is not a numeric table") from None
-    if rows.ndim != 2 or rows.shape[1] != num_exits:
-        raise EvalError(f"{ckpt}: the stored dynamic_threshold has shape {list(rows.shape)}, but the model has "
-                        f"{num_exits} exits (expected [points, {num_exits}])")
+def _stored_rows(cfg: dict[str, Any], metadata: dict | None, num_exits: int,
+                 explicit: np.ndarray | None) -> np.ndarray | None:
+    """Mode 1: the threshold table stored with the checkpoint (None in mode 2 or when none is stored)."""
+    rows = None if cfg["eval_mode"] == 2 else stored_threshold_table(metadata, num_exits, cfg["ckpt"])
+    if rows is None and explicit is None and cfg["eval_mode"] == 1:
+        raise EvalError(f"{cfg['ckpt']} stores no thresholds (dynamic_threshold): pass --thresholds, or use "
+                        "--eval_mode 2 to calibrate them on training images")
     return rows
 
 
-def _explicit_thresholds(cfg: dict[str, Any], num_exits: int) -> np.ndarray | None:
-    """``--thresholds`` for every exit (the last one :data:`ALWAYS`), or None when not given."""
-    if cfg.get("thresholds") is None:
-        return None
-    try:
-        return normalize_thresholds(cfg["thresholds"], num_exits, "--thresholds")
-    except ValueError as err:
-        raise EvalError(str(err)) from None
+@dataclass
+class EvalSetup:
+    """What every step of a mode-1/2 evaluation works with."""
+
+    model: Any
+    name: str
+    model_args: dict[str, Any]
+    engine: EarlyExitEngine
+    buckets: list[int] | str | None
+    val: Any
+    cumulative: list[float]
+    examples: str | None = None  # exit_examples.png once written
+
+    @property
+    def spec(self):
+        return self.model.spec
 
 
-def _operating_point(cfg: dict[str, Any], explicit: np.ndarray | None, curve, rows: np.ndarray | None):
-    """(thresholds, how they were chosen, 1-based curve point or None)."""
-    if explicit is not None:
-        return explicit, "--thresholds", None
-    if not curve:
-        raise EvalError("there are no thresholds to run: the checkpoint stores none; pass --thresholds or use "
-                        "--eval_mode 2")
-    try:
-        index = pick_budget_point(curve, cfg.get("budget"))
-    except ValueError as err:
-        raise EvalError(str(err)) from None
-    how = f"--budget {cfg['budget']}" if cfg.get("budget") is not None else "most accurate curve point"
-    return rows[index], how, index + 1
-
-
-def evaluate(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Run the evaluation a resolved ``dvt-eval`` config asks for, write the outputs, return the results."""
-    _check_flags(cfg)
-    output_dir = cfg["output_dir"]
-    metadata = read_metadata(cfg["ckpt"])
-    if cfg["eval_mode"] == 0:
-        results = _metadata_results(cfg, metadata)
-        results["outputs"] = write_outputs(output_dir, results)
-        return results
-
+def _setup(cfg: dict[str, Any], metadata: dict | None) -> EvalSetup:
+    """Device, model with the checkpoint's weights, validation set and the engine (no thresholds yet)."""
     _set_device(cfg["device_target"])
-    model, name, overrides = build_eval_model(cfg, metadata)
+    model, name, overrides = build_named_model(cfg, metadata, cfg["ckpt"])
     load_checkpoint(model, cfg["ckpt"])
     spec = model.spec
-    num_exits = spec.num_exits
-    cumulative = cumulative_gflops(spec)
-    workers, batch_size = cfg["num_parallel_workers"], cfg["batch_size"]
-
     val = build_eval_dataset(cfg["dataset"], cfg["data_dir"], "val", spec.img_size, cfg.get("crop_pct"))
     _check_labels(val, spec.num_classes, f"validation set {getattr(val, 'root', cfg['data_dir'])}")
-    rows = None if cfg["eval_mode"] == 2 else _stored_thresholds(metadata, num_exits, cfg["ckpt"])
-    explicit = _explicit_thresholds(cfg, num_exits)  # checked before any image is read
-    if explicit is None and cfg["eval_mode"] == 1 and rows is None:
-        raise EvalError(f"{cfg['ckpt']} stores no thresholds (dynamic_threshold): pass --thresholds, or use "
-                        "--eval_mode 2 to calibrate them on training images")
-
-    buckets = _buckets(cfg, batch_size)
-    if isinstance(buckets, list) and (min(buckets) < 1 or max(buckets) < batch_size):
+    buckets = _buckets(cfg, cfg["batch_size"])
+    if isinstance(buckets, list) and (min(buckets) < 1 or max(buckets) < cfg["batch_size"]):
         raise EvalError(f"--buckets {buckets} must be positive sizes and include one of at least --batch_size "
-                        f"{batch_size}")
-    engine = EarlyExitEngine(model, [NEVER] * (num_exits - 1), buckets=buckets)
+                        f"{cfg['batch_size']}")
+    engine = EarlyExitEngine(model, [NEVER] * (spec.num_exits - 1), buckets=buckets)
+    return EvalSetup(model, name, overrides, engine, buckets, val, cumulative_gflops(spec))
 
-    calib_count = None
-    if cfg["eval_mode"] == 2:
-        train = build_eval_dataset(cfg["dataset"], cfg["data_dir"], "train", spec.img_size, cfg.get("crop_pct"))
-        if getattr(train, "classes", None) != getattr(val, "classes", None):
-            raise DataError(f"the training and validation sets of {cfg['data_dir']} have different classes "
-                            f"({len(train.classes)} vs {len(val.classes)}); they must match for calibration")
-        rng = np.random.default_rng(cfg["seed"])
-        subset = np.sort(rng.permutation(len(train))[: cfg["calib_size"]])
-        calib_count = int(subset.size)
-        if subset.size < cfg["calib_size"]:
-            _log(f"note: the training set has {len(train)} images, fewer than --calib_size {cfg['calib_size']}: "
-                 "all of them calibrate the thresholds")
-        calib = collect_exit_outputs(engine, train, batch_size, subset, workers, "calibration")
-        rows = calibrate(calib.confidences)
 
-    outputs = collect_exit_outputs(engine, val, batch_size, None, workers, "validation, all exits")
-    curve = budgeted_batch_curve(outputs.confidences, outputs.predictions, outputs.targets, cumulative,
-                                 rows) if rows is not None else []
-    thresholds, chosen_by, point = _operating_point(cfg, explicit, curve, rows)
+def _calibrated_thresholds(cfg: dict[str, Any], run: EvalSetup) -> tuple[np.ndarray, int]:
+    """Mode 2: the threshold table of the budget points, calibrated on a random training subset."""
+    train = build_eval_dataset(cfg["dataset"], cfg["data_dir"], "train", run.spec.img_size, cfg.get("crop_pct"))
+    if getattr(train, "classes", None) != getattr(run.val, "classes", None):
+        raise DataError(f"the training and validation sets of {cfg['data_dir']} have different classes "
+                        f"({len(train.classes)} vs {len(run.val.classes)}); they must match for calibration")
+    subset = np.sort(np.random.default_rng(cfg["seed"]).permutation(len(train))[: cfg["calib_size"]])
+    if subset.size < cfg["calib_size"]:
+        _log(f"note: the training set has {len(train)} images, fewer than --calib_size {cfg['calib_size']}: "
+             "all of them calibrate the thresholds")
+    calib = collect_exit_outputs(run.engine, train, cfg["batch_size"], subset, cfg["num_parallel_workers"],
+                                 "calibration")
+    return calibrate(calib.confidences), int(subset.size)
 
-    engine.set_thresholds(thresholds)
-    real = run_early_exit(engine, val, batch_size, workers, "validation, early exit")
+
+def _run_operating_point(cfg: dict[str, Any], run: EvalSetup, outputs: ExitOutputs,
+                         thresholds: np.ndarray) -> dict[str, Any]:
+    """Real early exit over the validation set at ``thresholds``, checked against the simulation."""
+    run.engine.set_thresholds(thresholds)
+    real = run_early_exit(run.engine, run.val, cfg["batch_size"], cfg["num_parallel_workers"],
+                          "validation, early exit")
     simulated = simulate_exits(outputs.confidences, thresholds)
-    n = len(val)
+    n = len(real["exits"])
     simulated_predictions = outputs.predictions[simulated, np.arange(n)]
     mismatches = int(np.sum((simulated != real["exits"]) | (simulated_predictions != real["predictions"])))
     if mismatches:
         _log(f"warning: the early-exit engine and the simulation disagree on {mismatches} of {n} images")
-    counts = np.bincount(real["exits"], minlength=num_exits)
-    accuracy = 100.0 * float(np.mean(real["predictions"] == real["targets"]))
-    expected = float(np.dot(counts / n, cumulative))
+    counts = np.bincount(real["exits"], minlength=run.spec.num_exits)
+    _write_exit_examples(cfg, run, real)
+    return {
+        "thresholds": [float(t) for t in thresholds],
+        "accuracy": 100.0 * float(np.mean(real["predictions"] == real["targets"])),
+        "expected_gflops": float(np.dot(counts / n, run.cumulative)),
+        "exit_counts": counts.tolist(),
+        "engine_matches_simulation": mismatches == 0,
+        "mismatches": mismatches,
+    }
 
-    throughput = None
-    if cfg["throughput_batches"] > 0:
-        batches = _first_batches(val, batch_size, cfg["throughput_batches"], workers)
-        _log(f"timing early exit / all exits / last exit alone on {sum(len(b) for b in batches)} images ...")
-        throughput = speed_report(engine, batches, cfg["throughput_rounds"], buckets)
-        throughput["device_target"] = cfg["device_target"]
 
-    results = {
-        "model": name,
-        "model_args": overrides,
+def _write_exit_examples(cfg: dict[str, Any], run: EvalSetup, real: dict[str, np.ndarray]) -> None:
+    """``exit_examples.png`` for an image folder (CIFAR has no image files to show)."""
+    samples = getattr(run.val, "samples", None)
+    if not samples or cfg["examples_per_exit"] == 0:
+        return
+    names = getattr(run.val, "classes", None) or []
+    captions = [f"{names[p] if p < len(names) else p} {c:.2f}" for p, c in zip(real["predictions"],
+                                                                             real["confidences"], strict=True)]
+    os.makedirs(cfg["output_dir"], exist_ok=True)
+    run.examples = write_exit_examples(os.path.join(cfg["output_dir"], EXAMPLES_NAME), [p for p, _ in samples],
+                                       real["exits"], captions, run.spec.grids(), cfg["examples_per_exit"])
+
+
+def _throughput(cfg: dict[str, Any], run: EvalSetup) -> dict[str, Any] | None:
+    """Early exit vs every exit vs the last exit alone, timed on the first ``--throughput_batches``."""
+    if cfg["throughput_batches"] == 0:
+        return None
+    batches = _first_batches(run.val, cfg["batch_size"], cfg["throughput_batches"], cfg["num_parallel_workers"])
+    _log(f"timing early exit / all exits / last exit alone on {sum(len(b) for b in batches)} images ...")
+    report = speed_report(run.engine, batches, cfg["throughput_rounds"], run.buckets)
+    report["device_target"] = cfg["device_target"]
+    return report
+
+
+def _results(cfg: dict[str, Any], run: EvalSetup, outputs: ExitOutputs, curve, rows: np.ndarray | None,
+             calib_count: int | None, point: dict[str, Any], throughput: dict[str, Any] | None) -> dict[str, Any]:
+    spec, n = run.spec, len(outputs.targets)
+    return {
+        "model": run.name,
+        "model_args": run.model_args,
         "num_classes": spec.num_classes,
         "checkpoint": cfg["ckpt"],
         "eval_mode": cfg["eval_mode"],
@@ -327,28 +313,48 @@ def evaluate(cfg: dict[str, Any]) -> dict[str, Any]:
         "data_dir": cfg["data_dir"],
         "num_val_images": n,
         "num_calibration_images": calib_count,
-        "flops": cumulative,
+        "flops": run.cumulative,
         "stage_gflops": [m / 1e9 for m in stage_macs(spec)],
         "anytime_classification": outputs.top1_accuracy,
         "anytime_top5": outputs.top5_accuracy,
         "budgeted_batch_classification": [[p.expected_gflops for p in curve], [p.accuracy for p in curve]],
         "budgeted_batch_exit_shares": [p.exit_shares for p in curve],
-        "budget_target_shares": [budget_shares(p, num_exits).tolist() for p in range(1, len(curve) + 1)],
+        "budget_target_shares": [budget_shares(p, spec.num_exits).tolist() for p in range(1, len(curve) + 1)],
         "dynamic_threshold": rows.tolist() if rows is not None else None,
-        "operating_point": {
-            "chosen_by": chosen_by,
-            "curve_point": point,
-            "thresholds": [float(t) for t in thresholds],
-            "accuracy": accuracy,
-            "expected_gflops": expected,
-            "exit_counts": counts.tolist(),
-            "engine_matches_simulation": mismatches == 0,
-            "mismatches": mismatches,
-        },
-        "exit_shares": (counts / n).tolist(),
+        "operating_point": point,
+        "exit_shares": (np.asarray(point["exit_counts"]) / n).tolist(),
         "throughput": throughput,
     }
-    results["outputs"] = write_outputs(output_dir, results)
+
+
+def evaluate(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Run the evaluation a resolved ``dvt-eval`` config asks for, write the outputs, return the results."""
+    _check_flags(cfg)
+    metadata = read_metadata(cfg["ckpt"])
+    if cfg["eval_mode"] == 0:
+        results = _metadata_results(cfg, metadata)
+    else:
+        run = _setup(cfg, metadata)
+        num_exits = run.spec.num_exits
+        explicit = explicit_thresholds(cfg.get("thresholds"), num_exits)  # checked before any image is read
+        rows, calib_count = _stored_rows(cfg, metadata, num_exits, explicit), None
+        if cfg["eval_mode"] == 2:
+            rows, calib_count = _calibrated_thresholds(cfg, run)
+        outputs = collect_exit_outputs(run.engine, run.val, cfg["batch_size"], None, cfg["num_parallel_workers"],
+                                       "validation, all exits")
+        curve = [] if rows is None else budgeted_batch_curve(outputs.confidences, outputs.predictions,
+                                                             outputs.targets, run.cumulative, rows)
+        if explicit is None and not curve:
+            raise EvalError("there are no thresholds to run: the checkpoint stores none; pass --thresholds or "
+                            "use --eval_mode 2")
+        chosen = choose_operating_point(num_exits, thresholds=cfg.get("thresholds"), budget=cfg.get("budget"),
+                                        rows=rows, curve=curve)
+        point = {"chosen_by": chosen.chosen_by, "curve_point": chosen.curve_point,
+                 **_run_operating_point(cfg, run, outputs, chosen.thresholds)}
+        results = _results(cfg, run, outputs, curve, rows, calib_count, point, _throughput(cfg, run))
+    results["outputs"] = write_outputs(cfg["output_dir"], results)
+    if cfg["eval_mode"] and run.examples:
+        results["outputs"].append(run.examples)
     return results
 
 
@@ -377,14 +383,13 @@ def summary(results: dict[str, Any]) -> str:
                      f"{point['engine_matches_simulation']}")
     speed = results.get("throughput")
     if speed:
+        runs = (("early_exit", "early exit"), ("all_exits", "all exits"), ("last_exit_alone", "last exit alone"))
+        rates = ", ".join(f"{label} {speed[f'{key}_img_per_s']:.1f} img/s" for key, label in runs)
         lines.append(f"throughput on {speed['images']} images, batch {speed['batch_size']} "
-                     f"({speed['device_target']}): early exit {speed['early_exit_img_per_s']:.1f} img/s, "
-                     f"all exits {speed['all_exits_img_per_s']:.1f}, last exit alone "
-                     f"{speed['last_exit_alone_img_per_s']:.1f}")
-        lines.append(f"speed-up vs all exits: measured {speed['measured_speedup_vs_all_exits']:.2f}x, FLOPs "
-                     f"predict {speed['predicted_speedup_vs_all_exits']:.2f}x; vs last exit alone: measured "
-                     f"{speed['measured_speedup_vs_last_exit_alone']:.2f}x, FLOPs predict "
-                     f"{speed['predicted_speedup_vs_last_exit_alone']:.2f}x")
+                     f"({speed['device_target']}): {rates}")
+        gains = "; ".join(f"vs {label}: measured {speed[f'measured_speedup_vs_{key}']:.2f}x, FLOPs predict "
+                          f"{speed[f'predicted_speedup_vs_{key}']:.2f}x" for key, label in runs[1:])
+        lines.append(f"early-exit speed-up {gains}")
     for path in results.get("outputs") or []:
         lines.append(f"wrote {path}")
     return "\n".join(lines)

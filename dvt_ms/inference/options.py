@@ -20,7 +20,9 @@ OPTIONS: tuple[Option, ...] = (
                                     "per image"),
     Option("thresholds", "list", None, "explicit confidence thresholds, one per exit but the last"),
     Option("device_target", "str", "CPU", "MindSpore device", ("Ascend", "GPU", "CPU")),
-    Option("output_dir", "str", "outputs/eval", "where eval_results.json, the curve CSV and the plot go"),
+    Option("output_dir", "str", "outputs/eval", "where eval_results.json, the curve CSV, the plot and "
+                                                "exit_examples.png go"),
+    Option("examples_per_exit", "int", 8, "images per exit in exit_examples.png (image folders; 0: none)"),
     Option("num_parallel_workers", "int", 4, "threads decoding images"),
     Option("seed", "int", 0, "seed of the calibration subset"),
     Option("crop_pct", "float", None, "centre-crop fraction of the resized short side (default 224/256 for "

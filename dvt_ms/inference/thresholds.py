@@ -35,16 +35,27 @@ NEVER = 1e8  # threshold of an exit no sample leaves at
 ALWAYS = -1e8  # threshold of the last exit
 
 
-def softmax_confidence(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Top softmax probability (float32) and its class (int64) of each row of ``logits`` [..., C].
-
-    Computed row by row in float32, so a row's result does not depend on the other rows.
-    """
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis, row by row in float32 (a row's result does not depend on the others)."""
     z = np.asarray(logits, dtype=np.float32)
     z = z - z.max(axis=-1, keepdims=True)
     e = np.exp(z)
-    probs = e / e.sum(axis=-1, keepdims=True)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def softmax_confidence(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Top softmax probability (float32) and its class (int64) of each row of ``logits`` [..., C]."""
+    probs = softmax(logits)
     return probs.max(axis=-1), probs.argmax(axis=-1).astype(np.int64)
+
+
+def softmax_top_k(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` most probable classes (int64 [..., k]) of each row and their softmax probabilities
+    (float32), most probable first; column 0 equals :func:`softmax_confidence`."""
+    probs = softmax(logits)
+    k = max(1, min(int(k), probs.shape[-1]))
+    classes = np.argsort(-probs, axis=-1, kind="stable")[..., :k]
+    return classes.astype(np.int64), np.take_along_axis(probs, classes, axis=-1)
 
 
 def leaves_at(confidence: np.ndarray, threshold: float) -> np.ndarray:

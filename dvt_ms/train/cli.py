@@ -23,16 +23,16 @@ import mindspore as ms
 from mindspore import Tensor, nn
 
 from ..checkpoint import CheckpointError, read_metadata
+from ..command import run_command
 from ..config import (
     MODEL_OPTIONS,
     ConfigError,
     create_model_from_config,
     dump_yaml,
     model_overrides,
-    resolve,
     spec_from_config,
 )
-from ..data import DataError, build_eval_dataset
+from ..data import DataError, build_eval_dataset, default_crop_pct
 from ..data.train_pipeline import TrainData, open_train_reader
 from ..flops import cumulative_gflops
 from ..inference.options import OPTIONS as EVAL_OPTIONS
@@ -52,13 +52,11 @@ from .trainer import LoopSettings, Trainer, TrainingDiverged
 from .validate import Accuracy, exit_accuracy
 
 PROG = "dvt-train"
-USER_ERRORS = (ConfigError, DataError, CheckpointError, ResumeError, LaunchError, TrainingDiverged, ValueError)
+FAILURES = (ConfigError, DataError, CheckpointError, ResumeError, LaunchError, TrainingDiverged)
 
 
-def load_config(argv: Sequence[str] | None) -> dict[str, Any]:
-    """Defaults < YAML < command line, plus the checks that need several keys at once."""
-    cfg = resolve((*MODEL_OPTIONS, *OPTIONS), argv, description=__doc__.split("\n\n")[0], prog=PROG,
-                  shared_with=EVAL_OPTIONS)
+def check_config(cfg: dict[str, Any]) -> None:
+    """The checks of a resolved config that need several keys at once."""
     if not cfg.get("model"):
         raise ConfigError("no model: pass -c configs/<model>.yaml or --model <name>")
     if cfg["mode"] not in (0, 1):
@@ -74,7 +72,6 @@ def load_config(argv: Sequence[str] | None) -> dict[str, Any]:
                           f"got {cfg['warmup_epochs']}")
     if len(cfg["betas"]) != 2:
         raise ConfigError(f"--betas needs two values, got {cfg['betas']}")
-    return cfg
 
 
 def build_train_data(cfg: dict[str, Any], spec: CascadeSpec, runtime: Runtime) -> TrainData:
@@ -142,11 +139,14 @@ def build_train_step(cfg: dict[str, Any], model: nn.Cell, data: TrainData, runti
 
 
 def run_metadata(cfg: dict[str, Any], model: nn.Cell, data: TrainData, runtime: Runtime) -> dict[str, Any]:
-    """What every written checkpoint records about the run (and what a resume must find unchanged)."""
+    """What every written checkpoint records about the run (and what a resume must find unchanged), with
+    what serving needs: the class names (class folders, CIFAR's names) and the evaluation crop."""
+    classes = list(getattr(data.reader, "classes", None) or [])
     return {"model": cfg["model"], "model_args": model_overrides(cfg), "num_classes": model.num_classes,
             "img_size": model.img_size, "flops": cumulative_gflops(model.spec), "epoch_size": cfg["epoch_size"],
             "global_batch": cfg["batch_size"] * runtime.group_size, "steps_per_epoch": data.steps_per_epoch,
-            "seed": cfg["seed"]}
+            "seed": cfg["seed"], "class_names": classes if len(classes) == model.num_classes else None,
+            "crop_pct": cfg["crop_pct"] if cfg.get("crop_pct") is not None else default_crop_pct(cfg["dataset"])}
 
 
 RESUME_KEYS = ("model", "model_args", "num_classes", "img_size", "epoch_size", "global_batch", "steps_per_epoch",
@@ -177,7 +177,7 @@ def build_validation(cfg: dict[str, Any], model: nn.Cell, val_data, runtime: Run
     return validate
 
 
-def run(cfg: dict[str, Any]) -> int:
+def run(cfg: dict[str, Any]) -> None:
     """Train as ``cfg`` says: each line below builds what the next ones need."""
     runtime = init_runtime(cfg["device_target"], cfg["mode"], cfg["distribute"], cfg["seed"])
     run_dir = cfg["ckpt_save_dir"]
@@ -204,19 +204,12 @@ def run(cfg: dict[str, Any]) -> int:
     log.info("finished %d epochs; best last-exit top-1 %s; checkpoints in %s", progress.epoch,
              f"{best:.2f} (epoch {progress.best_epoch})" if best is not None and math.isfinite(best) else "n/a",
              run_dir)
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``dvt-train``; returns the exit code (2 for bad input, 130 when interrupted)."""
-    try:
-        return run(load_config(argv))
-    except USER_ERRORS as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+    """Entry point of ``dvt-train``; returns the exit status (see :mod:`dvt_ms.command`)."""
+    return run_command(PROG, (*MODEL_OPTIONS, *OPTIONS), argv, __doc__.split("\n\n")[0], run, FAILURES,
+                       EVAL_OPTIONS, check_config)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,68 @@
+"""Per-exit graphs: the cell exported for each exit, and the engine stages loaded back from MindIR files."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import mindspore as ms
+from mindspore import Tensor, nn
+
+from ..models.cascade import DVTCascade
+from ..models.exit import ExitStage
+from .manifest import Manifest
+
+__all__ = ["ExitGraph", "ExportedStages", "exit_inputs"]
+
+
+class ExitGraph(ExitStage):
+    """Exit ``k`` taking exactly the inputs it uses: ``(images[, features][, relations])``; returns
+    ``(logits, tokens[, relations])`` like :class:`~dvt_ms.models.exit.ExitStage`."""
+
+    def __init__(self, exit_cell, feature_reuse: bool, relation_reuse: bool) -> None:
+        super().__init__(exit_cell)
+        self.takes_features, self.takes_relations = feature_reuse, relation_reuse
+
+    def construct(self, x, *state):
+        features = state[0] if self.takes_features else None
+        relations = state[-1] if self.takes_relations else None
+        return super().construct(x, features, relations)
+
+
+def exit_inputs(model: DVTCascade, k: int) -> list[tuple[str, list[int]]]:
+    """``(name, shape)`` of each input of exit ``k``'s graph, the batch dimension ``-1``."""
+    spec = model.spec
+    inputs = [("images", [-1, spec.in_chans, spec.img_size, spec.img_size])]
+    features, relations = model.needs_state(k)
+    up = model.exit(k - 1) if k else None
+    if features:
+        inputs.append(("features", [-1, up.num_tokens, up.embed_dim]))
+    if relations:
+        inputs.append(("relations", [-1, up.depth * up.num_heads, up.num_tokens, up.num_tokens]))
+    return inputs
+
+
+class ExportedStages:
+    """The engine's stages (:class:`~dvt_ms.inference.engine.StageSource`) from a verified export folder:
+    each exit an ``nn.GraphCell`` over its MindIR file, called with the inputs its manifest lists."""
+
+    dynamic_only = True
+
+    def __init__(self, manifest: Manifest) -> None:
+        self.manifest = manifest
+        self.num_exits = manifest.num_exits
+        self.image_shape = (manifest.in_chans, manifest.img_size, manifest.img_size)
+        self._graphs = [nn.GraphCell(ms.load(os.path.join(manifest.directory, e.file))) for e in manifest.exits]
+
+    def needs_state(self, k: int) -> tuple[bool, bool]:
+        names = [i["name"] for i in self.manifest.exits[k].inputs]
+        return "features" in names, "relations" in names
+
+    def stage(self, k: int, static: bool) -> Callable:
+        graph, (features, relations) = self._graphs[k], self.needs_state(k)
+
+        def run(images: Tensor, tokens: Tensor | None = None, rel: Tensor | None = None):
+            args = [images] + ([tokens] if features else []) + ([rel] if relations else [])
+            return graph(*args)
+
+        return run

@@ -1,0 +1,303 @@
+"""``dvt-predict`` (``python -m dvt_ms.predict``): classify your own images with real early exit.
+
+    dvt-predict --exported outputs/export --images photos/ --output_dir outputs/predict
+    dvt-predict --ckpt demo/dvt_digits_demo.ckpt -c configs/dvt_digits_demo.yaml --images a.png list.txt
+    dvt-predict --exported DIR --images photos/ --budget 1.0 --top_k 3
+
+``--images`` takes image files, folders (searched recursively) and list files (``.txt``/``.lst``: one
+path per line, relative to the list's folder). Each image runs exit 1; only the ones whose confidence
+stays below that exit's threshold go on to the next exit, and so on. Writes ``predictions.csv``,
+``predictions.jsonl`` (path, top-k classes with names and probabilities, exit taken, GFLOPs spent),
+``summary.json`` (images, exit shares, mean GFLOPs vs the last exit, images per second) and
+``exit_examples.png`` into ``--output_dir``. An unreadable image is reported in the outputs with its
+error and the run goes on (``--strict``: it stops the run instead).
+Exit status: 0 on success, 1 when the run cannot go on (the message says why), 2 for bad usage.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..checkpoint import CheckpointError, atomic_output
+from ..command import run_command
+from ..config import MODEL_OPTIONS, ConfigError, Option
+from ..data import DataError, iterate_batches
+from ..data.folder import is_image_file, list_image_files, load_image
+from ..data.transforms import EvalTransform
+from ..flops import cumulative_gflops
+from ..inference.engine import EarlyExitEngine
+from ..inference.exit_examples import EXAMPLES_NAME, write_exit_examples
+from ..inference.operating_point import ThresholdError, choose_operating_point
+from ..inference.options import OPTIONS as EVAL_OPTIONS
+from ..inference.progress import progress_bar
+from ..train.options import OPTIONS as TRAIN_OPTIONS
+from .checkpoint_model import OPERATING_OPTIONS, ServeError, load_checkpoint_model, override_class_names
+from .manifest import ManifestError, read_manifest
+
+PROG = "dvt-predict"
+LIST_SUFFIXES = (".txt", ".lst", ".list")
+CSV_NAME, JSONL_NAME, SUMMARY_NAME = "predictions.csv", "predictions.jsonl", "summary.json"
+
+OPTIONS: tuple[Option, ...] = (
+    Option("exported", "str", None, "export folder written by dvt-export (manifest.json + per-exit MindIR)"),
+    Option("ckpt", "str", None, "or a MindSpore checkpoint (.ckpt / .safetensors), with -c CONFIG or --model"),
+    Option("images", "paths", None, "image files, folders (recursive) and list files (.txt: one path per line)"),
+    *OPERATING_OPTIONS,
+    Option("batch_size", "int", 64, "images per batch"),
+    Option("top_k", "int", 5, "classes reported per image"),
+    Option("output_dir", "str", "outputs/predict", "where predictions.csv/.jsonl, summary.json and "
+                                                   "exit_examples.png go"),
+    Option("strict", "bool", False, "stop at the first unreadable image (default: report it and go on)"),
+    Option("examples_per_exit", "int", 8, "images per exit in exit_examples.png"),
+    Option("device_target", "str", "CPU", "MindSpore device", ("Ascend", "GPU", "CPU")),
+    Option("num_parallel_workers", "int", 4, "threads decoding images"),
+)
+
+
+# ---- inputs -------------------------------------------------------------------------------------------
+
+def collect_images(entries: Sequence[str]) -> list[str]:
+    """The image paths named by ``entries``: files, folders (recursive, sorted) and list files."""
+    paths: list[str] = []
+    for entry in entries:
+        if os.path.isdir(entry):
+            found = list_image_files(entry)
+            if not found:
+                raise DataError(f"no image files in folder {entry} (accepted: {', '.join(_extensions())})")
+            paths += found
+        elif os.path.isfile(entry) and entry.lower().endswith(LIST_SUFFIXES):
+            paths += _read_list(entry)
+        elif os.path.isfile(entry) or is_image_file(entry):
+            paths.append(entry)  # a missing image file is reported per image, like an unreadable one
+        else:
+            raise DataError(f"--images: {entry} is neither an image file, a folder nor a list file")
+    if not paths:
+        raise DataError("--images names no image")
+    return paths
+
+
+def _extensions() -> list[str]:
+    from ..data.folder import IMG_EXTENSIONS
+
+    return list(IMG_EXTENSIONS)
+
+
+def _read_list(path: str) -> list[str]:
+    base = os.path.dirname(os.path.abspath(path))
+    with open(path, encoding="utf-8") as f:
+        lines = [line.strip() for line in f]
+    entries = [line if os.path.isabs(line) else os.path.join(base, line) for line in lines
+               if line and not line.startswith("#")]
+    if not entries:
+        raise DataError(f"list file {path} names no image")
+    return entries
+
+
+class ImageFiles:
+    """Random-access images for :func:`~dvt_ms.data.iterate_batches`: ``ds[i] -> (array, 0)``, or
+    ``(zeros, -1)`` for an unreadable file, whose error is kept in :attr:`errors` (``strict``: raised)."""
+
+    def __init__(self, paths: Sequence[str], transform: EvalTransform, strict: bool = False) -> None:
+        self.paths, self.transform, self.strict = list(paths), transform, strict
+        self.errors: dict[int, str] = {}
+        self._blank = np.zeros((3, transform.img_size, transform.img_size), np.float32)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+        try:
+            return self.transform(load_image(self.paths[index])), 0
+        except (DataError, ValueError) as err:
+            if self.strict:
+                raise DataError(f"{err} (--strict stops at the first unreadable image)") from None
+            self.errors[index] = str(err)
+            return self._blank, -1
+
+
+# ---- the model --------------------------------------------------------------------------------------
+
+@dataclass
+class Predictor:
+    """The early-exit engine with what the outputs need to describe its decisions."""
+
+    engine: EarlyExitEngine
+    transform: EvalTransform
+    cumulative_gflops: list[float]
+    grids: list[int]
+    class_names: list[str] | None
+    thresholds_chosen_by: str
+    source: str
+    model: str
+
+
+def _from_export(cfg: dict[str, Any]) -> Predictor:
+    from .graphs import ExportedStages
+
+    manifest = read_manifest(cfg["exported"])
+    stored = {"dynamic_threshold": manifest.dynamic_threshold,
+              "budgeted_batch_classification": manifest.budgeted_batch_classification}
+    if cfg.get("thresholds") is None and cfg.get("budget") is None:
+        thresholds, chosen_by = manifest.thresholds, f"stored in the export ({manifest.thresholds_chosen_by})"
+    else:
+        point = choose_operating_point(manifest.num_exits, thresholds=cfg.get("thresholds"),
+                                       budget=cfg.get("budget"), metadata=stored, source=manifest.directory)
+        thresholds, chosen_by = point.thresholds, point.chosen_by
+    try:
+        transform = EvalTransform.from_description(manifest.preprocessing)
+    except (KeyError, ValueError) as err:
+        raise ManifestError(f"{manifest.directory}: unusable preprocessing ({err})") from None
+    names = override_class_names(cfg.get("class_names"), manifest.class_names, manifest.num_classes)
+    engine = EarlyExitEngine(ExportedStages(manifest), thresholds)
+    return Predictor(engine, transform, manifest.cumulative_gflops, [e.grid for e in manifest.exits], names,
+                     chosen_by, manifest.directory, manifest.model)
+
+
+def _from_checkpoint(cfg: dict[str, Any]) -> Predictor:
+    loaded = load_checkpoint_model(cfg)
+    spec = loaded.model.spec
+    return Predictor(EarlyExitEngine(loaded.model, loaded.point.thresholds), loaded.transform,
+                     cumulative_gflops(spec), spec.grids(), loaded.class_names, loaded.point.chosen_by, cfg["ckpt"],
+                     loaded.name)
+
+
+def build_predictor(cfg: dict[str, Any]) -> Predictor:
+    """The engine from ``--exported`` or ``--ckpt``, with ``--class_names`` applied."""
+    import mindspore as ms
+
+    if bool(cfg.get("exported")) == bool(cfg.get("ckpt")):
+        raise ServeError("pass exactly one of --exported DIR (a dvt-export folder) and --ckpt FILE")
+    ms.set_context(mode=ms.GRAPH_MODE)
+    ms.set_device(cfg["device_target"])
+    return _from_export(cfg) if cfg.get("exported") else _from_checkpoint(cfg)
+
+
+# ---- running ------------------------------------------------------------------------------------------
+
+def _check_flags(cfg: dict[str, Any]) -> None:
+    for name in ("batch_size", "top_k"):
+        if cfg[name] is None or cfg[name] < 1:
+            raise ServeError(f"--{name} must be a positive integer, got {cfg[name]}")
+    if cfg["examples_per_exit"] < 0 or cfg["num_parallel_workers"] < 0:
+        raise ServeError("--examples_per_exit and --num_parallel_workers must be >= 0")
+    if not cfg.get("images"):
+        raise ServeError("no images: pass --images with image files, folders or list files")
+
+
+def predict(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Run a resolved ``dvt-predict`` config: predict every image, write the outputs, return the summary."""
+    _check_flags(cfg)
+    paths = collect_images(cfg["images"])
+    predictor = build_predictor(cfg)
+    images = ImageFiles(paths, predictor.transform, cfg["strict"])
+    n, k = len(paths), cfg["top_k"]
+    exits = np.full(n, -1, np.int64)
+    classes = np.zeros((n, k), np.int64)
+    probabilities = np.zeros((n, k), np.float32)
+    start = time.perf_counter()
+    with progress_bar(n, "predicting") as bar:
+        for batch, flags, rows in iterate_batches(images, cfg["batch_size"], None, cfg["num_parallel_workers"]):
+            ok = flags >= 0
+            if ok.any():
+                result = predictor.engine(batch[ok], top_k=k)
+                done = rows[ok]
+                exits[done] = result.exits
+                width = result.top_classes.shape[1]
+                classes[done, :width], probabilities[done, :width] = result.top_classes, result.top_probabilities
+            bar.update(len(rows))
+    seconds = time.perf_counter() - start
+    return write_predictions(cfg["output_dir"], predictor, paths, exits, classes, probabilities, images.errors,
+                             seconds, cfg["examples_per_exit"])
+
+
+def _name(names: list[str] | None, c: int) -> str:
+    return names[c] if names is not None and 0 <= c < len(names) else str(c)
+
+
+def write_predictions(output_dir: str, predictor: Predictor, paths: Sequence[str], exits: np.ndarray,
+                      classes: np.ndarray, probabilities: np.ndarray, errors: dict[int, str], seconds: float,
+                      examples_per_exit: int = 8) -> dict[str, Any]:
+    """Write the CSV, JSONL, summary and exit-examples figure (each atomically); returns the summary."""
+    os.makedirs(output_dir, exist_ok=True)
+    names, cumulative = predictor.class_names, predictor.cumulative_gflops
+    k = classes.shape[1] if classes.ndim == 2 else 0
+    ok = exits >= 0
+    num_exits = len(cumulative)
+    counts = np.bincount(exits[ok], minlength=num_exits)
+    predicted = int(ok.sum())
+    summary = {
+        "model": predictor.model,
+        "source": predictor.source,
+        "thresholds": [float(t) for t in predictor.engine.thresholds],
+        "thresholds_chosen_by": predictor.thresholds_chosen_by,
+        "images": len(paths),
+        "predicted": predicted,
+        "failed": len(paths) - predicted,
+        "exit_counts": counts.tolist(),
+        "exit_shares": (counts / max(predicted, 1)).tolist(),
+        "cumulative_gflops": list(cumulative),
+        "mean_gflops": float(np.dot(counts, cumulative) / max(predicted, 1)),
+        "last_exit_gflops": float(cumulative[-1]),
+        "seconds": seconds,
+        "img_per_s": len(paths) / seconds if seconds > 0 else None,
+    }
+    summary["gflops_vs_last_exit"] = summary["mean_gflops"] / summary["last_exit_gflops"]
+    records = []
+    for i, path in enumerate(paths):
+        top = [{"class": int(classes[i, j]), "name": _name(names, int(classes[i, j])),
+                "probability": float(probabilities[i, j])} for j in range(k)] if ok[i] else []
+        records.append({"path": path, "exit": int(exits[i]) + 1 if ok[i] else None,
+                        "gflops": float(cumulative[exits[i]]) if ok[i] else None, "top_k": top,
+                        "error": errors.get(i)})
+    files = {}
+    with atomic_output(os.path.join(output_dir, JSONL_NAME)) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+    files["jsonl"] = os.path.join(output_dir, JSONL_NAME)
+    header = ["path", "exit", "gflops"] + [f"top{j + 1}_{field}" for j in range(k)
+                                           for field in ("class", "name", "probability")] + ["error"]
+    with atomic_output(os.path.join(output_dir, CSV_NAME)) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        for r in records:
+            cells = [c for t in r["top_k"] for c in (t["class"], t["name"], f"{t['probability']:.6f}")]
+            writer.writerow([r["path"], r["exit"] or "", r["gflops"] if r["gflops"] is not None else "",
+                             *(cells or [""] * 3 * k), r["error"] or ""])
+    files["csv"] = os.path.join(output_dir, CSV_NAME)
+    if examples_per_exit and predicted:
+        shown = np.flatnonzero(ok)
+        captions = [f"{_name(names, int(classes[i, 0]))} {probabilities[i, 0]:.2f}" for i in shown]
+        files["examples"] = write_exit_examples(os.path.join(output_dir, EXAMPLES_NAME), [paths[i] for i in shown],
+                                                exits[shown], captions, predictor.grids, examples_per_exit)
+    summary["outputs"] = files
+    with atomic_output(os.path.join(output_dir, SUMMARY_NAME)) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=2)
+    summary["outputs"]["summary"] = os.path.join(output_dir, SUMMARY_NAME)
+    return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """A few human-readable lines about a prediction run."""
+    shares = ", ".join(f"{100 * s:.1f} %" for s in summary["exit_shares"])
+    lines = [f"{summary['predicted']} of {summary['images']} images predicted"
+             + (f" ({summary['failed']} unreadable, see the error column)" if summary["failed"] else ""),
+             f"exit shares: {shares} (thresholds: {summary['thresholds_chosen_by']})",
+             f"mean {summary['mean_gflops']:.4f} GFLOPs per image, {100 * summary['gflops_vs_last_exit']:.1f} % of "
+             f"the last exit's {summary['last_exit_gflops']:.4f}; {summary['img_per_s']:.1f} img/s"]
+    lines += [f"wrote {path}" for path in summary["outputs"].values()]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``dvt-predict``; returns the exit status."""
+    return run_command(PROG, (*MODEL_OPTIONS, *OPTIONS), argv, __doc__.split("\n\n")[0],
+                       lambda cfg: format_summary(predict(cfg)),
+                       (ServeError, ManifestError, ThresholdError, DataError, CheckpointError, ConfigError),
+                       (*TRAIN_OPTIONS, *EVAL_OPTIONS))
