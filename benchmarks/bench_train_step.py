@@ -25,7 +25,7 @@ import dvt_ms
 from dvt_ms.data.augment import one_hot
 from dvt_ms.models import DVTCascade
 from dvt_ms.train.loss import NetWithLoss
-from dvt_ms.train.loss_scale import LossScaler
+from dvt_ms.train.loss_scale import LossScaling
 from dvt_ms.train.optimizer import AdamW, no_weight_decay, param_groups
 from dvt_ms.train.train_step import TrainStep
 
@@ -59,7 +59,7 @@ def main() -> None:
 
     weights, decays = param_groups(model, 0.05)
     step = TrainStep(NetWithLoss(model), AdamW(weights, decays), np.full(1, 1e-4, np.float32),
-                     LossScaler(1.0, False), spec.num_exits)
+                     LossScaling(1.0, False), spec.num_exits)
     step.set_train(True)
     x_ms, y_ms = ms.Tensor(x), ms.Tensor(y)
 

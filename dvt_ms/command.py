@@ -1,31 +1,33 @@
 """What every dvt_ms command does the same way: resolve its config, run, report, exit with a status.
 
-Exit status: 0 success; 1 the run could not go on (the message says why); 2 bad usage (unknown flag,
+Exit status: 0 success; 1 the run could not go on (the message says why) or an internal error (its
+traceback goes to the command's log, or stderr, with a one-line summary); 2 bad usage (unknown flag,
 bad config file or value); 130 interrupted.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
-from collections.abc import Callable, Iterable, Sequence
+import traceback
+from collections.abc import Callable
 from typing import Any
 
-from .config import ConfigError, Option, resolve
+from .config import ConfigError
 
 __all__ = ["run_command"]
 
 
-def run_command(prog: str, options: Iterable[Option], argv: Sequence[str] | None, description: str,
-                run: Callable[[dict[str, Any]], str | None], failures: tuple[type[BaseException], ...],
-                shared_with: Iterable[Option] = (), check: Callable[[dict[str, Any]], None] | None = None) -> int:
-    """Resolve ``argv`` against ``options`` (see :func:`~dvt_ms.config.resolve`), ``check(cfg)`` (a
-    :class:`ConfigError` there is bad usage too), call ``run(cfg)`` and print the text it returns.
-    ``failures`` are the exceptions that end a run with a one-line message and status 1; anything else
-    is a bug and keeps its traceback."""
+def run_command(prog: str, parse: Callable[[], Any], run: Callable[[Any], str | None],
+                failures: tuple[type[BaseException], ...], logger: str = "dvt_ms") -> int:
+    """``run(parse())``, printing the text it returns, with the statuses of the module docstring.
+
+    ``parse`` reads the command line (usually :func:`~dvt_ms.config.resolve` and the command's own
+    checks): a :class:`ConfigError` or argparse's exit there is bad usage. ``failures`` are the
+    exceptions that end a run with a one-line message and status 1; anything else is a bug: its
+    traceback goes to ``logger`` (the command's log file, else stderr), then one line."""
     try:
-        cfg = resolve(options, argv, description, prog, shared_with=shared_with)
-        if check is not None:
-            check(cfg)
+        cfg = parse()
     except ConfigError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
@@ -39,6 +41,12 @@ def run_command(prog: str, options: Iterable[Option], argv: Sequence[str] | None
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:  # a bug: keep its traceback, end with the documented status
+        logging.getLogger(logger).error("internal error\n%s", traceback.format_exc().rstrip())
+        first = (str(err).strip().splitlines() or [""])[0]
+        print(f"{prog}: internal error: {type(err).__name__}: {first} (the traceback is above or in the log)",
+              file=sys.stderr)
+        return 1
     if text:
         print(text)
     return 0

@@ -19,7 +19,7 @@ from dvt_ms.checkpoint import (
     save_checkpoint,
 )
 from dvt_ms.models import DVTCascade
-from tests.convert.helpers import tiny_spec
+from tests.helpers import tiny_spec
 
 META = {"model": "dvt_vit", "num_classes": 10, "flops": [0.1, 0.2, 0.3], "dynamic_threshold": [[0.5, 0.25, 1.0]]}
 

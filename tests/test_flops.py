@@ -77,10 +77,10 @@ def test_stages_match_reference(model):
     stages, cumulative = STAGES[model]
     got_stages = [m / 1e9 for m in stage_macs(spec)]
     got_cum = cumulative_gflops(spec)
-    for got, ref in zip(got_stages, stages, strict=False):
+    for got, ref in zip(got_stages, stages, strict=True):
         assert _rel(got, ref) < TOL, (model, got_stages, stages)
         assert round(got, 4) == pytest.approx(ref, abs=1e-4)
-    for got, ref in zip(got_cum, cumulative, strict=False):
+    for got, ref in zip(got_cum, cumulative, strict=True):
         assert _rel(got, ref) < TOL, (model, got_cum, cumulative)
         assert round(got, 4) == pytest.approx(ref, abs=1e-4)
 
@@ -149,7 +149,7 @@ def test_num_classes_changes_head_only(model):
 def test_img_size_drives_grids():
     spec = replace(dvt_spec("deit_small"), img_size=448)  # patch 32/23/16 -> 14, 19, 28 tokens per side
     assert spec.grids() == [14, 19, 28]
-    assert all(a > b for a, b in zip(stage_macs(spec), stage_macs(dvt_spec("deit_small")), strict=False))
+    assert all(a > b for a, b in zip(stage_macs(spec), stage_macs(dvt_spec("deit_small")), strict=True))
 
 
 def test_table_and_errors():

@@ -14,12 +14,20 @@ Exit status: 0 on success, 1 when the conversion or the verification fails (noth
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Sequence
 from typing import Any
 
 from ..checkpoint import checkpoint_format
-from ..config import MODEL_OPTIONS, build_parser, coerce, load_yaml, merge_options, model_overrides, named_model
+from ..command import run_command
+from ..config import (
+    MODEL_OPTIONS,
+    build_parser,
+    coerce,
+    load_yaml,
+    merge_options,
+    model_overrides,
+    named_model,
+)
 from ..inference.options import OPTIONS as EVAL_OPTIONS
 from ..train.options import OPTIONS as TRAIN_OPTIONS
 from .errors import ConvertError
@@ -231,30 +239,31 @@ def _from_backbone(args, cfg) -> None:
     print(f"{PROG}: wrote {args.dst} ({fmt}): {name}, " + ", ".join(f"{v} {k}" for k, v in counts.items()))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``dvt-convert``; returns the exit status (errors are printed as one paragraph on stderr)."""
-    parser = build_argument_parser()
-    args = parser.parse_args(argv)
+def _parse(argv: Sequence[str] | None):
+    args = build_argument_parser().parse_args(argv)
+    return args, _model_config(args)
+
+
+def _convert(parsed) -> None:
+    args, cfg = parsed
+    if args.class_names and args.backbone:
+        raise ConvertError("--class_names does not apply to --backbone (a backbone's heads are re-initialised)")
+    if args.to_torch and args.backbone:
+        raise ConvertError("--to-torch and --backbone cannot be combined")
+    if os.path.abspath(args.src) == os.path.abspath(args.dst):
+        raise ConvertError(f"--src and --dst are the same file ({args.src})")
     try:
-        if args.class_names and args.backbone:
-            raise ConvertError("--class_names does not apply to --backbone (a backbone's heads are re-initialised)")
-        if args.to_torch and args.backbone:
-            raise ConvertError("--to-torch and --backbone cannot be combined")
-        if os.path.abspath(args.src) == os.path.abspath(args.dst):
-            raise ConvertError(f"--src and --dst are the same file ({args.src})")
-        cfg = _model_config(args)
         if args.to_torch:
             _to_torch(args, cfg)
         elif args.backbone:
             _from_backbone(args, cfg)
         else:
             _to_mindspore(args, cfg)
-    except (ValueError, OSError) as err:  # ConvertError, CheckpointError, ConfigError, bad model, file system
+    except (ValueError, OSError) as err:  # CheckpointError, a bad model, the file system: nothing was written
         text = str(err).strip()
-        print(f"{PROG}: error: {text}{'' if text.endswith(('.', '?')) else '.'} Nothing was written.", file=sys.stderr)
-        return 1
-    return 0
+        raise ConvertError(f"{text}{'' if text.endswith(('.', '?')) else '.'} Nothing was written.") from err
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``dvt-convert``; returns the exit status (see :mod:`dvt_ms.command`)."""
+    return run_command(PROG, lambda: _parse(argv), _convert, (ConvertError,))

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from ..checkpoint import CheckpointError
 from ..command import run_command
-from ..config import MODEL_OPTIONS, ConfigError
+from ..config import MODEL_OPTIONS, ConfigError, resolve
 from ..data import DataError
 from ..train.options import OPTIONS as TRAIN_OPTIONS
 from .options import OPTIONS
@@ -36,5 +36,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .evaluate import EvalError
     from .operating_point import ThresholdError
 
-    return run_command(PROG, (*MODEL_OPTIONS, *OPTIONS), argv, DESCRIPTION, _evaluate,
-                       (EvalError, ThresholdError, DataError, CheckpointError, ConfigError), TRAIN_OPTIONS)
+    return run_command(PROG, lambda: resolve((*MODEL_OPTIONS, *OPTIONS), argv, DESCRIPTION, PROG,
+                                             shared_with=TRAIN_OPTIONS),
+                       _evaluate, (EvalError, ThresholdError, DataError, CheckpointError, ConfigError))

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from ..amp import apply_precision
 from ..checkpoint import load_checkpoint, read_metadata
 from ..config import build_named_model
 from ..data import DataError, build_eval_dataset, iterate_batches
@@ -226,6 +227,7 @@ def _setup(cfg: dict[str, Any], metadata: dict | None) -> EvalSetup:
     _set_device(cfg["device_target"])
     model, name, overrides = build_named_model(cfg, metadata, cfg["ckpt"])
     load_checkpoint(model, cfg["ckpt"])
+    apply_precision(model, cfg["amp_level"], cfg["amp_dtype"])
     spec = model.spec
     val = build_eval_dataset(cfg["dataset"], cfg["data_dir"], "val", spec.img_size, cfg.get("crop_pct"))
     _check_labels(val, spec.num_classes, f"validation set {getattr(val, 'root', cfg['data_dir'])}")
@@ -262,8 +264,6 @@ def _run_operating_point(cfg: dict[str, Any], run: EvalSetup, outputs: ExitOutpu
     n = len(real["exits"])
     simulated_predictions = outputs.predictions[simulated, np.arange(n)]
     mismatches = int(np.sum((simulated != real["exits"]) | (simulated_predictions != real["predictions"])))
-    if mismatches:
-        _log(f"warning: the early-exit engine and the simulation disagree on {mismatches} of {n} images")
     counts = np.bincount(real["exits"], minlength=run.spec.num_exits)
     _write_exit_examples(cfg, run, real)
     return {
@@ -355,6 +355,11 @@ def evaluate(cfg: dict[str, Any]) -> dict[str, Any]:
     results["outputs"] = write_outputs(cfg["output_dir"], results)
     if cfg["eval_mode"] and run.examples:
         results["outputs"].append(run.examples)
+    mismatches = (results.get("operating_point") or {}).get("mismatches")
+    if mismatches:
+        raise EvalError(f"the early-exit engine and the simulation from the full logits disagree on {mismatches} "
+                        f"of {results['num_val_images']} images (a bug: the results are in "
+                        f"{cfg['output_dir']} for inspection)")
     return results
 
 

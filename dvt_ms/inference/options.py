@@ -20,6 +20,9 @@ OPTIONS: tuple[Option, ...] = (
                                     "per image"),
     Option("thresholds", "list", None, "explicit confidence thresholds, one per exit but the last"),
     Option("device_target", "str", "CPU", "MindSpore device", ("Ascend", "GPU", "CPU")),
+    Option("amp_level", "str", "O0", "precision policy (dvt_ms.amp): O0 float32, O2 matrix products in amp_dtype "
+                                     "(fp16 inference on Ascend), O3 all amp_dtype", ("O0", "O2", "O3")),
+    Option("amp_dtype", "str", "float16", "low-precision type of O2/O3", ("float16", "bfloat16")),
     Option("output_dir", "str", "outputs/eval", "where eval_results.json, the curve CSV, the plot and "
                                                 "exit_examples.png go"),
     Option("examples_per_exit", "int", 8, "images per exit in exit_examples.png (image folders; 0: none)"),

@@ -9,6 +9,7 @@ from mindspore import Tensor, nn
 
 from .. import kernels
 from .exit import DVTExit, ExitStage
+from .layers import bind_masks
 from .spec import CascadeSpec
 
 
@@ -27,6 +28,10 @@ class DVTCascade(kernels.StaticShapeKernels, nn.Cell):
     ``normal_token`` for the published models), so parameter names equal the official PyTorch keys up
     to nothing at all. :meth:`run_stage` runs one exit on a batch given the previous exit's state; the
     early-exit engine drives the cascade through it.
+
+    Dropout and drop-path masks in training are a function of (seed, step counter, layer, sample): see
+    :mod:`~dvt_ms.models.layers.dropout`. Until :func:`~dvt_ms.models.layers.bind_masks` gives the cascade a
+    step counter (``dvt-train`` binds the train step's), every training-mode call draws the masks of step 0.
     """
 
     def __init__(self, spec: CascadeSpec) -> None:
@@ -38,6 +43,7 @@ class DVTCascade(kernels.StaticShapeKernels, nn.Cell):
         self.img_size = spec.img_size
         for k, name in enumerate(self.exit_names):
             setattr(self, name, DVTExit(spec, k))
+        bind_masks(self)  # every dropout / drop-path cell its own stream; training rebinds to its step counter
         self.__dict__["_stages"] = {}  # exit index -> ExitStage for run_stage; not a child cell
 
     def exit(self, k: int) -> DVTExit:

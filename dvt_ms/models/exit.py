@@ -6,7 +6,7 @@ import numpy as np
 from mindspore import Parameter, nn, ops
 
 from .. import kernels
-from .layers import Block, LayerNorm, PatchEmbed, RelationReuse, T2TStem
+from .layers import Block, Dropout, DropPathMasks, LayerNorm, PatchEmbed, RelationReuse, T2TStem
 from .layers.init import frozen, sinusoid_table, trunc_normal
 from .layers.mlp import dense
 from .spec import CascadeSpec
@@ -47,7 +47,7 @@ class DVTExit(nn.Cell):
             self.patch_embed = PatchEmbed(spec.img_size, spec.in_chans, d, e.patch_size, e.patch_stride,
                                           e.patch_padding)
         self.stem = e.stem
-        self.pos_drop = nn.Dropout(p=spec.drop_rate)
+        self.pos_drop = Dropout(spec.drop_rate)
 
         up = spec.exits[k - 1] if k > 0 else None
         up_grid = up.grid(spec.img_size) if up is not None else 0
@@ -57,6 +57,8 @@ class DVTExit(nn.Cell):
             Block(d, e.num_heads, e.mlp_hidden, self.num_tokens, e.qkv_bias, e.norm_eps, spec.drop_rate,
                   spec.attn_drop_rate, float(dpr[i]), reuse_from, spec.reuse_channels, spec.reuse_hidden)
             for i in range(e.depth)])
+        # columns 2i, 2i+1: the attention and MLP branches of block i
+        self.drop_path_masks = DropPathMasks([float(dpr[i]) for i in range(e.depth) for _ in range(2)])
         self.norm = LayerNorm(d, e.norm_eps)
         if e.relation_reuse:
             channels = e.depth * e.num_heads
@@ -76,10 +78,11 @@ class DVTExit(nn.Cell):
         """Returns (normed class feature [B, D], last tokens [B, N+1, D], logits [B, depth*heads, N+1, N+1])."""
         t = self.embed(x)
         biases = self.relation_reuse_conv(relations) if self.relation_reuse else None
+        masks = self.drop_path_masks(t)  # every block's drop-path masks in one draw; None in inference
         logits = ()
         for i, blk in enumerate(self.blocks):
             bias = biases[i] if self.relation_reuse else None
-            t, logit = blk(t, features, bias)
+            t, logit = blk(t, features, bias, masks[:, 2 * i:2 * i + 2] if masks is not None else None)
             if self.emit_relations:
                 logits = (*logits, logit)
         out_rel = ops.cat(logits, 1) if self.emit_relations else None

@@ -21,7 +21,7 @@ from typing import Any
 
 from ..checkpoint import CheckpointError
 from ..command import run_command
-from ..config import MODEL_OPTIONS, ConfigError, Option
+from ..config import MODEL_OPTIONS, ConfigError, Option, resolve
 from ..data import DataError
 from ..data.transforms import EvalTransform
 from ..flops import cumulative_gflops
@@ -133,6 +133,8 @@ def _export(cfg: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``dvt-export``; returns the exit status."""
-    return run_command(PROG, (*MODEL_OPTIONS, *OPTIONS), argv, __doc__.split("\n\n")[0], _export,
-                       (ServeError, ThresholdError, CheckpointError, DataError, ConfigError),
-                       (*TRAIN_OPTIONS, *EVAL_OPTIONS))
+    def parse() -> dict[str, Any]:
+        return resolve((*MODEL_OPTIONS, *OPTIONS), argv, __doc__.split("\n\n")[0], PROG,
+                       shared_with=(*TRAIN_OPTIONS, *EVAL_OPTIONS))
+
+    return run_command(PROG, parse, _export, (ServeError, ThresholdError, CheckpointError, DataError, ConfigError))

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..checkpoint import CheckpointError, atomic_output
 from ..command import run_command
-from ..config import MODEL_OPTIONS, ConfigError, Option
+from ..config import MODEL_OPTIONS, ConfigError, Option, resolve
 from ..data import DataError, iterate_batches
 from ..data.folder import is_image_file, list_image_files, load_image
 from ..data.transforms import EvalTransform
@@ -297,7 +297,9 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``dvt-predict``; returns the exit status."""
-    return run_command(PROG, (*MODEL_OPTIONS, *OPTIONS), argv, __doc__.split("\n\n")[0],
-                       lambda cfg: format_summary(predict(cfg)),
-                       (ServeError, ManifestError, ThresholdError, DataError, CheckpointError, ConfigError),
-                       (*TRAIN_OPTIONS, *EVAL_OPTIONS))
+    def parse() -> dict[str, Any]:
+        return resolve((*MODEL_OPTIONS, *OPTIONS), argv, __doc__.split("\n\n")[0], PROG,
+                       shared_with=(*TRAIN_OPTIONS, *EVAL_OPTIONS))
+
+    return run_command(PROG, parse, lambda cfg: format_summary(predict(cfg)),
+                       (ServeError, ManifestError, ThresholdError, DataError, CheckpointError, ConfigError))

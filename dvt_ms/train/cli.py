@@ -22,7 +22,8 @@ from typing import Any
 import mindspore as ms
 from mindspore import Tensor, nn
 
-from ..checkpoint import CheckpointError, read_metadata
+from ..amp import apply_precision
+from ..checkpoint import CheckpointError
 from ..command import run_command
 from ..config import (
     MODEL_OPTIONS,
@@ -30,6 +31,7 @@ from ..config import (
     create_model_from_config,
     dump_yaml,
     model_overrides,
+    resolve,
     spec_from_config,
 )
 from ..data import DataError, build_eval_dataset, default_crop_pct
@@ -37,11 +39,12 @@ from ..data.train_pipeline import TrainData, open_train_reader
 from ..flops import cumulative_gflops
 from ..inference.options import OPTIONS as EVAL_OPTIONS
 from ..models import CascadeSpec
+from ..models.layers import bind_masks
 from .distributed import LaunchError, Runtime, grad_reducer, init_runtime
 from .ema import EMA
-from .logs import setup_logging
+from .logs import LOGGER_NAME, setup_logging
 from .loss import NetWithLoss
-from .loss_scale import LossScaler, resolve_loss_scale_type
+from .loss_scale import LossScaling, resolve_loss_scale_type
 from .lr_schedule import cosine_schedule, scaled_lr
 from .optimizer import AdamW, param_groups
 from .options import OPTIONS
@@ -55,8 +58,10 @@ PROG = "dvt-train"
 FAILURES = (ConfigError, DataError, CheckpointError, ResumeError, LaunchError, TrainingDiverged)
 
 
-def check_config(cfg: dict[str, Any]) -> None:
-    """The checks of a resolved config that need several keys at once."""
+def load_config(argv: Sequence[str] | None) -> dict[str, Any]:
+    """Defaults < YAML < command line, plus the checks that need several keys at once."""
+    cfg = resolve((*MODEL_OPTIONS, *OPTIONS), argv, description=__doc__.split("\n\n")[0], prog=PROG,
+                  shared_with=EVAL_OPTIONS)
     if not cfg.get("model"):
         raise ConfigError("no model: pass -c configs/<model>.yaml or --model <name>")
     if cfg["mode"] not in (0, 1):
@@ -64,7 +69,7 @@ def check_config(cfg: dict[str, Any]) -> None:
     for key in ("batch_size", "epoch_size", "log_interval"):
         if cfg[key] < 1:
             raise ConfigError(f"--{key} must be >= 1, got {cfg[key]}")
-    for key in ("val_interval", "ckpt_interval", "keep_checkpoint_max"):
+    for key in ("val_interval", "ckpt_interval", "keep_checkpoint_max", "max_bad_steps"):
         if cfg[key] < 0:
             raise ConfigError(f"--{key} must be >= 0, got {cfg[key]}")
     if cfg["warmup_epochs"] < 0 or cfg["warmup_epochs"] > cfg["epoch_size"]:
@@ -72,6 +77,7 @@ def check_config(cfg: dict[str, Any]) -> None:
                           f"got {cfg['warmup_epochs']}")
     if len(cfg["betas"]) != 2:
         raise ConfigError(f"--betas needs two values, got {cfg['betas']}")
+    return cfg
 
 
 def build_train_data(cfg: dict[str, Any], spec: CascadeSpec, runtime: Runtime) -> TrainData:
@@ -93,23 +99,13 @@ def build_val_data(cfg: dict[str, Any], spec: CascadeSpec):
     return build_eval_dataset(cfg["dataset"], cfg["data_dir"], "val", spec.img_size, cfg["crop_pct"])
 
 
-def reseed_for_resume(cfg: dict[str, Any], state_path: str | None) -> None:
-    """A resumed run re-seeds before building the network, so that in-graph random ops (drop path)
-    do not replay the mask sequence of the first epochs; the weights come from the state anyway."""
-    if state_path is None:
-        return
-    meta = read_metadata(state_path) or {}
-    ms.set_seed(cfg["seed"] + 1_000_003 * int(meta.get("epoch", 0)))
-
-
 def build_training_model(cfg: dict[str, Any], runtime: Runtime, log: logging.Logger) -> nn.Cell:
-    """The cascade of the config, with ``--pretrained`` weights and the ``--amp_level`` casts applied."""
+    """The cascade of the config, with ``--pretrained`` weights and the ``--amp_level`` precision policy applied."""
     model = create_model_from_config(cfg)
     if cfg["pretrained"]:
         for note in load_pretrained(model, cfg["pretrained"]):
             log.info(note)
-    if cfg["amp_level"] != "O0":
-        ms.amp.auto_mixed_precision(model, cfg["amp_level"])
+    apply_precision(model, cfg["amp_level"], cfg["amp_dtype"])
     if runtime.mode == 0:
         spec = model.spec
         model.set_inputs(Tensor(shape=[None, spec.in_chans, spec.img_size, spec.img_size], dtype=ms.float32))
@@ -118,7 +114,8 @@ def build_training_model(cfg: dict[str, Any], runtime: Runtime, log: logging.Log
 
 def build_train_step(cfg: dict[str, Any], model: nn.Cell, data: TrainData, runtime: Runtime,
                      log: logging.Logger) -> tuple[TrainStep, EMA | None]:
-    """The compiled train step (loss, AdamW, schedule, loss scale, clipping, EMA, gradient all-reduce)."""
+    """The compiled train step (loss, AdamW, schedule, loss scale, clipping, EMA, gradient all-reduce); the
+    model's dropout and drop-path masks are keyed by its step counter, so a resume replays them exactly."""
     global_batch = cfg["batch_size"] * runtime.group_size
     peak = scaled_lr(cfg["lr"], global_batch, cfg["lr_base_batch"])
     total = cfg["epoch_size"] * data.steps_per_epoch
@@ -128,9 +125,10 @@ def build_train_step(cfg: dict[str, Any], model: nn.Cell, data: TrainData, runti
     optimizer = AdamW(params, decays, cfg["betas"], cfg["opt_eps"])
     ema = EMA(params, cfg["ema_decay"]) if cfg["ema"] else None
     scale_type = resolve_loss_scale_type(cfg["loss_scale_type"], cfg["amp_level"], runtime.device_target)
-    scaler = LossScaler(cfg["loss_scale"], scale_type == "dynamic", cfg["loss_scale_factor"], cfg["loss_scale_window"])
+    scaler = LossScaling(cfg["loss_scale"], scale_type == "dynamic", cfg["loss_scale_factor"], cfg["loss_scale_window"])
     step = TrainStep(NetWithLoss(model), optimizer, lr_table, scaler, model.num_exits, cfg["clip_grad"], ema,
                      grad_reducer(runtime, optimizer.params))
+    bind_masks(model, step.global_step, cfg["seed"], runtime.rank, runtime.group_size)
     log.info("global batch %d (%d x %d devices), %d steps/epoch, peak lr %.3e, warm-up %d steps, %s loss scale %g, "
              "amp %s, %d trainable tensors (%d decayed)", global_batch, cfg["batch_size"], runtime.group_size,
              data.steps_per_epoch, peak, warmup, scale_type, cfg["loss_scale"], cfg["amp_level"], len(params),
@@ -188,7 +186,6 @@ def run(cfg: dict[str, Any]) -> None:
     data = build_train_data(cfg, spec, runtime)
     val_data = build_val_data(cfg, spec)
     state_path = find_state(cfg["resume"], cfg["auto_resume"], run_dir)
-    reseed_for_resume(cfg, state_path)
     model = build_training_model(cfg, runtime, log)
     step, ema = build_train_step(cfg, model, data, runtime, log)
     metadata = run_metadata(cfg, model, data, runtime)
@@ -198,7 +195,7 @@ def run(cfg: dict[str, Any]) -> None:
         dump_yaml(cfg, os.path.join(run_dir, "config.yaml"))
     validate = build_validation(cfg, model, val_data, runtime)
     settings = LoopSettings(cfg["epoch_size"], metadata["global_batch"], cfg["log_interval"], cfg["val_interval"],
-                            cfg["dataset_sink_mode"])
+                            cfg["dataset_sink_mode"], cfg["max_bad_steps"])
     progress = Trainer(step, model, data, runtime, ckpt, settings, log, validate, ema, metadata).fit(progress)
     best = progress.best_top1
     log.info("finished %d epochs; best last-exit top-1 %s; checkpoints in %s", progress.epoch,
@@ -208,8 +205,7 @@ def run(cfg: dict[str, Any]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``dvt-train``; returns the exit status (see :mod:`dvt_ms.command`)."""
-    return run_command(PROG, (*MODEL_OPTIONS, *OPTIONS), argv, __doc__.split("\n\n")[0], run, FAILURES,
-                       EVAL_OPTIONS, check_config)
+    return run_command(PROG, lambda: load_config(argv), run, FAILURES, LOGGER_NAME)
 
 
 if __name__ == "__main__":

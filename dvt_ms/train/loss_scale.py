@@ -1,8 +1,8 @@
-"""Loss scaling for mixed precision: dynamic (Ascend/GPU) or fixed, state kept in Parameters."""
+"""Loss scaling for mixed precision: MindSpore's dynamic (Ascend/GPU) or static scaler, state kept in Parameters."""
 
 from __future__ import annotations
 
-from mindspore import Parameter, Tensor, nn, ops
+from mindspore import Parameter, Tensor, amp, nn, ops
 from mindspore import dtype as mstype
 
 LOSS_SCALE_TYPES = ("auto", "dynamic", "fixed")
@@ -18,37 +18,39 @@ def resolve_loss_scale_type(kind: str, amp_level: str, device_target: str) -> st
     return kind
 
 
-class LossScaler(nn.Cell):
-    """Loss-scale state: ``scale`` (float32), ``good_steps`` since the last change and ``overflows``
-    (steps skipped), all Parameters so that they go into the resume checkpoint.
+class LossScaling(nn.Cell):
+    """MindSpore's ``amp.DynamicLossScaler`` / ``amp.StaticLossScaler`` in a cell, with the count of
+    skipped steps; their Parameters (``loss_scale``, ``loss_scale_good_steps``, ``overflow_steps``) are
+    this cell's, so they go into the resume state.
 
-    The train step skips the update of every step whose gradients overflowed and counts it here.
-    Dynamic: such a step also divides the scale by ``factor`` (not below 1), and ``window`` finite
-    steps in a row multiply it by ``factor``. Fixed: the scale never changes.
+    ``construct(scaled gradients)`` unscales them, checks them with ``amp.all_finite``,
+    counts an overflow, lets a dynamic scaler adjust (divide by ``factor`` on overflow, multiply after
+    ``window`` finite steps) and returns ``(finite, unscaled gradients)``. The train step skips the
+    update of a step that is not finite. Fixed: the scale never changes.
     """
 
     def __init__(self, scale: float = 1024.0, dynamic: bool = False, factor: float = 2.0, window: int = 1000) -> None:
         super().__init__()
-        if scale <= 0:
-            raise ValueError(f"loss_scale must be positive, got {scale}")
-        if dynamic and (factor <= 1 or window < 1):
-            raise ValueError(f"dynamic loss scaling needs factor > 1 and window >= 1, got {factor}, {window}")
+        if scale < 1:
+            raise ValueError(f"loss_scale must be >= 1, got {scale}")
+        if dynamic and (factor <= 1 or factor != int(factor) or window < 1):
+            raise ValueError(f"dynamic loss scaling needs an integer factor > 1 and window >= 1, got {factor}, "
+                             f"{window}")
         self.dynamic = dynamic
-        self.factor, self.window = float(factor), int(window)
-        self.scale = Parameter(Tensor(float(scale), mstype.float32), name="loss_scale", requires_grad=False)
-        self.good_steps = Parameter(Tensor(0, mstype.int32), name="loss_scale_good_steps", requires_grad=False)
+        if dynamic:
+            self.scaler = amp.DynamicLossScaler(float(scale), int(factor), int(window))
+            self.scaler.counter.name = "loss_scale_good_steps"
+            self.good_steps = self.scaler.counter
+        else:
+            self.scaler = amp.StaticLossScaler(float(scale))
+        self.scaler.scale_value.name = "loss_scale"
+        self.scale = self.scaler.scale_value
         self.overflows = Parameter(Tensor(0, mstype.int32), name="overflow_steps", requires_grad=False)
 
-    def construct(self, finite):
-        """Record one step whose gradients were ``finite`` (bool scalar); returns ``finite``."""
-        overflow = ops.logical_not(finite).astype(mstype.int32)
-        ops.assign(self.overflows, self.overflows + overflow)
+    def construct(self, grads):
+        grads = self.scaler.unscale(grads)
+        finite = amp.all_finite(grads)
+        ops.assign(self.overflows, self.overflows + ops.logical_not(finite).astype(mstype.int32))
         if self.dynamic:
-            good = (self.good_steps + 1) * (1 - overflow)
-            grow = (good >= self.window).astype(mstype.float32)
-            shrunk = ops.maximum(self.scale / self.factor, 1.0)
-            grown = self.scale * (1.0 + (self.factor - 1.0) * grow)
-            new_scale = ops.select(finite, grown, shrunk)
-            ops.assign(self.scale, new_scale)
-            ops.assign(self.good_steps, good * (1 - grow.astype(mstype.int32)))
-        return finite
+            self.scaler.adjust(finite)
+        return finite, grads

@@ -49,8 +49,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("ema", "bool", False, "keep an exponential moving average of the weights"),
     Option("ema_decay", "float", 0.99996, "EMA decay per step"),
     # ---- precision
-    Option("amp_level", "str", "O0", "mixed precision: O0 float32, O2 float16 except norms, O3 float16",
+    Option("amp_level", "str", "O0", "precision policy (dvt_ms.amp): O0 float32; O2 matrix products in amp_dtype, "
+                                     "norms, softmax, attention logits and loss in float32; O3 all amp_dtype",
            ("O0", "O2", "O3")),
+    Option("amp_dtype", "str", "float16", "low-precision type of O2/O3 (bfloat16 where the device has it)",
+           ("float16", "bfloat16")),
     Option("loss_scale_type", "str", "auto", "auto: dynamic on Ascend/GPU under O2/O3, fixed otherwise",
            ("auto", "dynamic", "fixed")),
     Option("loss_scale", "float", 1024.0, "fixed loss scale, or the initial one of dynamic scaling"),
@@ -74,4 +77,6 @@ OPTIONS: tuple[Option, ...] = (
                                       "when num_classes differs"),
     Option("val_interval", "int", 1, "validate every this many epochs and after the last (0: never)"),
     Option("log_interval", "int", 100, "steps between log lines"),
+    Option("max_bad_steps", "int", 100, "stop when the loss is NaN/inf for more than this many steps in a row "
+                                        "(checked every log_interval steps; 0: never stop)"),
 )

@@ -9,8 +9,9 @@ kill at any moment leaves the previous version intact):
 * ``epoch_<N>.ckpt``: weights after epoch N, every ``ckpt_interval`` epochs, the newest
   ``keep_checkpoint_max`` kept;
 * ``latest.state.ckpt``: everything needed to continue as if never stopped: weights, AdamW moments and
-  step, global step (the learning-rate position), loss-scale state, EMA weights, random-generator states,
-  completed epochs, best accuracy and the per-epoch results.
+  step, global step (the learning-rate position and the counter the dropout / drop-path masks are keyed
+  by), loss-scale state, EMA weights, random-generator states, completed epochs, best accuracy and the
+  per-epoch results.
 """
 
 from __future__ import annotations

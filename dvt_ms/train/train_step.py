@@ -12,28 +12,16 @@ from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 from mindspore import dtype as mstype
 
 from .ema import EMA
-from .loss_scale import LossScaler
+from .loss_scale import LossScaling
 from .optimizer import AdamW
 
-_unscale = ops.MultitypeFuncGraph("unscale")
 _square_sum = ops.MultitypeFuncGraph("square_sum")
-_finite = ops.MultitypeFuncGraph("finite")
 _mul = ops.MultitypeFuncGraph("mul")
-
-
-@_unscale.register("Tensor", "Tensor")
-def _unscale_one(inv_scale, grad):
-    return grad.astype(mstype.float32) * inv_scale
 
 
 @_square_sum.register("Tensor")
 def _square_sum_one(grad):
     return (grad * grad).sum()
-
-
-@_finite.register("Tensor")
-def _finite_one(grad):
-    return ops.isfinite(grad).all()
 
 
 @_mul.register("Tensor", "Tensor")
@@ -53,7 +41,7 @@ class TrainStep(nn.Cell):
     ``torch.nn.utils.clip_grad_norm_``. ``reducer`` (data parallel) averages gradients over devices.
     """
 
-    def __init__(self, network: nn.Cell, optimizer: AdamW, lr_table: np.ndarray, loss_scaler: LossScaler,
+    def __init__(self, network: nn.Cell, optimizer: AdamW, lr_table: np.ndarray, loss_scaler: LossScaling,
                  n_exits: int, clip_grad: float | None = None, ema: EMA | None = None,
                  reducer: nn.Cell | None = None) -> None:
         super().__init__(auto_prefix=False)
@@ -74,6 +62,9 @@ class TrainStep(nn.Cell):
         # Running sums for the log, read and reset by the host between steps (no sync per step).
         self.loss_sum = Parameter(Tensor(np.zeros(n_exits, np.float32)), name="log_loss_sum", requires_grad=False)
         self.loss_steps = Parameter(Tensor(0, mstype.int32), name="log_loss_steps", requires_grad=False)
+        # Steps in a row whose loss was NaN/inf, and the longest such run since the host last looked.
+        self.bad_streak = Parameter(Tensor(0, mstype.int32), name="bad_loss_streak", requires_grad=False)
+        self.worst_streak = Parameter(Tensor(0, mstype.int32), name="worst_bad_loss_streak", requires_grad=False)
         self.grad = ops.GradOperation(get_by_list=True, sens_param=True)
         self.hyper_map = ops.HyperMap()
 
@@ -89,8 +80,7 @@ class TrainStep(nn.Cell):
         grads = self.grad(self.network, self.weights)(images, targets, sens)
         if self.use_reducer:
             grads = self.reducer(grads)
-        grads = self.hyper_map(ops.partial(_unscale, 1.0 / scale), grads)
-        finite = ops.stack(self.hyper_map(_finite, grads)).all()
+        finite, grads = self.loss_scaler(grads)  # unscaled; a dynamic scale adjusts for the next step
         step = self.global_step * 1
         lr = self.lr_table[ops.minimum(step, self.last_step)]
         ops.assign(self.global_step, step + 1)
@@ -100,10 +90,18 @@ class TrainStep(nn.Cell):
             self.optimizer(grads, lr)
             if self.use_ema:
                 self.ema()
-        self.loss_scaler(finite)
+        streak = (self.bad_streak + 1) * ops.logical_not(ops.isfinite(total)).astype(mstype.int32)
+        ops.assign(self.bad_streak, streak)
+        ops.assign(self.worst_streak, ops.maximum(self.worst_streak, streak))
         ops.assign(self.loss_sum, self.loss_sum + per_exit.astype(mstype.float32))
         ops.assign(self.loss_steps, self.loss_steps + 1)
         return total, per_exit, lr, finite, scale
+
+    def take_worst_streak(self) -> int:
+        """The longest run of consecutive NaN/inf-loss steps since the last call (one still going counts)."""
+        worst = int(self.worst_streak.asnumpy())
+        ops.assign(self.worst_streak, self.bad_streak * 1)
+        return worst
 
     def take_loss_sums(self) -> tuple[np.ndarray, int]:
         """Per-exit loss summed over the steps since the last call, and their count; resets both."""

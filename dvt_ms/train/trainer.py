@@ -23,7 +23,7 @@ from .validate import Accuracy
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN/inf with a fixed loss scale (nothing skips such steps)."""
+    """Training cannot go on: the loss stayed NaN/inf too long, or every step of an epoch overflowed."""
 
 
 @dataclass
@@ -35,6 +35,7 @@ class LoopSettings:
     log_interval: int = 100
     val_interval: int = 1
     sink_mode: bool = False
+    max_bad_steps: int = 100  # consecutive NaN/inf-loss steps tolerated (0: no limit)
 
 
 def sink_size_for(steps_per_epoch: int, log_interval: int) -> int:
@@ -111,6 +112,7 @@ class Trainer:
                 progress.global_step += per_call
                 window_steps += per_call
                 if window_steps >= s.log_interval or done >= self.steps_per_epoch:
+                    self._check_bad_steps(epoch, done)
                     sums, count = self.step.take_loss_sums()  # reading the sums waits for the device
                     epoch_sums = sums if epoch_sums is None else epoch_sums + sums
                     epoch_count += count
@@ -135,6 +137,14 @@ class Trainer:
             progress.epoch = epoch + 1
             self._end_epoch(progress, train_loss, float(lr.asnumpy()), speed, train_seconds)
         return progress
+
+    def _check_bad_steps(self, epoch: int, step: int) -> None:
+        worst, limit = self.step.take_worst_streak(), self.settings.max_bad_steps
+        if limit and worst > limit:
+            raise TrainingDiverged(
+                f"epoch {epoch + 1} step {step}: the loss was NaN/inf for {worst} steps in a row (more than "
+                f"--max_bad_steps {limit}); those steps changed no weight. Stopped; the checkpoints of the last "
+                "finished epoch are kept. Lower --lr, set --clip_grad, or use --amp_level O0")
 
     def _log_step(self, epoch: int, step: int, losses: np.ndarray, lr: float, speed: float, eta: float) -> None:
         scaler = self.step.loss_scaler

@@ -22,22 +22,31 @@ from dvt_ms.convert.backbone import (
 from dvt_ms.convert.errors import ConvertError
 from dvt_ms.models import DVTCascade
 from dvt_ms.models.spec import with_reuse
-from tests.convert.helpers import TINY_CONFIG, max_relative_error, ms_logits, run_cli, tiny_spec, tiny_t2t_spec
+from tests.helpers import (
+    HAVE_TORCH,
+    TINY_CONFIG,
+    max_relative_error,
+    ms_logits,
+    requires_torch,
+    run_cli,
+    set_parameters,
+    tiny_spec,
+    tiny_t2t_spec,
+    torch_reference,
+)
 
-torch = pytest.importorskip("torch")
-F = torch.nn.functional
+if HAVE_TORCH:
+    import torch
+    import torch.nn.functional as F
 
 
-def standalone(kind: str, grid: int, seed: int = 0):
+def standalone(kind: str, grid: int, seed: int = 0) -> tuple[torch.nn.Module, dict[str, np.ndarray]]:
     """A single-exit PyTorch model and its state dict without the exit prefix: the key layout of a
     standalone DeiT (``kind="vit"``) or T2T-ViT (``kind="t2t"``) checkpoint, at the tiny size."""
-    from dvt_ms.reference.torch_dvt import build_torch_dvt
-
     depth = 4 if kind == "vit" else 2
     spec = dvt_ms.spec_for(f"dvt_{'t2t_' if kind == 't2t' else ''}vit", img_size=32, exit_grids=[grid], embed_dim=64,
                            depth=depth, num_heads=2, num_classes=10, exit_names=["backbone"])
-    torch.manual_seed(seed)
-    model = build_torch_dvt(spec).eval()
+    model = torch_reference(spec, seed)
     state = {k.split(".", 1)[1]: v.numpy() for k, v in model.state_dict().items()}
     return model, state
 
@@ -48,6 +57,7 @@ def actions(report, exit_name: str) -> dict[str, str]:
 
 # ---- resampling -----------------------------------------------------------------------------------
 
+@requires_torch
 @pytest.mark.parametrize(("src", "dst"), [(14, 7), (14, 10), (7, 14), (4, 6), (8, 3), (5, 5)])
 def test_cubic_matrix_is_torch_bicubic(src, dst):
     x = torch.randn(2, 3, src, src, dtype=torch.float64)
@@ -61,10 +71,14 @@ def test_area_matrix():
         a = area_matrix(src, dst)
         assert a.shape == (dst, src) and np.allclose(a.sum(1), 1) and (a >= 0).all()
     np.testing.assert_array_equal(area_matrix(6, 6), np.eye(6))
+    np.testing.assert_array_equal(area_matrix(2, 4), [[1, 0], [1, 0], [0, 1], [0, 1]])
+
+
+@requires_torch
+def test_area_matrix_is_torch_average_pooling():
     x = torch.randn(1, 3, 32, 32, dtype=torch.float64)
     a = area_matrix(32, 16)
     np.testing.assert_allclose(np.einsum("ia,jb,ncab->ncij", a, a, x.numpy()), F.avg_pool2d(x, 2).numpy(), atol=1e-12)
-    np.testing.assert_array_equal(area_matrix(2, 4), [[1, 0], [1, 0], [0, 1], [0, 1]])
 
 
 @pytest.mark.parametrize(("k", "size"), [(16, 32), (16, 23), (8, 6), (7, 11)])
@@ -94,6 +108,7 @@ def test_resample_pos_embed():
 
 # ---- initialisation -------------------------------------------------------------------------------
 
+@requires_torch
 def test_deit_backbone_fills_every_exit():
     _, state = standalone("vit", grid=4)
     model = DVTCascade(tiny_spec())
@@ -120,20 +135,19 @@ def test_deit_backbone_fills_every_exit():
     assert "tensors copied" in report.summary() and "relation_reuse_conv.0.weight" in report.summary()
 
 
+@requires_torch
 def test_exit_with_the_backbone_grid_computes_the_backbone(pynative_mode):
     backbone, state = standalone("vit", grid=4, seed=3)
     model = DVTCascade(tiny_spec())
     params, _ = init_from_backbone(model, state)
-    import mindspore as ms
-
-    for name, p in model.parameters_dict().items():
-        p.set_data(ms.Tensor(params[name]))
+    set_parameters(model, params)
     x = np.random.RandomState(0).randn(2, 3, 32, 32).astype(np.float32)
     with torch.no_grad():
         expected = backbone(torch.from_numpy(x))[0].numpy()
     assert max_relative_error([expected], ms_logits(model, x)[:1]) <= 1e-4
 
 
+@requires_torch
 def test_t2t_backbone(pynative_mode):
     backbone, state = standalone("t2t", grid=8, seed=1)
     model = DVTCascade(with_reuse(tiny_t2t_spec(), False, False))
@@ -149,16 +163,14 @@ def test_t2t_backbone(pynative_mode):
                                   state["tokens_to_token.attention2.w"])
     assert set(actions(report, "normal_token").values()) == {COPIED, KEPT}
 
-    import mindspore as ms
-
-    for name, p in model.parameters_dict().items():
-        p.set_data(ms.Tensor(params[name]))
+    set_parameters(model, params)
     x = np.random.RandomState(1).randn(2, 3, 32, 32).astype(np.float32)
     with torch.no_grad():
         expected = backbone(torch.from_numpy(x))[0].numpy()
     assert max_relative_error([expected], ms_logits(model, x)[2:]) <= 1e-4
 
 
+@requires_torch
 def test_other_class_count_leaves_the_head_new():
     _, state = standalone("vit", grid=4)
     model = DVTCascade(dvt_ms.spec_for("dvt_vit", img_size=32, exit_grids=[4, 6, 8], embed_dim=64, depth=4,
@@ -168,6 +180,7 @@ def test_other_class_count_leaves_the_head_new():
     assert "10 backbone classes vs 3" in report.summary()
 
 
+@requires_torch
 def test_backbone_errors():
     _, state = standalone("vit", grid=4)
     model = DVTCascade(tiny_spec())
@@ -183,6 +196,7 @@ def test_backbone_errors():
         init_from_backbone(model, cascade_state)
 
 
+@requires_torch
 def test_cli_backbone(tmp_path, capsys):
     _, state = standalone("vit", grid=4, seed=2)
     src = tmp_path / "deit_tiny.pth"

@@ -17,8 +17,7 @@ from dvt_ms.convert.mapping import (
     to_torch_state_dict,
 )
 from dvt_ms.models import DVTCascade
-from tests.convert.helpers import PUBLISHED, tiny_spec, tiny_t2t_spec
-from tests.official_keys import official_shapes
+from tests.helpers import PUBLISHED, official_shapes, requires_torch, tiny_spec, tiny_t2t_spec, torch_reference
 
 EXPECTED = {"a.cls_token": (1, 1, 4), "a.norm.weight": (4,), "a.head.weight": (3, 4)}
 
@@ -111,17 +110,14 @@ def test_to_torch_state_dict_is_strict():
         to_torch_state_dict({"a.cls_token": np.zeros((1, 1, 4), np.float32)}, EXPECTED)
 
 
+@requires_torch
 @pytest.mark.parametrize("make_spec", [tiny_spec, tiny_t2t_spec], ids=["deit", "t2t"])
 def test_expected_shapes_come_from_the_model_and_equal_the_torch_keys(make_spec):
-    torch = pytest.importorskip("torch")
-    from dvt_ms.reference.torch_dvt import build_torch_dvt
-
     spec = make_spec()
     shapes = expected_state_shapes(spec)
     model = DVTCascade(spec)
     assert shapes == {k: tuple(p.shape) for k, p in model.parameters_dict().items()}
-    torch.manual_seed(0)
-    reference = build_torch_dvt(spec).state_dict()
+    reference = torch_reference(spec, seed=0).state_dict()
     assert list(shapes) == list(reference)
     assert all(shapes[k] == tuple(v.shape) for k, v in reference.items())
 

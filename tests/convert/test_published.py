@@ -9,9 +9,21 @@ import pytest
 
 import dvt_ms
 from dvt_ms.checkpoint import read_metadata
-from tests.convert.helpers import PUBLISHED, max_relative_error, ms_logits, run_cli, save_official, torch_logits
+from tests.helpers import (
+    HAVE_TORCH,
+    PUBLISHED,
+    max_relative_error,
+    ms_logits,
+    requires_torch,
+    run_cli,
+    save_official,
+    torch_logits,
+)
 
-torch = pytest.importorskip("torch")
+if HAVE_TORCH:
+    import torch
+
+pytestmark = requires_torch
 
 TOL = 1e-4
 PREFIX = {"dvt_t2t_vit_12": "", "dvt_t2t_vit_14": "", "dvt_deit_small": "module."}  # one DDP-style file

@@ -17,10 +17,15 @@ from dvt_ms.convert.torch_io import (
     sha256_file,
     write_torch_checkpoint,
 )
+from tests.helpers import HAVE_TORCH, requires_torch
 
-torch = pytest.importorskip("torch")
+if HAVE_TORCH:
+    import torch
 
-STATE = OrderedDict([("a.weight", torch.arange(6, dtype=torch.float32).reshape(2, 3)), ("a.bias", torch.ones(2))])
+    STATE = OrderedDict([("a.weight", torch.arange(6, dtype=torch.float32).reshape(2, 3)),
+                         ("a.bias", torch.ones(2))])
+
+pytestmark = requires_torch  # reading a .pth file, even to refuse it, goes through torch.load
 
 
 class CreatesFile:

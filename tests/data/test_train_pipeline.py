@@ -10,7 +10,7 @@ from PIL import Image
 
 from dvt_ms.data import DataError
 from dvt_ms.data.train_pipeline import TrainData, TrainSource, data_error_from, epoch_order, open_train_reader
-from tests.train.helpers import make_image_folder
+from tests.helpers import make_image_folder
 
 
 class _Reader:
@@ -79,6 +79,15 @@ def test_mindspore_pipeline_batches_are_deterministic_with_workers():
     for (x0, t0), (x1, t1) in zip(runs[0][6:], resumed, strict=True):
         np.testing.assert_array_equal(x0, x1)
         np.testing.assert_array_equal(t0, t1)
+
+
+def test_more_workers_than_cpus_are_clamped_and_change_nothing():
+    one = _data(n=16, batch=4)
+    many = TrainData(_Reader(16), 4, 5, 8, seed=3, num_parallel_workers=10_000)
+    x1, t1 = next(one.dataset(0, 1).create_tuple_iterator(num_epochs=1, output_numpy=True))
+    x2, t2 = next(many.dataset(0, 1).create_tuple_iterator(num_epochs=1, output_numpy=True))
+    np.testing.assert_array_equal(x1, x2)
+    np.testing.assert_array_equal(t1, t2)
 
 
 def test_without_mixing_targets_are_the_labels():

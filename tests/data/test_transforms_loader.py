@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import threading
+import time
+
 import numpy as np
 import pytest
 from PIL import Image
 
-from dvt_ms.data import IMAGENET_MEAN, IMAGENET_STD, DataError, EvalTransform, eval_resize_size, iterate_batches
+from dvt_ms.data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    DataError,
+    EvalTransform,
+    data_error_from,
+    eval_resize_size,
+    iterate_batches,
+)
+from dvt_ms.data.loader import reader_dataset, worker_count
 from dvt_ms.data.transforms import center_crop, resize_short_side
 
 
@@ -51,30 +64,129 @@ def test_eval_transform_accepts_grey_and_palette_images():
 
 
 class Items:
-    def __init__(self, n, bad=None):
-        self.n, self.bad = n, bad
+    """Item i is a 2x2 image filled with i and label i % 3; item ``bad`` raises (and keeps) a DataError."""
 
-    def __len__(self):
+    def __init__(self, n: int, bad: int | None = None) -> None:
+        self.n, self.bad = n, bad
+        self.reads = 0
+        self.raised: list[Exception] = []
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
         return self.n
 
-    def __getitem__(self, i):
+    def __getitem__(self, i: int):
+        with self._lock:
+            self.reads += 1
         if i == self.bad:
-            raise DataError(f"cannot read image item{i}.png: broken")
+            err = DataError(f"cannot read image item{i}.png: broken")
+            self.raised.append(err)
+            raise err
         return np.full((2, 2), i, np.float32), i % 3
 
 
-@pytest.mark.parametrize("workers", [0, 3])
+WORKERS = [0, 1, 3]
+
+
+@pytest.mark.parametrize("workers", WORKERS)
 def test_batches_come_in_order_with_a_short_last_batch(workers):
     batches = list(iterate_batches(Items(11), 4, num_workers=workers))
     assert [len(labels) for _, labels, _ in batches] == [4, 4, 3]
+    assert all(isinstance(batch, tuple) and len(batch) == 3 for batch in batches)
     assert np.concatenate([idx for _, _, idx in batches]).tolist() == list(range(11))
+    assert np.concatenate([labels for _, labels, _ in batches]).tolist() == [i % 3 for i in range(11)]
     assert batches[2][0][:, 0, 0].tolist() == [8, 9, 10]
-    assert batches[0][1].dtype == np.int64 and batches[0][0].dtype == np.float32
-    subset = list(iterate_batches(Items(11), 2, indices=[9, 1, 5], num_workers=workers))
-    assert np.concatenate([idx for _, _, idx in subset]).tolist() == [9, 1, 5]
+    assert batches[0][0].shape == (4, 2, 2) and batches[0][0].dtype == np.float32
+    assert batches[0][1].dtype == np.int64 and batches[0][2].dtype == np.int64
 
 
-@pytest.mark.parametrize("workers", [0, 3])
+@pytest.mark.parametrize("workers", WORKERS)
+def test_indices_are_read_in_their_order_each_exactly_once(workers):
+    items = Items(300)
+    order = np.random.default_rng(0).permutation(300)[:197]
+    batches = list(iterate_batches(items, 16, indices=order, num_workers=workers))
+    assert [len(labels) for _, labels, _ in batches] == [16] * 12 + [5]
+    np.testing.assert_array_equal(np.concatenate([idx for _, _, idx in batches]), order)
+    np.testing.assert_array_equal(np.concatenate([x[:, 0, 0] for x, _, _ in batches]), order)
+    assert items.reads == 197
+    repeated = list(iterate_batches(Items(11), 2, indices=[9, 1, 9], num_workers=workers))
+    assert np.concatenate([idx for _, _, idx in repeated]).tolist() == [9, 1, 9]
+
+
+def test_batches_stay_valid_while_later_ones_are_read():
+    kept = [images for images, _, _ in iterate_batches(Items(500), 8, num_workers=2)]
+    np.testing.assert_array_equal(np.concatenate(kept)[:, 0, 0], np.arange(500))
+
+
+@pytest.mark.parametrize("workers", WORKERS)
 def test_errors_of_the_data_set_reach_the_caller_unchanged(workers):
-    with pytest.raises(DataError, match=r"item6\.png"):
-        list(iterate_batches(Items(11, bad=6), 4, num_workers=workers))
+    items = Items(40, bad=21)
+    seen = []
+    with pytest.raises(DataError, match=r"item21\.png") as info:
+        for _, _, idx in iterate_batches(items, 4, num_workers=workers):
+            seen += idx.tolist()
+    assert info.value is items.raised[0]  # the reader's own exception, not a copy parsed from MindSpore's text
+    assert seen == list(range(len(seen))) and len(seen) <= 20
+
+
+def test_other_exceptions_of_the_data_set_keep_their_type():
+    class Short(Items):
+        def __getitem__(self, i):
+            if i >= self.n:
+                raise IndexError(f"item {i} of {self.n}")
+            return super().__getitem__(i)
+
+    with pytest.raises(IndexError, match="item 12 of 5"):
+        list(iterate_batches(Short(5), 2, indices=[0, 12, 1], num_workers=2))
+
+
+@pytest.mark.parametrize("workers", WORKERS)
+def test_leaving_the_loop_early_stops_the_pipeline(workers):
+    items = Items(100_000)
+    started = time.perf_counter()
+    for count, _ in enumerate(iterate_batches(items, 4, num_workers=workers), 1):
+        if count == 2:
+            break
+    assert time.perf_counter() - started < 30
+    time.sleep(0.2)
+    reads = items.reads
+    time.sleep(0.3)
+    assert items.reads == reads < 10_000  # nothing reads on after the break
+    batches = iterate_batches(items, 4, num_workers=workers)
+    next(batches)
+    batches.close()  # what an abandoned generator gets; must not hang
+    assert list(iterate_batches(Items(6), 4, num_workers=workers))[-1][2].tolist() == [4, 5]
+
+
+def test_empty_input_yields_nothing():
+    assert list(iterate_batches(Items(0), 4)) == []
+    assert list(iterate_batches(Items(5), 4, indices=[])) == []
+    assert list(iterate_batches(Items(5), 4, indices=np.zeros(0, np.int64))) == []
+    with pytest.raises(ValueError, match="batch_size"):
+        list(iterate_batches(Items(5), 0))
+
+
+def test_reader_dataset_rows_follow_the_keys():
+    source = {k: (np.full(3, k, np.float32), np.int64(k * 10)) for k in (7, 2, 5)}
+    rows = list(reader_dataset(source, [5, 7, 2, 7], ["x", "y"], num_workers=2)
+                .create_tuple_iterator(num_epochs=1, output_numpy=True))
+    assert [int(y) for _, y in rows] == [50, 70, 20, 70]
+    assert [x[0] for x, _ in rows] == [5, 7, 2, 7]
+
+
+def test_worker_count_stays_within_the_cpus():
+    assert worker_count(0) == worker_count(-3) == 1
+    assert worker_count(1) == 1
+    assert worker_count(10_000) == multiprocessing.cpu_count()
+
+
+def test_data_error_from_reads_mindspores_wrapped_error():
+    wrapped = RuntimeError("Exception thrown from user defined Python function in dataset.\n"
+                           "map operation: [PyFunc] failed. Error description:\nDataError: Traceback (most recent "
+                           "call last):\n  File \"x.py\", line 1\ndvt_ms.data.errors.DataError: cannot read "
+                           "/d/img_001.png: truncated\n\n- Dataset Pipeline Error Message:\n")
+    err = data_error_from(wrapped)
+    assert isinstance(err, DataError) and str(err) == "cannot read /d/img_001.png: truncated"
+    original = DataError("x")
+    assert data_error_from(original) is original
+    assert data_error_from(RuntimeError("something else")) is None

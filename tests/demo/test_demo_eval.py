@@ -9,12 +9,11 @@ import sys
 
 import pytest
 
-pytest.importorskip("sklearn", reason="the digits demo needs scikit-learn")
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.helpers import REPO, requires_sklearn
 
 
 @pytest.mark.slow
+@requires_sklearn
 def test_demo_evaluation_without_arguments():
     env = {**os.environ, "PYTHON": sys.executable}
     proc = subprocess.run(["bash", os.path.join(REPO, "scripts", "run_eval.sh")], cwd=REPO, env=env,

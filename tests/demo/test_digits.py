@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-pytest.importorskip("sklearn", reason="the digits demo needs scikit-learn")
-
 from dvt_ms.demo.digits import build_digits_folder, split_indices
+from tests.helpers import requires_sklearn
 
 
 def test_split_is_stratified_and_disjoint():
@@ -22,6 +21,7 @@ def test_split_is_stratified_and_disjoint():
     np.testing.assert_array_equal(train, again)
 
 
+@requires_sklearn
 def test_build_folder(tmp_path):
     out = tmp_path / "digits"
     counts = build_digits_folder(str(out), img_size=16, val_fraction=0.25, seed=1)

@@ -7,22 +7,20 @@ logits come from the cascade's own forward pass (``model(x)``), not from the eng
 
 from __future__ import annotations
 
-import os
-
 import mindspore as ms
 import numpy as np
 import pytest
 
-from dvt_ms.config import create_model_from_config, load_yaml
+from dvt_ms.config import create_model_from_config
 from dvt_ms.inference.engine import EarlyExitEngine, default_buckets
 from dvt_ms.inference.thresholds import find_thresholds, simulate_exits, softmax_confidence
+from tests.helpers import TINY_CONFIG, load_config
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 N_IMAGES = 14
 
 
 def tiny_model(exit_grids=None):
-    cfg = load_yaml(os.path.join(REPO, "configs", "dvt_tiny_cpu.yaml"))
+    cfg = load_config(TINY_CONFIG)
     if exit_grids is not None:
         cfg["exit_grids"] = exit_grids
     ms.set_seed(0)

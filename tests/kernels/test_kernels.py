@@ -15,7 +15,7 @@ from dvt_ms.kernels import build
 from dvt_ms.models import DVTCascade
 from dvt_ms.models.layers import LayerNorm, relation_resize_matrix
 from dvt_ms.models.layers.mlp import GELU
-from tests.models.helpers import tiny_spec
+from tests.helpers import tiny_spec
 
 
 @pytest.fixture

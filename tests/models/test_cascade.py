@@ -9,7 +9,7 @@ from mindspore import ops
 
 import dvt_ms
 from dvt_ms.models import DVTCascade, ReuseState
-from tests.models.helpers import tiny_spec
+from tests.helpers import mindspore_mode, tiny_spec
 
 
 def make_model(spec=None, seed: int = 0) -> DVTCascade:
@@ -31,20 +31,18 @@ def test_graph_mode_any_batch_size(graph_mode):
     for batch in (1, 2, 5):
         out = model(x[:batch])
         assert [o.shape for o in out] == [(batch, 10)] * 3
-        for a, b in zip(out, full, strict=False):
+        for a, b in zip(out, full, strict=True):
             np.testing.assert_allclose(a.asnumpy(), b[:batch], rtol=1e-5, atol=1e-5)
 
 
 def test_graph_equals_pynative():
     model = make_model()
     x = images(3)
-    ms.set_context(mode=ms.PYNATIVE_MODE)
-    try:
+    with mindspore_mode(ms.PYNATIVE_MODE):
         eager = [o.asnumpy() for o in model(x)]
-    finally:
-        ms.set_context(mode=ms.GRAPH_MODE)
-    graph = [o.asnumpy() for o in model(x)]
-    for a, b in zip(eager, graph, strict=False):
+    with mindspore_mode(ms.GRAPH_MODE):
+        graph = [o.asnumpy() for o in model(x)]
+    for a, b in zip(eager, graph, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 

@@ -11,6 +11,7 @@ from dvt_ms.models.layers.grid_resize import (
     intermediate_grid,
     relation_resize_matrix,
 )
+from tests.helpers import requires_torch
 
 
 def nearest_then_pool(x: np.ndarray, mid: int, out: int) -> np.ndarray:
@@ -48,8 +49,9 @@ def test_relation_matrix_keeps_class_token():
     assert p[0, 0] == 1 and p[0, 1:].sum() == 0 and p[1:, 0].sum() == 0
 
 
-def test_torch_rule_if_available():
-    torch = pytest.importorskip("torch")
+@requires_torch
+def test_matches_torch_nearest_then_adaptive_pool():
+    import torch
     import torch.nn.functional as F
 
     for g_up, g_down, mid in [(7, 10, 14), (10, 14, 20)]:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 import dvt_ms
-from tests.models.helpers import PUBLISHED
-from tests.official_keys import official_shapes
+from tests.helpers import PUBLISHED, official_shapes
 
 COUNTS = {"dvt_t2t_vit_12": 22_461_516, "dvt_t2t_vit_14": 67_881_836, "dvt_deit_small": 70_442_232}
 

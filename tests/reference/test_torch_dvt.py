@@ -12,20 +12,20 @@ import math
 import subprocess
 import sys
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-F = torch.nn.functional
+from dvt_ms.models.spec import CascadeSpec, ExitSpec, with_reuse
+from tests.helpers import HAVE_TORCH, PUBLISHED, REPO, official_key_rows, requires_torch
 
-from dvt_ms.models.spec import CascadeSpec, ExitSpec, with_reuse  # noqa: E402
-from dvt_ms.reference import torch_dvt as td  # noqa: E402
-from tests.official_keys import official_key_rows  # noqa: E402
+if HAVE_TORCH:
+    import torch
+    import torch.nn.functional as F
+
+    from dvt_ms.reference import torch_dvt as td
 
 NAMES = ("less_less_token", "less_token", "normal_token")
-PUBLISHED = ("dvt_t2t_vit_12", "dvt_t2t_vit_14", "dvt_deit_small")
 PARAM_COUNTS = {"dvt_t2t_vit_12": 22_461_516, "dvt_t2t_vit_14": 67_881_836, "dvt_deit_small": 70_442_232}
 T2T_UNFOLDS = (
     ((14, 8, 3), (3, 2, 1), (3, 2, 1)),  # 7x7
@@ -120,6 +120,7 @@ def test_published_spec_matches_package(name):
     assert spec_for(name) == local_published_spec(name)
 
 
+@requires_torch
 @pytest.mark.parametrize("name", PUBLISHED)
 def test_state_dict_matches_official_keys(published_models, name):
     model = published_models[name]
@@ -127,6 +128,7 @@ def test_state_dict_matches_official_keys(published_models, name):
     assert mine == official_key_rows(name)  # same keys, same order, same shapes
 
 
+@requires_torch
 @pytest.mark.parametrize("name", PUBLISHED)
 def test_parameter_count_and_frozen_tensors(published_models, name):
     model = published_models[name]
@@ -140,6 +142,7 @@ def test_parameter_count_and_frozen_tensors(published_models, name):
         assert frozen == expected
 
 
+@requires_torch
 @pytest.mark.parametrize("name", PUBLISHED)
 def test_published_forward(published_models, name):
     model = published_models[name]
@@ -150,6 +153,7 @@ def test_published_forward(published_models, name):
         assert logits.shape == (2, 1000) and torch.isfinite(logits).all()
 
 
+@requires_torch
 def test_published_exit_outputs(published_models):
     model = published_models["dvt_t2t_vit_12"]
     with torch.no_grad():
@@ -177,6 +181,7 @@ def resize_matrix(src: int, dst: int) -> np.ndarray:
     return np.kron(one_axis, one_axis)
 
 
+@requires_torch
 @pytest.mark.parametrize("src,dst,inter", [(7, 10, 14), (10, 14, 20), (4, 6, 8), (6, 8, 12), (2, 3, 4), (5, 5, 5)])
 def test_resize_token_grid_official_rule(src, dst, inter):
     assert td.intermediate_grid(src, dst) == inter
@@ -204,6 +209,7 @@ def official_style_relation_resize(rel, src: int, dst: int):
     return torch.cat((cls_row, body), dim=2).transpose(1, 2).reshape(batch, chans, dst * dst + 1, dst * dst + 1)
 
 
+@requires_torch
 @pytest.mark.parametrize("src,dst", [(7, 10), (10, 14), (4, 6), (2, 3)])
 def test_resize_relations(src, dst):
     rel = torch.randn(2, 6, src * src + 1, src * src + 1, dtype=torch.float64)
@@ -218,6 +224,7 @@ def test_resize_relations(src, dst):
     torch.testing.assert_close(got, full @ rel @ full.T, rtol=1e-12, atol=1e-12)
 
 
+@requires_torch
 def test_sinusoid_table():
     table = td.sinusoid_table(5, 6)
     assert table.shape == (1, 5, 6) and table.dtype == torch.float32
@@ -235,6 +242,7 @@ def _reuse_keys(model) -> tuple[bool, bool]:
     return any("feature_resuse_mlp" in k for k in keys), any("relation_reuse_conv" in k for k in keys)
 
 
+@requires_torch
 @pytest.mark.parametrize("feature_reuse,relation_reuse", REUSE_COMBOS)
 @pytest.mark.parametrize("kind", ["deit", "t2t", "t2t_transformer"])
 def test_tiny_reuse_combinations(kind, feature_reuse, relation_reuse):
@@ -276,6 +284,7 @@ def test_tiny_reuse_combinations(kind, feature_reuse, relation_reuse):
                 e2(x, t1, None)
 
 
+@requires_torch
 def test_tiny_training_step_reaches_every_parameter():
     torch.manual_seed(2)
     model = td.build_torch_dvt(tiny_t2t_spec(drop_rate=0.1, attn_drop_rate=0.1, drop_path_rate=0.2)).train()
@@ -293,6 +302,7 @@ def test_tiny_training_step_reaches_every_parameter():
     assert not torch.allclose(a, b)
 
 
+@requires_torch
 def test_drop_path_schedule_and_rates():
     spec = tiny_deit_spec()
     spec = replace(spec, drop_rate=0.25, attn_drop_rate=0.125, drop_path_rate=0.3)
@@ -303,6 +313,7 @@ def test_drop_path_schedule_and_rates():
         assert exit_.blocks[0].attn.attn_drop.p == 0.125 and exit_.blocks[0].mlp.drop.p == 0.25
 
 
+@requires_torch
 def test_mixed_exit_sizes():
     torch.manual_seed(4)
     spec = mixed_spec()
@@ -325,6 +336,7 @@ def test_mixed_exit_sizes():
     assert outs[2][2][0].shape == (2, 4, 65, 65)
 
 
+@requires_torch
 def test_with_reuse_off_has_no_reuse_modules():
     spec = with_reuse(tiny_t2t_spec(), feature_reuse=False, relation_reuse=False)
     model = td.build_torch_dvt(spec)
@@ -335,6 +347,7 @@ def test_with_reuse_off_has_no_reuse_modules():
 
 # ---- building blocks against their definitions ----------------------------------------------------
 
+@requires_torch
 def test_exit_logits_include_reused_relations():
     torch.manual_seed(5)
     spec = tiny_deit_spec(feature_reuse=False, relation_reuse=True)
@@ -359,6 +372,7 @@ def test_exit_logits_include_reused_relations():
     torch.testing.assert_close(torch.cat(reused, 1), expected, rtol=0, atol=0)
 
 
+@requires_torch
 def test_block_feature_reuse_definition():
     torch.manual_seed(6)
     block = td.Block(16, 2, 2.0, True, 1e-6, reuse_dim=8, reuse_hidden=12, reuse_channels=4,
@@ -376,6 +390,7 @@ def test_block_feature_reuse_definition():
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
 
 
+@requires_torch
 def test_token_performer_definition():
     torch.manual_seed(7)
     perf = td.TokenPerformer(dim=12, emb=8, kernel_ratio=0.5).eval()
@@ -401,6 +416,7 @@ def test_token_performer_definition():
     assert perf.dp.p == 0.1 and perf.mlp[3].p == 0.1
 
 
+@requires_torch
 def test_token_transformer_definition():
     torch.manual_seed(8)
     tt = td.TokenTransformer(dim=27, emb=6).eval()
@@ -415,6 +431,7 @@ def test_token_transformer_definition():
     assert tt.attn.qkv.bias is None
 
 
+@requires_torch
 def test_t2t_stem_shapes():
     torch.manual_seed(9)
     spec = tiny_t2t_spec()
@@ -423,6 +440,7 @@ def test_t2t_stem_shapes():
             assert exit_.stem(torch.randn(2, 3, 32, 32)).shape == (2, grid * grid, 32)
 
 
+@requires_torch
 def test_initialisation():
     torch.manual_seed(10)
     model = td.build_torch_dvt(tiny_deit_spec())
@@ -438,6 +456,7 @@ def test_initialisation():
     assert model.exits[2].pos_embed.std().item() == pytest.approx(0.02, rel=0.1)
 
 
+@requires_torch
 def test_state_dict_round_trip_with_module_prefix():
     torch.manual_seed(11)
     src = td.build_torch_dvt(tiny_t2t_spec()).eval()
@@ -464,7 +483,6 @@ def test_reference_package_imports_without_torch():
         "except ImportError:\n"
         "    print('ok')\n"
     )
-    root = Path(__file__).resolve().parents[2]
-    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"

@@ -11,8 +11,7 @@ import pytest
 
 import dvt_ms
 from dvt_ms.checkpoint import read_checkpoint, save_checkpoint
-from dvt_ms.config import load_yaml
-from tests.train.helpers import TINY_CONFIG, make_image_folder, run_train
+from tests.helpers import TINY_CONFIG, load_config, make_image_folder, run_train
 
 
 def _summed_losses(log_path: str) -> list[float]:
@@ -55,7 +54,7 @@ def test_tiny_config_thirty_steps_lower_the_loss(data_240, tmp_path):
     assert entry["img_per_sec"] > 0 and 0 < entry["lr"] < 1e-3
     for name in ("latest.ckpt", "best.ckpt", "latest.state.ckpt", "config.yaml"):
         assert os.path.isfile(os.path.join(run_dir, name)), name
-    assert load_yaml(os.path.join(run_dir, "config.yaml"))["epoch_size"] == 1
+    assert load_config(os.path.join(run_dir, "config.yaml"))["epoch_size"] == 1
     weights, meta = read_checkpoint(os.path.join(run_dir, "latest.ckpt"))
     assert meta["model"] == "dvt_vit" and meta["model_args"]["exit_grids"] == [4, 6, 8]
     assert "normal_token.head.weight" in weights

@@ -8,10 +8,13 @@ import pytest
 
 from dvt_ms.data.augment import one_hot
 from dvt_ms.train.loss import MultiExitLoss
+from tests.helpers import HAVE_TORCH, requires_torch
 
-torch = pytest.importorskip("torch")
+if HAVE_TORCH:
+    import torch
 
 
+@requires_torch
 def test_sum_of_per_exit_cross_entropy_matches_torch(graph_mode):
     rng = np.random.default_rng(0)
     logits = [rng.standard_normal((6, 5)).astype(np.float32) * s for s in (1.0, 3.0, 0.5)]

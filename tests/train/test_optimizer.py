@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 from mindspore import Parameter, Tensor, nn, ops
 
-from dvt_ms.config import create_model_from_config, load_yaml
+from dvt_ms.config import create_model_from_config
 from dvt_ms.train.optimizer import AdamW, no_weight_decay, param_groups
-from tests.train.helpers import TINY_CONFIG
+from tests.helpers import HAVE_TORCH, TINY_CONFIG, load_config, requires_torch
 
-torch = pytest.importorskip("torch")
+if HAVE_TORCH:
+    import torch
 
 
 class _Regression(nn.Cell):
@@ -24,9 +25,10 @@ class _Regression(nn.Cell):
         return ((ops.matmul(x, self.w.T) + self.b - y) ** 2).mean()
 
 
-@pytest.mark.parametrize("mode", [ms.GRAPH_MODE, ms.PYNATIVE_MODE])
-def test_adamw_matches_torch_after_five_steps(mode):
-    ms.set_context(mode=mode)
+@requires_torch
+@pytest.mark.parametrize("mode", ["graph", "pynative"])
+def test_adamw_matches_torch_after_five_steps(mode, request):
+    request.getfixturevalue(f"{mode}_mode")
     rng = np.random.default_rng(0)
     w0, b0 = rng.standard_normal((4, 3)).astype(np.float32), rng.standard_normal(4).astype(np.float32)
     x, y = rng.standard_normal((16, 3)).astype(np.float32), rng.standard_normal((16, 4)).astype(np.float32)
@@ -40,7 +42,7 @@ def test_adamw_matches_torch_after_five_steps(mode):
         _, grads = grad_fn(xt, yt)
         opt(grads, lr)
 
-    step = ms.jit(step) if mode == ms.GRAPH_MODE else step
+    step = ms.jit(step) if mode == "graph" else step
     tw, tb = torch.nn.Parameter(torch.tensor(w0)), torch.nn.Parameter(torch.tensor(b0))
     topt = torch.optim.AdamW([{"params": [tw], "weight_decay": 0.1}, {"params": [tb], "weight_decay": 0.0}],
                              lr=lrs[0], betas=(0.9, 0.999), eps=1e-8)
@@ -61,7 +63,7 @@ def test_adamw_matches_torch_after_five_steps(mode):
 
 
 def test_no_weight_decay_on_norms_biases_tokens_and_position_embeddings():
-    model = create_model_from_config(load_yaml(TINY_CONFIG))
+    model = create_model_from_config(load_config(TINY_CONFIG))
     params, decays = param_groups(model, 0.05)
     by_name = {p.name: d for p, d in zip(params, decays, strict=True)}
     assert by_name["less_less_token.cls_token"] == 0.0

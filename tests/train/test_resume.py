@@ -1,4 +1,5 @@
-"""Resume: 4 epochs straight equal 2 epochs, SIGKILL, and a resumed run for the rest."""
+"""Resume: a run killed with SIGKILL and resumed ends bit for bit where the uninterrupted run ends, on one
+process and under msrun with 2 workers (the whole job killed)."""
 
 from __future__ import annotations
 
@@ -6,27 +7,35 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
+from collections.abc import Callable
 
 import pytest
 
-from tests.train.helpers import (
+from tests.helpers import (
+    REPO,
     TINY_CONFIG,
+    checkpoint_weights,
+    free_port,
     make_image_folder,
     max_abs_diff,
     run_train,
     subprocess_env,
     train_command,
-    weights,
 )
 
-# Every piece of state is exercised: augmentation, mixup/cutmix, EMA, clipping, a dynamic loss scale
-# that grows during the run, the warm-up and cosine position of the schedule.
-FLAGS = ["--depth", "2", "--epoch_size", "4", "--warmup_epochs", "1", "--batch_size", "8", "--log_interval", "5",
-         "--num_parallel_workers", "1", "--ema", "True", "--ema_decay", "0.9", "--loss_scale_type", "dynamic",
-         "--loss_scale_window", "3", "--clip_grad", "5.0", "--auto_augment", "rand-m9-mstd0.5-inc1",
-         "--reprob", "0.25", "--mixup", "0.8", "--cutmix", "1.0", "--smoothing", "0.1", "--ckpt_interval", "1",
-         "--keep_checkpoint_max", "2"]
+# Every piece of state is exercised: drop path (masks keyed by the step counter), augmentation, mixup/cutmix,
+# EMA, clipping, a dynamic loss scale that grows during the run, the warm-up and cosine position of the schedule.
+# The one-process test adds attention dropout (element-wise masks, same generator; each dropout layer adds
+# ~10 s of graph compilation on CPU, so it stays off under msrun).
+FLAGS = ["--depth", "2", "--epoch_size", "4", "--warmup_epochs", "1", "--log_interval", "5",
+         "--num_parallel_workers", "1", "--drop_path_rate", "0.1", "--ema", "True",
+         "--ema_decay", "0.9", "--loss_scale_type", "dynamic", "--loss_scale_window", "3", "--clip_grad", "5.0",
+         "--auto_augment", "rand-m9-mstd0.5-inc1", "--reprob", "0.25", "--mixup", "0.8", "--cutmix", "1.0",
+         "--smoothing", "0.1", "--ckpt_interval", "1", "--keep_checkpoint_max", "2"]
+EPOCHS = 4
+GLOBAL_BATCH = 8
 
 
 def _results(run_dir: str) -> list[dict]:
@@ -37,10 +46,37 @@ def _results(run_dir: str) -> list[dict]:
         return []
 
 
+def _kill_after_two_epochs(job: subprocess.Popen, run_dir: str, kill: Callable[[], None]) -> int:
+    """Wait until ``run_dir`` holds 2 finished epochs, then ``kill()``; returns the epochs done at the kill."""
+    deadline = time.monotonic() + 300
+    while len(_results(run_dir)) < 2 and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    kill()
+    job.wait(timeout=60)
+    done = len(_results(run_dir))
+    assert 2 <= done < EPOCHS, done
+    return done
+
+
+def _assert_same_run(straight: str, resumed: str) -> None:
+    """Bit-identical final weights and EMA weights, the same per-epoch log, the epoch files of the last epochs."""
+    for name in ("latest.ckpt", "ema.ckpt"):
+        diff = max_abs_diff(checkpoint_weights(os.path.join(straight, name)),
+                            checkpoint_weights(os.path.join(resumed, name)))
+        assert diff == 0.0, (name, diff)
+    a, b = _results(straight), _results(resumed)
+    assert [e["epoch"] for e in b] == list(range(1, EPOCHS + 1))
+    for x, y in zip(a, b, strict=True):
+        assert (x["lr"], x["train_loss"], x["val_top1"], x["val_top1_ema"]) == \
+            (y["lr"], y["train_loss"], y["val_top1"], y["val_top1_ema"])
+    assert sorted(n for n in os.listdir(resumed) if n.startswith("epoch_")) == ["epoch_0003.ckpt", "epoch_0004.ckpt"]
+
+
 @pytest.mark.slow
 def test_resume_after_sigkill_continues_as_if_never_stopped(tmp_path):
     data = make_image_folder(str(tmp_path / "data"), train_per_class=4, val_per_class=1)
-    common = ["-c", TINY_CONFIG, "--data_dir", data, *FLAGS]
+    common = ["-c", TINY_CONFIG, "--data_dir", data, *FLAGS, "--attn_drop_rate", "0.1", "--batch_size",
+              str(GLOBAL_BATCH)]
 
     straight = str(tmp_path / "straight")
     proc = run_train(*common, "--ckpt_save_dir", straight)
@@ -50,29 +86,77 @@ def test_resume_after_sigkill_continues_as_if_never_stopped(tmp_path):
     victim = subprocess.Popen(train_command(*common, "--ckpt_save_dir", stopped, "--auto_resume", "True"),
                               env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 300
-        while len(_results(stopped)) < 2 and victim.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        os.kill(victim.pid, signal.SIGKILL)
-        victim.wait(timeout=60)
+        done_at_kill = _kill_after_two_epochs(victim, stopped, lambda: os.kill(victim.pid, signal.SIGKILL))
     finally:
         if victim.poll() is None:
             victim.kill()
     assert victim.returncode == -signal.SIGKILL
-    done_at_kill = len(_results(stopped))
-    assert 2 <= done_at_kill < 4, done_at_kill
 
     proc = run_train(*common, "--ckpt_save_dir", stopped, "--auto_resume", "True")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert f"resumed from {os.path.join(stopped, 'latest.state.ckpt')}: {done_at_kill} epochs done" in proc.stdout
+    _assert_same_run(straight, stopped)
 
-    for name in ("latest.ckpt", "ema.ckpt"):
-        diff = max_abs_diff(weights(os.path.join(straight, name)), weights(os.path.join(stopped, name)))
-        assert diff <= 1e-6, (name, diff)
-    a, b = _results(straight), _results(stopped)
-    assert [e["epoch"] for e in b] == [1, 2, 3, 4]
-    for x, y in zip(a, b, strict=True):
-        assert x["lr"] == pytest.approx(y["lr"], rel=1e-6)
-        assert x["train_loss"] == pytest.approx(y["train_loss"], rel=1e-5, abs=1e-6)
-        assert x["val_top1"] == pytest.approx(y["val_top1"])
-    assert sorted(n for n in os.listdir(stopped) if n.startswith("epoch_")) == ["epoch_0003.ckpt", "epoch_0004.ckpt"]
+
+def _job_processes(marker: str) -> list[int]:
+    """Processes whose command line holds ``marker``: msrun, its scheduler and workers, log tails."""
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                args = f.read().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if int(entry) != os.getpid() and any(marker in a for a in args):
+            found.append(int(entry))
+    return found
+
+
+def _kill_job(marker: str) -> None:
+    """SIGKILL every process of the job at once, as a node failure would."""
+    for pid in _job_processes(marker):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.mark.slow
+def test_msrun_resume_after_the_whole_job_is_killed(tmp_path):
+    data = make_image_folder(str(tmp_path / "data"), train_per_class=4, val_per_class=1)
+    env = {**subprocess_env(), "PYTHON": sys.executable}
+    script = os.path.join(REPO, "scripts", "run_distribute_train.sh")
+
+    def command(run_dir: str, launch: str) -> list[str]:
+        return ["bash", script, "-n", "2", "-p", str(free_port()), "-l", f"{run_dir}_{launch}_logs", "--",
+                "-c", TINY_CONFIG, "--data_dir", data, *FLAGS, "--batch_size", str(GLOBAL_BATCH // 2),
+                "--ckpt_save_dir", run_dir, "--auto_resume", "True"]
+
+    def run_job(run_dir: str, launch: str) -> None:
+        proc = subprocess.run(command(run_dir, launch), env=env, capture_output=True, text=True, timeout=600)
+        logs = f"{run_dir}_{launch}_logs"
+        tails = "".join(open(os.path.join(logs, n), errors="replace").read()[-2000:] for n in sorted(os.listdir(logs)))
+        assert proc.returncode == 0, proc.stderr[-2000:] + tails
+
+    straight = str(tmp_path / "straight")
+    run_job(straight, "first")
+
+    stopped = str(tmp_path / "stopped")
+    job = subprocess.Popen(command(stopped, "first"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        done_at_kill = _kill_after_two_epochs(job, stopped, lambda: _kill_job(stopped))
+        deadline = time.monotonic() + 30
+        while _job_processes(stopped) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _job_processes(stopped) == []
+    finally:
+        _kill_job(stopped)
+    assert job.returncode == -signal.SIGKILL
+
+    run_job(stopped, "resumed")
+    for rank in (0, 1):
+        with open(os.path.join(stopped, "logs", f"train_rank{rank}.log"), encoding="utf-8") as f:
+            log = f.read()
+        assert f"resumed from {os.path.join(stopped, 'latest.state.ckpt')}: {done_at_kill} epochs done" in log
+    assert [r["weight_spread_across_ranks"] for r in _results(stopped)] == [0.0] * EPOCHS
+    _assert_same_run(straight, stopped)

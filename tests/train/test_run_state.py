@@ -17,7 +17,7 @@ import dvt_ms
 from dvt_ms.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from dvt_ms.train.ema import EMA
 from dvt_ms.train.loss import NetWithLoss
-from dvt_ms.train.loss_scale import LossScaler
+from dvt_ms.train.loss_scale import LossScaling
 from dvt_ms.train.optimizer import AdamW, param_groups
 from dvt_ms.train.pretrained import load_pretrained
 from dvt_ms.train.run_state import (
@@ -29,7 +29,7 @@ from dvt_ms.train.run_state import (
     load_state,
 )
 from dvt_ms.train.train_step import TrainStep
-from tests.train.helpers import REPO, subprocess_env
+from tests.helpers import REPO, subprocess_env
 
 MODEL_ARGS = {"img_size": 16, "exit_grids": [2, 4], "embed_dim": 16, "depth": 1, "num_heads": 2, "num_classes": 4}
 
@@ -39,7 +39,7 @@ def _train_step(seed: int = 0, ema: bool = True):
     model = dvt_ms.create_model("dvt_vit", **MODEL_ARGS)
     params, decays = param_groups(model, 0.05)
     step = TrainStep(NetWithLoss(model), AdamW(params, decays), np.linspace(1e-3, 1e-4, 10, dtype=np.float32),
-                     LossScaler(64.0, dynamic=True, window=1), model.num_exits, 1.0,
+                     LossScaling(64.0, dynamic=True, window=1), model.num_exits, 1.0,
                      EMA(params, 0.9) if ema else None)
     step.set_train(True)
     return model, step

@@ -7,12 +7,15 @@ import numpy as np
 import pytest
 from mindspore import Parameter, Tensor, nn, ops
 
+from dvt_ms.amp import apply_precision
 from dvt_ms.train.ema import EMA
-from dvt_ms.train.loss_scale import LossScaler, resolve_loss_scale_type
+from dvt_ms.train.loss_scale import LossScaling, resolve_loss_scale_type
 from dvt_ms.train.optimizer import AdamW
 from dvt_ms.train.train_step import TrainStep
+from tests.helpers import HAVE_TORCH, TINY_CONFIG, load_config, requires_torch
 
-torch = pytest.importorskip("torch")
+if HAVE_TORCH:
+    import torch
 
 
 class _TwoExitLinear(nn.Cell):
@@ -42,7 +45,7 @@ def _data(scale=1.0):
 
 
 def test_overflowed_steps_are_skipped_and_counted_dynamic_scale_adapts(graph_mode):
-    net, step = _step([0.1] * 10, LossScaler(8.0, dynamic=True, factor=2.0, window=2))
+    net, step = _step([0.1] * 10, LossScaling(8.0, dynamic=True, factor=2.0, window=2))
     x, t = _data()
     step(x, t)
     w1 = net.w.asnumpy().copy()
@@ -60,7 +63,7 @@ def test_overflowed_steps_are_skipped_and_counted_dynamic_scale_adapts(graph_mod
 
 
 def test_fixed_scale_never_changes_but_still_skips_overflow(graph_mode):
-    _, step = _step([0.1] * 4, LossScaler(1024.0, dynamic=False))
+    _, step = _step([0.1] * 4, LossScaling(1024.0, dynamic=False))
     _, t = _data()
     step(Tensor(np.full((3, 2), np.nan, np.float32)), t)
     assert float(step.loss_scaler.scale.asnumpy()) == 1024.0
@@ -70,17 +73,18 @@ def test_fixed_scale_never_changes_but_still_skips_overflow(graph_mode):
 
 def test_loss_scale_does_not_change_the_update(graph_mode):
     x, t = _data()
-    net_a, step_a = _step([0.05] * 3, LossScaler(1.0))
-    net_b, step_b = _step([0.05] * 3, LossScaler(4096.0))
+    net_a, step_a = _step([0.05] * 3, LossScaling(1.0))
+    net_b, step_b = _step([0.05] * 3, LossScaling(4096.0))
     for _ in range(3):
         step_a(x, t)
         step_b(x, t)
     np.testing.assert_allclose(net_a.w.asnumpy(), net_b.w.asnumpy(), rtol=0, atol=1e-7)
 
 
+@requires_torch
 def test_clipping_matches_torch_clip_grad_norm(graph_mode):
     x, t = _data(scale=10.0)  # large gradients: the clip is active
-    _, step = _step([0.01], LossScaler(1.0), clip=0.5)
+    _, step = _step([0.01], LossScaling(1.0), clip=0.5)
     step(x, t)
     tw = torch.nn.Parameter(torch.tensor(_TwoExitLinear().w.asnumpy()))
     tb = torch.nn.Parameter(torch.tensor(_TwoExitLinear().b.asnumpy()))
@@ -96,7 +100,7 @@ def test_clipping_matches_torch_clip_grad_norm(graph_mode):
 
 
 def test_ema_and_learning_rate_position(graph_mode):
-    net, step = _step([0.1, 0.2, 0.3], LossScaler(1.0), ema=True)
+    net, step = _step([0.1, 0.2, 0.3], LossScaling(1.0), ema=True)
     x, t = _data()
     w0 = net.w.asnumpy().copy()
     _, _, lr, _, _ = step(x, t)
@@ -125,18 +129,17 @@ def test_loss_scale_type_resolution():
 
 @pytest.mark.slow
 def test_mixed_precision_o2_trains_the_tiny_cascade(graph_mode):
-    from dvt_ms.config import create_model_from_config, load_yaml
+    from dvt_ms.config import create_model_from_config
     from dvt_ms.data.augment import one_hot
     from dvt_ms.train.loss import NetWithLoss
     from dvt_ms.train.optimizer import param_groups
-    from tests.train.helpers import TINY_CONFIG
 
     ms.set_seed(0)
-    model = create_model_from_config(load_yaml(TINY_CONFIG), depth=1)
-    ms.amp.auto_mixed_precision(model, "O2")
+    model = create_model_from_config(load_config(TINY_CONFIG), depth=1)
+    apply_precision(model, "O2")
     params, decays = param_groups(model, 0.05)
     step = TrainStep(NetWithLoss(model), AdamW(params, decays), np.full(6, 2e-3, np.float32),
-                     LossScaler(1024.0, dynamic=True, window=2), model.num_exits)
+                     LossScaling(1024.0, dynamic=True, window=2), model.num_exits)
     step.set_train(True)
     rng = np.random.default_rng(0)
     x = ms.Tensor(rng.standard_normal((8, 3, 32, 32)).astype(np.float32))

@@ -1,15 +1,17 @@
 """Building blocks of a DVT exit, one module each; parameter names mirror the PyTorch module tree."""
 
-from .attention import Attention
+from .attention import Attention, AttentionScores
 from .block import Block
+from .dropout import Dropout, DropPath, DropPathMasks, MaskSource, bind_masks
 from .grid_resize import grid_resize_matrix, relation_resize_matrix
-from .mlp import DropPath, Mlp
+from .mlp import Mlp
 from .norm import LayerNorm
 from .patch_embed import PatchEmbed
 from .relation_reuse import RelationReuse
 from .t2t import T2TStem, TokenPerformer, TokenTransformer
 
 __all__ = [
-    "Attention", "Block", "DropPath", "LayerNorm", "Mlp", "PatchEmbed", "RelationReuse", "T2TStem",
-    "TokenPerformer", "TokenTransformer", "grid_resize_matrix", "relation_resize_matrix",
+    "Attention", "AttentionScores", "Block", "DropPath", "DropPathMasks", "Dropout", "LayerNorm", "MaskSource", "Mlp",
+    "PatchEmbed", "RelationReuse", "T2TStem", "TokenPerformer", "TokenTransformer", "bind_masks", "grid_resize_matrix",
+    "relation_resize_matrix",
 ]

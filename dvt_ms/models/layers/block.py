@@ -5,8 +5,9 @@ from __future__ import annotations
 from mindspore import Tensor, nn, ops
 
 from .attention import Attention
+from .dropout import DropPath
 from .grid_resize import grid_resize_matrix
-from .mlp import DropPath, Mlp
+from .mlp import Mlp
 from .norm import LayerNorm
 
 
@@ -46,12 +47,14 @@ class Block(nn.Cell):
         f = ops.matmul(self.resize.astype(f.dtype), f)
         return ops.cat((ops.zeros_like(f[:, :1, :]), f), 1)
 
-    def construct(self, x, upstream=None, relation=None):
+    def construct(self, x, upstream=None, relation=None, path_masks=None):
+        """``path_masks``: [B, 2] drop-path masks of the attention and MLP branches (see
+        :class:`~dvt_ms.models.layers.dropout.DropPathMasks`); without, ``drop_path`` draws its own."""
         y, logits = self.attn(self.norm1(x), relation)
-        x = x + self.drop_path(y)
+        x = x + self.drop_path(y, 0, path_masks)
         h = x
         if self.feature_reuse:
             h = ops.cat((x, self.reused_features(upstream)), 2)
-        x = x + self.drop_path(self.mlp(self.norm2(h)))
+        x = x + self.drop_path(self.mlp(self.norm2(h)), 1, path_masks)
         return x, logits
 

@@ -1,10 +1,11 @@
-"""Two-layer MLP with exact GELU, and stochastic depth."""
+"""Two-layer MLP with exact GELU."""
 
 from __future__ import annotations
 
 from mindspore import nn, ops
 
 from ... import kernels
+from .dropout import Dropout
 from .init import trunc_normal
 
 
@@ -34,24 +35,8 @@ class Mlp(nn.Cell):
         self.fc1 = dense(in_features, hidden_features)
         self.act = GELU()
         self.fc2 = dense(hidden_features, out_features)
-        self.drop = nn.Dropout(p=drop)
+        self.drop = Dropout(drop)
 
     def construct(self, x):
-        x = self.drop(self.act(self.fc1(x)))
-        return self.drop(self.fc2(x))
-
-
-class DropPath(nn.Cell):
-    """Stochastic depth: drops the whole residual branch per sample during training."""
-
-    def __init__(self, drop_prob: float = 0.0) -> None:
-        super().__init__()
-        self.drop_prob = drop_prob
-        # Dropout on a [B, 1, 1] tensor of ones is a per-sample keep mask already scaled by 1/keep.
-        self.dropout = nn.Dropout(p=drop_prob) if drop_prob > 0 else None
-
-    def construct(self, x):
-        if self.dropout is None or not self.training:
-            return x
-        mask = self.dropout(ops.ones_like(x[:, :1, :1]))
-        return x * mask
+        x = self.drop(self.act(self.fc1(x)), 0)
+        return self.drop(self.fc2(x), 1)

@@ -8,6 +8,8 @@ import numpy as np
 from mindspore import Tensor, nn, ops
 
 from ... import kernels
+from .attention import AttentionScores
+from .dropout import Dropout
 from .init import frozen, orthogonal_features
 from .mlp import GELU, Mlp, dense
 from .norm import LayerNorm
@@ -27,12 +29,12 @@ class TokenPerformer(nn.Cell):
         self.emb = emb
         self.m = int(emb * kernel_ratio)
         self.kqv = dense(dim, 3 * emb)
-        self.dp = nn.Dropout(p=drop)
+        self.dp = Dropout(drop)
         self.proj = dense(emb, emb)
         self.norm1 = LayerNorm(dim, T2T_NORM_EPS)
         self.norm2 = LayerNorm(emb, T2T_NORM_EPS)
         self.epsilon = 1e-8
-        self.mlp = nn.SequentialCell([dense(emb, emb), GELU(), dense(emb, emb), nn.Dropout(p=drop)])
+        self.mlp = nn.SequentialCell([dense(emb, emb), GELU(), dense(emb, emb), Dropout(drop)])
         self.w = frozen("w", orthogonal_features(self.m, emb))
         self.inv_sqrt_m = 1.0 / math.sqrt(self.m)
         self.neg_half = Tensor(np.full((self.m, emb), -0.5, np.float32))
@@ -78,13 +80,13 @@ class TokenAttention(nn.Cell):
         self.scale = dim ** -0.5
         self.qkv = dense(dim, emb * 3, bias=False)
         self.proj = dense(emb, emb)
-        self.drop = nn.Dropout(p=drop)
-        self.qk = ops.BatchMatMul(transpose_b=True)
+        self.drop = Dropout(drop)
+        self.scores = AttentionScores(self.scale)
 
     def construct(self, x):
         q, k, v = ops.split(self.qkv(x), self.emb, axis=-1)
-        attn = ops.softmax(self.qk(q, k) * self.scale, axis=-1)
-        return v + self.drop(self.proj(ops.matmul(attn, v)))
+        attn, _ = self.scores(q, k)
+        return v + self.drop(self.proj(ops.matmul(attn.astype(v.dtype), v)))
 
 
 class TokenTransformer(nn.Cell):

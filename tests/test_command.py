@@ -1,0 +1,122 @@
+"""One exit-status convention for every command: 0 success, 1 the run could not go on, 2 bad usage."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import mindspore as ms
+import pytest
+
+import dvt_ms
+from dvt_ms.checkpoint import save_checkpoint
+from dvt_ms.command import run_command
+from dvt_ms.config import ConfigError, Option, resolve
+from dvt_ms.convert.cli import main as convert_main
+from dvt_ms.inference.cli import main as eval_main
+from dvt_ms.serve.export import main as export_main
+from dvt_ms.serve.predict import main as predict_main
+from dvt_ms.train.cli import main as train_main
+from tests.helpers import HAVE_TORCH, make_image_folder
+
+TINY = {"img_size": 32, "exit_grids": [4, 8], "embed_dim": 32, "depth": 1, "num_heads": 2, "num_classes": 3}
+MAINS = {"dvt-train": train_main, "dvt-eval": eval_main, "dvt-convert": convert_main, "dvt-export": export_main,
+         "dvt-predict": predict_main}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("command")
+    data = make_image_folder(str(root / "data"), train_per_class=2, val_per_class=2, classes=3)
+    ms.set_seed(0)
+    model = dvt_ms.create_model("dvt_vit", **TINY)
+    ckpt = str(root / "tiny.ckpt")
+    save_checkpoint(model, ckpt, metadata={"model": "dvt_vit", "model_args": TINY,
+                                           "class_names": ["a", "b", "c"]})
+    return {"root": root, "data": data, "ckpt": ckpt}
+
+
+def _runs(tiny, tmp_path) -> dict[str, dict[str, list[str]]]:
+    """For each command: arguments that succeed, that fail at run time, that are bad usage."""
+    ckpt, data, missing = tiny["ckpt"], tiny["data"], str(tmp_path / "missing.ckpt")
+    return {
+        "dvt-train": {"ok": ["--model", "dvt_vit", *_flags(TINY), "--data_dir", data, "--batch_size", "6",
+                             "--epoch_size", "1", "--warmup_epochs", "0", "--num_parallel_workers", "1",
+                             "--ckpt_save_dir", str(tmp_path / "run")],
+                      "fail": ["--model", "dvt_vit", *_flags(TINY), "--data_dir", str(tmp_path / "no_data"),
+                               "--ckpt_save_dir", str(tmp_path / "run2")],
+                      "usage": ["--model", "dvt_vit", "--batch_size", "-1"]},
+        "dvt-eval": {"ok": ["--ckpt", ckpt, "--data_dir", data, "--thresholds", "0.5", "--throughput_batches", "0",
+                            "--output_dir", str(tmp_path / "eval")],
+                     "fail": ["--ckpt", missing, "--data_dir", data],
+                     "usage": ["--ckpt", ckpt, "--eval_mode", "three"]},
+        "dvt-convert": {"ok": ["--to-torch", "--src", ckpt, "--dst", str(tmp_path / "t.pth")] if HAVE_TORCH
+                        else ["--src", ckpt, "--dst", str(tmp_path / "copy.safetensors"), "--model", "dvt_vit",
+                              *_flags(TINY)],
+                        "fail": ["--src", missing, "--dst", str(tmp_path / "x.ckpt")],
+                        "usage": ["--src", ckpt]},
+        "dvt-export": {"ok": ["--ckpt", ckpt, "--thresholds", "0.5", "--output_dir", str(tmp_path / "export")],
+                       "fail": ["--ckpt", missing, "--output_dir", str(tmp_path / "export2")],
+                       "usage": ["--ckpt", ckpt, "--no_such_flag", "1"]},
+        "dvt-predict": {"ok": ["--ckpt", ckpt, "--images", os.path.join(data, "val"), "--thresholds", "0.5",
+                               "--output_dir", str(tmp_path / "predict")],
+                        "fail": ["--ckpt", missing, "--images", data],
+                        "usage": ["--ckpt", ckpt, "--images", data, "--top_k", "many"]},
+    }
+
+
+def _flags(args: dict) -> list[str]:
+    return [item for k, v in args.items() for item in (f"--{k}", ",".join(map(str, v)) if isinstance(v, list)
+                                                           else str(v))]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", sorted(MAINS))
+def test_every_command_exits_0_1_2(tiny, tmp_path, capsys, command):
+    runs = _runs(tiny, tmp_path)[command]
+    if command == "dvt-convert" and not HAVE_TORCH:
+        runs["ok"] = []  # reading / writing .pth needs torch; 0 is covered by tests/convert with torch
+    if runs["ok"]:
+        assert MAINS[command](runs["ok"]) == 0, capsys.readouterr().err[-2000:]
+    capsys.readouterr()
+    assert MAINS[command](runs["fail"]) == 1
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1].startswith(f"{command}: error: ") and "Traceback" not in err
+    assert MAINS[command](runs["usage"]) == 2
+
+
+def test_internal_errors_keep_their_traceback_and_exit_1(capsys, caplog):
+    def broken(cfg):
+        raise KeyError("a bug")
+
+    def parse(argv):
+        return lambda: resolve((Option("n", "int", 1),), argv, prog="dvt-x")
+
+    assert run_command("dvt-x", parse([]), broken, (ConfigError,)) == 1
+    assert "Traceback" in caplog.text and "KeyError: 'a bug'" in caplog.text  # the log (stderr without one)
+    summary = capsys.readouterr().err.strip().splitlines()[-1]
+    assert summary == "dvt-x: internal error: KeyError: 'a bug' (the traceback is above or in the log)"
+    assert run_command("dvt-x", parse(["--n", "x"]), broken, ()) == 2
+
+
+def test_eval_fails_when_the_engine_disagrees_with_the_simulation(tiny, tmp_path, monkeypatch, capsys):
+    import dvt_ms.inference.evaluate as evaluate
+
+    real = evaluate.simulate_exits
+    monkeypatch.setattr(evaluate, "simulate_exits", lambda conf, thr: (real(conf, thr) + 1) % conf.shape[0])
+    out = tmp_path / "eval"
+    assert eval_main(["--ckpt", tiny["ckpt"], "--data_dir", tiny["data"], "--thresholds", "0.5",
+                      "--throughput_batches", "0", "--output_dir", str(out)]) == 1
+    assert "disagree on 6 of 6 images" in capsys.readouterr().err
+    with open(out / "eval_results.json", encoding="utf-8") as f:  # written for inspection
+        assert json.load(f)["operating_point"]["mismatches"] == 6
+
+
+def test_training_stops_after_too_many_nan_steps(tiny, tmp_path, capsys):
+    # lr 1e30: the first update throws the weights far out, every later loss is NaN/inf and skipped
+    args = ["--model", "dvt_vit", *_flags(TINY), "--data_dir", tiny["data"], "--batch_size", "2", "--epoch_size",
+            "3", "--warmup_epochs", "0", "--num_parallel_workers", "1", "--ckpt_save_dir", str(tmp_path / "run"),
+            "--log_interval", "1", "--max_bad_steps", "2", "--lr", "1e30", "--val_interval", "0"]
+    assert train_main(args) == 1
+    err = capsys.readouterr().err
+    assert "NaN/inf for 3 steps in a row (more than --max_bad_steps 2)" in err and "Traceback" not in err
