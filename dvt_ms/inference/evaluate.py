@@ -215,7 +215,6 @@ class EvalSetup:
     buckets: list[int] | str | None
     val: Any
     cumulative: list[float]
-    examples: str | None = None  # exit_examples.png once written
 
     @property
     def spec(self):
@@ -255,8 +254,9 @@ def _calibrated_thresholds(cfg: dict[str, Any], run: EvalSetup) -> tuple[np.ndar
 
 
 def _run_operating_point(cfg: dict[str, Any], run: EvalSetup, outputs: ExitOutputs,
-                         thresholds: np.ndarray) -> dict[str, Any]:
-    """Real early exit over the validation set at ``thresholds``, checked against the simulation."""
+                         thresholds: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Real early exit over the validation set at ``thresholds``, checked against the simulation: the
+    per-image results and the operating point's figures."""
     run.engine.set_thresholds(thresholds)
     real = run_early_exit(run.engine, run.val, cfg["batch_size"], cfg["num_parallel_workers"],
                           "validation, early exit")
@@ -265,8 +265,7 @@ def _run_operating_point(cfg: dict[str, Any], run: EvalSetup, outputs: ExitOutpu
     simulated_predictions = outputs.predictions[simulated, np.arange(n)]
     mismatches = int(np.sum((simulated != real["exits"]) | (simulated_predictions != real["predictions"])))
     counts = np.bincount(real["exits"], minlength=run.spec.num_exits)
-    _write_exit_examples(cfg, run, real)
-    return {
+    return real, {
         "thresholds": [float(t) for t in thresholds],
         "accuracy": 100.0 * float(np.mean(real["predictions"] == real["targets"])),
         "expected_gflops": float(np.dot(counts / n, run.cumulative)),
@@ -276,17 +275,17 @@ def _run_operating_point(cfg: dict[str, Any], run: EvalSetup, outputs: ExitOutpu
     }
 
 
-def _write_exit_examples(cfg: dict[str, Any], run: EvalSetup, real: dict[str, np.ndarray]) -> None:
-    """``exit_examples.png`` for an image folder (CIFAR has no image files to show)."""
+def _write_exit_examples(cfg: dict[str, Any], run: EvalSetup, real: dict[str, np.ndarray]) -> str | None:
+    """``exit_examples.png`` for an image folder (CIFAR has no image files to show); returns its path."""
     samples = getattr(run.val, "samples", None)
     if not samples or cfg["examples_per_exit"] == 0:
-        return
+        return None
     names = getattr(run.val, "classes", None) or []
     captions = [f"{names[p] if p < len(names) else p} {c:.2f}" for p, c in zip(real["predictions"],
                                                                              real["confidences"], strict=True)]
     os.makedirs(cfg["output_dir"], exist_ok=True)
-    run.examples = write_exit_examples(os.path.join(cfg["output_dir"], EXAMPLES_NAME), [p for p, _ in samples],
-                                       real["exits"], captions, run.spec.grids(), cfg["examples_per_exit"])
+    return write_exit_examples(os.path.join(cfg["output_dir"], EXAMPLES_NAME), [p for p, _ in samples],
+                               real["exits"], captions, run.spec.grids(), cfg["examples_per_exit"])
 
 
 def _throughput(cfg: dict[str, Any], run: EvalSetup) -> dict[str, Any] | None:
@@ -331,6 +330,7 @@ def evaluate(cfg: dict[str, Any]) -> dict[str, Any]:
     """Run the evaluation a resolved ``dvt-eval`` config asks for, write the outputs, return the results."""
     _check_flags(cfg)
     metadata = read_metadata(cfg["ckpt"])
+    examples = None
     if cfg["eval_mode"] == 0:
         results = _metadata_results(cfg, metadata)
     else:
@@ -349,12 +349,13 @@ def evaluate(cfg: dict[str, Any]) -> dict[str, Any]:
                             "use --eval_mode 2")
         chosen = choose_operating_point(num_exits, thresholds=cfg.get("thresholds"), budget=cfg.get("budget"),
                                         rows=rows, curve=curve)
-        point = {"chosen_by": chosen.chosen_by, "curve_point": chosen.curve_point,
-                 **_run_operating_point(cfg, run, outputs, chosen.thresholds)}
+        real, measured = _run_operating_point(cfg, run, outputs, chosen.thresholds)
+        point = {"chosen_by": chosen.chosen_by, "curve_point": chosen.curve_point, **measured}
+        examples = _write_exit_examples(cfg, run, real)
         results = _results(cfg, run, outputs, curve, rows, calib_count, point, _throughput(cfg, run))
     results["outputs"] = write_outputs(cfg["output_dir"], results)
-    if cfg["eval_mode"] and run.examples:
-        results["outputs"].append(run.examples)
+    if examples:
+        results["outputs"].append(examples)
     mismatches = (results.get("operating_point") or {}).get("mismatches")
     if mismatches:
         raise EvalError(f"the early-exit engine and the simulation from the full logits disagree on {mismatches} "

@@ -30,7 +30,7 @@ from ..checkpoint import CheckpointError, atomic_output
 from ..command import run_command
 from ..config import MODEL_OPTIONS, ConfigError, Option, resolve
 from ..data import DataError, iterate_batches
-from ..data.folder import is_image_file, list_image_files, load_image
+from ..data.folder import IMG_EXTENSIONS, is_image_file, list_image_files, load_image
 from ..data.transforms import EvalTransform
 from ..flops import cumulative_gflops
 from ..inference.engine import EarlyExitEngine
@@ -71,7 +71,7 @@ def collect_images(entries: Sequence[str]) -> list[str]:
         if os.path.isdir(entry):
             found = list_image_files(entry)
             if not found:
-                raise DataError(f"no image files in folder {entry} (accepted: {', '.join(_extensions())})")
+                raise DataError(f"no image files in folder {entry} (accepted: {', '.join(IMG_EXTENSIONS)})")
             paths += found
         elif os.path.isfile(entry) and entry.lower().endswith(LIST_SUFFIXES):
             paths += _read_list(entry)
@@ -82,12 +82,6 @@ def collect_images(entries: Sequence[str]) -> list[str]:
     if not paths:
         raise DataError("--images names no image")
     return paths
-
-
-def _extensions() -> list[str]:
-    from ..data.folder import IMG_EXTENSIONS
-
-    return list(IMG_EXTENSIONS)
 
 
 def _read_list(path: str) -> list[str]:
