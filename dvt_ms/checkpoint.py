@@ -135,7 +135,7 @@ def atomic_output(path: str | os.PathLike) -> Iterator[str]:
     os.close(fd)
     try:
         yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 and MindSpore 0400: use the usual mode
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600 and MindSpore 0400: use the usual mode
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -143,7 +143,8 @@ def atomic_output(path: str | os.PathLike) -> Iterator[str]:
         raise
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process's file-creation mask (read without changing it)."""
     mask = os.umask(0o022)
     os.umask(mask)
     return mask

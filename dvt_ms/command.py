@@ -1,8 +1,9 @@
 """What every dvt_ms command does the same way: resolve its config, run, report, exit with a status.
 
 Exit status: 0 success; 1 the run could not go on (the message says why) or an internal error (its
-traceback goes to the command's log, or stderr, with a one-line summary); 2 bad usage (unknown flag,
-bad config file or value); 130 interrupted.
+traceback goes to the command's log, or stderr, with a one-line summary); 2 bad usage found while
+reading the command line and config file (unknown flag or key, a value of the wrong type or out of
+range); 130 interrupted.
 """
 
 from __future__ import annotations

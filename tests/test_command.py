@@ -120,3 +120,11 @@ def test_training_stops_after_too_many_nan_steps(tiny, tmp_path, capsys):
     assert train_main(args) == 1
     err = capsys.readouterr().err
     assert "NaN/inf for 3 steps in a row (more than --max_bad_steps 2)" in err and "Traceback" not in err
+
+
+def test_bad_training_settings_are_clean_errors(tiny, tmp_path, capsys):
+    args = ["--model", "dvt_vit", *_flags(TINY), "--data_dir", tiny["data"], "--batch_size", "2", "--epoch_size", "1",
+            "--warmup_epochs", "0", "--num_parallel_workers", "1", "--ckpt_save_dir", str(tmp_path / "run")]
+    assert train_main([*args, "--loss_scale", "0.5"]) == 1
+    err = capsys.readouterr().err
+    assert "dvt-train: error: loss_scale must be >= 1, got 0.5" in err and "internal error" not in err

@@ -65,7 +65,7 @@ def load_checkpoint_model(cfg: dict[str, Any]) -> CheckpointModel:
     point = choose_operating_point(spec.num_exits, thresholds=cfg.get("thresholds"), budget=cfg.get("budget"),
                                    metadata=metadata, source=cfg["ckpt"])
     crop_pct = cfg.get("crop_pct") or metadata.get("crop_pct") or default_crop_pct(cfg.get("dataset", "imagefolder"))
-    stored = check_class_names(metadata.get("class_names"), spec.num_classes,
-                               f"the class names stored in {cfg['ckpt']}")
-    names = override_class_names(cfg.get("class_names"), stored, spec.num_classes)
+    stored = metadata.get("class_names") if not cfg.get("class_names") else None  # an override replaces them
+    names = override_class_names(cfg.get("class_names"), check_class_names(
+        stored, spec.num_classes, f"the class names stored in {cfg['ckpt']}"), spec.num_classes)
     return CheckpointModel(model, name, model_args, metadata, point, EvalTransform(spec.img_size, crop_pct), names)

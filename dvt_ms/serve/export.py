@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from ..checkpoint import CheckpointError
+from ..checkpoint import CheckpointError, current_umask
 from ..command import run_command
 from ..config import MODEL_OPTIONS, ConfigError, Option, resolve
 from ..data import DataError
@@ -54,18 +54,19 @@ def _atomic_directory(path: str) -> Iterator[str]:
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", dir=parent)
+    os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes 0700: give the folder the usual mode
+    retired = staging + ".old"
     try:
         yield staging
         if os.path.exists(path):
-            retired = staging + ".old"
             os.rename(path, retired)
-            os.rename(staging, path)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.rename(staging, path)
+        os.rename(staging, path)
     except BaseException:
+        if os.path.exists(retired) and not os.path.exists(path):
+            os.rename(retired, path)  # the earlier export comes back
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    shutil.rmtree(retired, ignore_errors=True)
 
 
 def export_model(model, output_dir: str, *, model_name: str, model_args: dict[str, Any], point: OperatingPoint,
@@ -92,7 +93,7 @@ def export_model(model, output_dir: str, *, model_name: str, model_args: dict[st
             stem = f"exit_{k + 1}_{name}"
             ms.export(graph, *placeholders, file_name=os.path.join(staging, stem), file_format="MINDIR")
             file = f"{stem}.mindir"
-            os.chmod(os.path.join(staging, file), 0o644)
+            os.chmod(os.path.join(staging, file), 0o666 & ~current_umask())  # MindSpore writes 0400
             outputs = ["logits", "tokens"] + (["relations"] if model.exit(k).emit_relations else [])
             exits.append(ExportedExit(name, spec.exits[k].grid(spec.img_size), file,
                                       sha256_of(os.path.join(staging, file)),

@@ -145,8 +145,17 @@ def read_manifest(directory: str, mindspore_version: str | None = None) -> Manif
         if sha256_of(file) != e.sha256:
             raise ManifestError(f"{file}: sha256 does not match the manifest (the file was changed or damaged); "
                                 "export again")
-    if len(manifest.thresholds) != manifest.num_exits:
-        raise ManifestError(f"{path}: {len(manifest.thresholds)} thresholds for {manifest.num_exits} exits")
+    for k, e in enumerate(manifest.exits):
+        names = [i.get("name") for i in e.inputs] if isinstance(e.inputs, list) else []
+        wants_relations = k + 1 < manifest.num_exits and manifest.exits[k + 1].relation_reuse
+        if (names[:1] != ["images"] or ("features" in names) != e.feature_reuse
+                or ("relations" in names) != e.relation_reuse or ("relations" in e.outputs) != wants_relations):
+            raise ManifestError(f"{path}: exit {e.name!r}: its inputs {names} and outputs {e.outputs} do not match "
+                                "the reuse wiring the manifest states")
+    if not isinstance(manifest.thresholds, list) or len(manifest.thresholds) != manifest.num_exits:
+        raise ManifestError(f"{path}: thresholds {manifest.thresholds!r} are not one per exit ({manifest.num_exits})")
+    if not isinstance(manifest.preprocessing, dict):
+        raise ManifestError(f"{path}: preprocessing must be a mapping, got {manifest.preprocessing!r}")
     if manifest.class_names is not None and len(manifest.class_names) != manifest.num_classes:
         raise ManifestError(f"{path}: {len(manifest.class_names)} class names for {manifest.num_classes} classes")
     return manifest

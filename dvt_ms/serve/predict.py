@@ -131,6 +131,7 @@ class Predictor:
     thresholds_chosen_by: str
     source: str
     model: str
+    num_classes: int
 
 
 def _from_export(cfg: dict[str, Any]) -> Predictor:
@@ -152,7 +153,7 @@ def _from_export(cfg: dict[str, Any]) -> Predictor:
     names = override_class_names(cfg.get("class_names"), manifest.class_names, manifest.num_classes)
     engine = EarlyExitEngine(ExportedStages(manifest), thresholds)
     return Predictor(engine, transform, manifest.cumulative_gflops, [e.grid for e in manifest.exits], names,
-                     chosen_by, manifest.directory, manifest.model)
+                     chosen_by, manifest.directory, manifest.model, manifest.num_classes)
 
 
 def _from_checkpoint(cfg: dict[str, Any]) -> Predictor:
@@ -160,7 +161,7 @@ def _from_checkpoint(cfg: dict[str, Any]) -> Predictor:
     spec = loaded.model.spec
     return Predictor(EarlyExitEngine(loaded.model, loaded.point.thresholds), loaded.transform,
                      cumulative_gflops(spec), spec.grids(), loaded.class_names, loaded.point.chosen_by, cfg["ckpt"],
-                     loaded.name)
+                     loaded.name, spec.num_classes)
 
 
 def build_predictor(cfg: dict[str, Any]) -> Predictor:
@@ -192,7 +193,7 @@ def predict(cfg: dict[str, Any]) -> dict[str, Any]:
     paths = collect_images(cfg["images"])
     predictor = build_predictor(cfg)
     images = ImageFiles(paths, predictor.transform, cfg["strict"])
-    n, k = len(paths), cfg["top_k"]
+    n, k = len(paths), min(cfg["top_k"], predictor.num_classes)  # no more classes than the model has
     exits = np.full(n, -1, np.int64)
     classes = np.zeros((n, k), np.int64)
     probabilities = np.zeros((n, k), np.float32)

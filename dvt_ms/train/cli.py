@@ -12,11 +12,12 @@ Every flag is a key of the flat YAML config (defaults < YAML < command line). Th
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import mindspore as ms
@@ -175,6 +176,18 @@ def build_validation(cfg: dict[str, Any], model: nn.Cell, val_data, runtime: Run
     return validate
 
 
+@contextlib.contextmanager
+def settings_errors() -> Iterator[None]:
+    """The builders of the data pipeline and the train step check their settings (augmentation, loss
+    scale, optimizer, schedule, EMA, clipping) with ``ValueError``: report those as config errors."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
 def run(cfg: dict[str, Any]) -> None:
     """Train as ``cfg`` says: each line below builds what the next ones need."""
     runtime = init_runtime(cfg["device_target"], cfg["mode"], cfg["distribute"], cfg["seed"])
@@ -183,11 +196,13 @@ def run(cfg: dict[str, Any]) -> None:
     log.info("%s on %s (mode %d), rank %d of %d (%s)", cfg["model"], runtime.device_target, runtime.mode,
              runtime.rank, runtime.group_size, runtime.launcher)
     spec = spec_from_config(cfg)
-    data = build_train_data(cfg, spec, runtime)
+    with settings_errors():
+        data = build_train_data(cfg, spec, runtime)
     val_data = build_val_data(cfg, spec)
     state_path = find_state(cfg["resume"], cfg["auto_resume"], run_dir)
     model = build_training_model(cfg, runtime, log)
-    step, ema = build_train_step(cfg, model, data, runtime, log)
+    with settings_errors():
+        step, ema = build_train_step(cfg, model, data, runtime, log)
     metadata = run_metadata(cfg, model, data, runtime)
     progress = restore_progress(state_path, step, metadata, log)
     ckpt = CheckpointManager(run_dir, cfg["keep_checkpoint_max"], cfg["ckpt_interval"], enabled=runtime.is_main)

@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import shutil
+import stat
 
 import mindspore as ms
 import numpy as np
@@ -69,6 +70,10 @@ def test_manifest_describes_the_export(demo_export):
     assert manifest.preprocessing["center_crop"] == 32 and manifest.preprocessing["resize_short_side"] == 36
     assert manifest.mindspore_version == ms.__version__
     assert sorted(os.listdir(demo_export)) == sorted([MANIFEST_NAME, *(e.file for e in manifest.exits)])
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(os.stat(demo_export).st_mode) == 0o777 & ~umask  # a folder others may serve from
+    assert stat.S_IMODE(os.stat(demo_export / manifest.exits[0].file).st_mode) == 0o666 & ~umask
 
 
 @requires_sklearn
@@ -187,7 +192,12 @@ def test_bad_exports_and_flags_fail_clearly(demo_export, tmp_path, capsys):
     with pytest.raises(ManifestError, match="major versions must match"):
         read_manifest(str(demo_export), mindspore_version="9.0.0")
     (tmp_path / "empty").mkdir()
+    rewired = _copy_export(demo_export, tmp_path / "rewired")
+    data = json.loads((rewired / MANIFEST_NAME).read_text())
+    data["exits"][1]["relation_reuse"] = False  # the graph still takes relations
+    (rewired / MANIFEST_NAME).write_text(json.dumps(data))
     cases = {
+        "wiring": (["--exported", str(rewired)], "do not match the reuse wiring"),
         "missing file": (["--exported", str(missing)], f"needs {manifest.exits[1].file}, which is missing"),
         "sha mismatch": (["--exported", str(damaged)], "sha256 does not match"),
         "not an export": (["--exported", str(tmp_path / "empty")], "has no manifest.json"),
@@ -242,6 +252,11 @@ def test_class_names_override(demo_export, tmp_path):
                          "--output_dir", str(out)]) == 0
     with open(out / JSONL_NAME, encoding="utf-8") as f:
         assert json.loads(f.readline())["top_k"][0]["name"].startswith("digit ")
+    assert predict_main(["--exported", str(demo_export), "--images", str(images), "--top_k", "50",
+                         "--output_dir", str(tmp_path / "all")]) == 0
+    with open(tmp_path / "all" / JSONL_NAME, encoding="utf-8") as f:
+        top = json.loads(f.readline())["top_k"]
+    assert len(top) == 10 and sorted(t["class"] for t in top) == list(range(10))  # never more than 10 classes
     names.write_text("a\nb\n")
     assert predict_main(["--exported", str(demo_export), "--images", str(images), "--class_names", str(names),
                          "--output_dir", str(tmp_path / "out2")]) == 1
