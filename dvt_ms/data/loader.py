@@ -94,13 +94,13 @@ class _EvalItems:
 
 
 def iterate_batches(dataset: Any, batch_size: int, indices: Sequence[int] | None = None,
-                    num_workers: int = 4, prefetch: int = 2) -> Iterator[Batch]:
+                    num_workers: int = 4) -> Iterator[Batch]:
     """Yield ``(images, labels, indices)`` batches of ``dataset`` (all items, or ``indices`` in that order).
 
     ``dataset[i]`` must return ``(array-like image, integer label)``; every item comes exactly once, in
     order, and the last batch may be short. Items are read by ``num_workers`` threads of a
     :func:`reader_dataset` pipeline, ahead of the caller as far as MindSpore's queues allow
-    (``mindspore.dataset.config.set_prefetch_size``); ``prefetch`` is accepted for compatibility and unused.
+    (``mindspore.dataset.config.set_prefetch_size``).
     An exception of ``dataset[i]`` (e.g. a :class:`~dvt_ms.data.errors.DataError`) is raised as it is.
     Leaving the loop early (``break``) stops the pipeline.
     """

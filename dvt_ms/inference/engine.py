@@ -102,15 +102,12 @@ class CascadeStages:
     def stage(self, k: int, static: bool) -> Callable:
         stage = ExitStage(self.model.exit(k))
         if not static:
-            def dynamic(*shape: int) -> Tensor:
-                return Tensor(shape=[None, *shape], dtype=ms.float32)
+            shapes = dict(self.model.stage_inputs(k))
 
-            features, relations = self.needs_state(k)
-            up = self.model.exit(k - 1) if k else None
-            stage.set_inputs(
-                dynamic(*self.image_shape),
-                dynamic(up.num_tokens, up.embed_dim) if features else None,
-                dynamic(up.depth * up.num_heads, up.num_tokens, up.num_tokens) if relations else None)
+            def dynamic(name: str) -> Tensor | None:  # the stage's positions: images, features, relations
+                return Tensor(shape=[None, *shapes[name][1:]], dtype=ms.float32) if name in shapes else None
+
+            stage.set_inputs(dynamic("images"), dynamic("features"), dynamic("relations"))
         return _compile(stage)
 
 

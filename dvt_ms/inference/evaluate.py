@@ -215,6 +215,7 @@ class EvalSetup:
     buckets: list[int] | str | None
     val: Any
     cumulative: list[float]
+    crop_pct: float | None
 
     @property
     def spec(self):
@@ -228,19 +229,20 @@ def _setup(cfg: dict[str, Any], metadata: dict | None) -> EvalSetup:
     load_checkpoint(model, cfg["ckpt"])
     apply_precision(model, cfg["amp_level"], cfg["amp_dtype"])
     spec = model.spec
-    val = build_eval_dataset(cfg["dataset"], cfg["data_dir"], "val", spec.img_size, cfg.get("crop_pct"))
+    crop_pct = cfg.get("crop_pct") or (metadata or {}).get("crop_pct")  # else the data set's default
+    val = build_eval_dataset(cfg["dataset"], cfg["data_dir"], "val", spec.img_size, crop_pct)
     _check_labels(val, spec.num_classes, f"validation set {getattr(val, 'root', cfg['data_dir'])}")
     buckets = _buckets(cfg, cfg["batch_size"])
     if isinstance(buckets, list) and (min(buckets) < 1 or max(buckets) < cfg["batch_size"]):
         raise EvalError(f"--buckets {buckets} must be positive sizes and include one of at least --batch_size "
                         f"{cfg['batch_size']}")
     engine = EarlyExitEngine(model, [NEVER] * (spec.num_exits - 1), buckets=buckets)
-    return EvalSetup(model, name, overrides, engine, buckets, val, cumulative_gflops(spec))
+    return EvalSetup(model, name, overrides, engine, buckets, val, cumulative_gflops(spec), crop_pct)
 
 
 def _calibrated_thresholds(cfg: dict[str, Any], run: EvalSetup) -> tuple[np.ndarray, int]:
     """Mode 2: the threshold table of the budget points, calibrated on a random training subset."""
-    train = build_eval_dataset(cfg["dataset"], cfg["data_dir"], "train", run.spec.img_size, cfg.get("crop_pct"))
+    train = build_eval_dataset(cfg["dataset"], cfg["data_dir"], "train", run.spec.img_size, run.crop_pct)
     if getattr(train, "classes", None) != getattr(run.val, "classes", None):
         raise DataError(f"the training and validation sets of {cfg['data_dir']} have different classes "
                         f"({len(train.classes)} vs {len(run.val.classes)}); they must match for calibration")
@@ -344,9 +346,6 @@ def evaluate(cfg: dict[str, Any]) -> dict[str, Any]:
                                        "validation, all exits")
         curve = [] if rows is None else budgeted_batch_curve(outputs.confidences, outputs.predictions,
                                                              outputs.targets, run.cumulative, rows)
-        if explicit is None and not curve:
-            raise EvalError("there are no thresholds to run: the checkpoint stores none; pass --thresholds or "
-                            "use --eval_mode 2")
         chosen = choose_operating_point(num_exits, thresholds=cfg.get("thresholds"), budget=cfg.get("budget"),
                                         rows=rows, curve=curve)
         real, measured = _run_operating_point(cfg, run, outputs, chosen.thresholds)

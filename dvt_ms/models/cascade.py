@@ -76,6 +76,19 @@ class DVTCascade(kernels.StaticShapeKernels, nn.Cell):
             outputs = (*outputs, logits)
         return outputs
 
+    def stage_inputs(self, k: int) -> list[tuple[str, list[int]]]:
+        """``(name, shape)`` of what exit ``k`` takes as a stage, the batch dimension ``-1``: ``images``,
+        then the previous exit's ``features`` / ``relations`` where it reuses them."""
+        spec = self.spec
+        inputs = [("images", [-1, spec.in_chans, spec.img_size, spec.img_size])]
+        features, relations = self.needs_state(k)
+        up = self.exit(k - 1) if k else None
+        if features:
+            inputs.append(("features", [-1, up.num_tokens, up.embed_dim]))
+        if relations:
+            inputs.append(("relations", [-1, up.depth * up.num_heads, up.num_tokens, up.num_tokens]))
+        return inputs
+
     def needs_state(self, k: int) -> tuple[bool, bool]:
         """(features, relations) that exit ``k`` reads from exit ``k - 1``."""
         e = self.spec.exits[k]

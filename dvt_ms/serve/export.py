@@ -29,7 +29,7 @@ from ..inference.operating_point import OperatingPoint, ThresholdError
 from ..inference.options import OPTIONS as EVAL_OPTIONS
 from ..train.options import OPTIONS as TRAIN_OPTIONS
 from .checkpoint_model import OPERATING_OPTIONS, ServeError, load_checkpoint_model
-from .graphs import ExitGraph, exit_inputs
+from .graphs import ExitGraph
 from .manifest import MANIFEST_NAME, ExportedExit, Manifest, sha256_of, write_manifest
 
 PROG = "dvt-export"
@@ -85,7 +85,7 @@ def export_model(model, output_dir: str, *, model_name: str, model_args: dict[st
     exits = []
     with _atomic_directory(output_dir) as staging:
         for k, name in enumerate(spec.exit_names):
-            inputs = exit_inputs(model, k)
+            inputs = model.stage_inputs(k)
             features, relations = model.needs_state(k)
             graph = ExitGraph(model.exit(k), features, relations)
             placeholders = [Tensor(shape=[None, *shape[1:]], dtype=ms.float32) for _, shape in inputs]

@@ -8,11 +8,10 @@ from collections.abc import Callable
 import mindspore as ms
 from mindspore import Tensor, nn
 
-from ..models.cascade import DVTCascade
 from ..models.exit import ExitStage
 from .manifest import Manifest
 
-__all__ = ["ExitGraph", "ExportedStages", "exit_inputs"]
+__all__ = ["ExitGraph", "ExportedStages"]
 
 
 class ExitGraph(ExitStage):
@@ -27,19 +26,6 @@ class ExitGraph(ExitStage):
         features = state[0] if self.takes_features else None
         relations = state[-1] if self.takes_relations else None
         return super().construct(x, features, relations)
-
-
-def exit_inputs(model: DVTCascade, k: int) -> list[tuple[str, list[int]]]:
-    """``(name, shape)`` of each input of exit ``k``'s graph, the batch dimension ``-1``."""
-    spec = model.spec
-    inputs = [("images", [-1, spec.in_chans, spec.img_size, spec.img_size])]
-    features, relations = model.needs_state(k)
-    up = model.exit(k - 1) if k else None
-    if features:
-        inputs.append(("features", [-1, up.num_tokens, up.embed_dim]))
-    if relations:
-        inputs.append(("relations", [-1, up.depth * up.num_heads, up.num_tokens, up.num_tokens]))
-    return inputs
 
 
 class ExportedStages:
