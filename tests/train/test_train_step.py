@@ -128,7 +128,8 @@ def test_loss_scale_type_resolution():
 
 
 @pytest.mark.slow
-def test_mixed_precision_o2_trains_the_tiny_cascade(graph_mode):
+@pytest.mark.parametrize("level", ["O2", "O3"])
+def test_mixed_precision_trains_the_tiny_cascade(graph_mode, level):
     from dvt_ms.config import create_model_from_config
     from dvt_ms.data.augment import one_hot
     from dvt_ms.train.loss import NetWithLoss
@@ -136,7 +137,7 @@ def test_mixed_precision_o2_trains_the_tiny_cascade(graph_mode):
 
     ms.set_seed(0)
     model = create_model_from_config(load_config(TINY_CONFIG), depth=1)
-    apply_precision(model, "O2")
+    apply_precision(model, level)
     params, decays = param_groups(model, 0.05)
     step = TrainStep(NetWithLoss(model), AdamW(params, decays), np.full(6, 2e-3, np.float32),
                      LossScaling(1024.0, dynamic=True, window=2), model.num_exits)
