@@ -18,6 +18,7 @@ setup(
         "demo": ["scikit-learn"],
     },
     entry_points={"console_scripts": [
+        "dvt-audit = dvt_ms.audit.cli:main",
         "dvt-convert = dvt_ms.convert.cli:main",
         "dvt-eval = dvt_ms.inference.cli:main",
         "dvt-export = dvt_ms.serve.export:main",

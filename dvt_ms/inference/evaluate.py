@@ -77,16 +77,19 @@ def _check_flags(cfg: dict[str, Any]) -> None:
                         f"{' and train/' if cfg['eval_mode'] == 2 else ''}, or the CIFAR binary files)")
 
 
-def _set_device(target: str) -> None:
+def _set_device(cfg: dict[str, Any]) -> None:
     import mindspore as ms
 
-    if ms.get_context("device_target") == target:
+    from ..device import DeviceError, prepare_device
+
+    target = cfg["device_target"]
+    if ms.get_context("device_target") == target and target != "Ascend":
         return
     try:
-        ms.set_device(target)
-    except (RuntimeError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise EvalError(f"--device_target {target} is not available in this MindSpore installation: {first}") from None
+        prepare_device(target, 0 if ms.get_context("mode") == ms.GRAPH_MODE else 1, amp_level=cfg["amp_level"],
+                       amp_dtype=cfg["amp_dtype"])
+    except DeviceError as err:
+        raise EvalError(f"--device_target {target}: {err}") from None
 
 
 def _check_labels(dataset: Any, num_classes: int, where: str) -> None:
@@ -224,7 +227,7 @@ class EvalSetup:
 
 def _setup(cfg: dict[str, Any], metadata: dict | None) -> EvalSetup:
     """Device, model with the checkpoint's weights, validation set and the engine (no thresholds yet)."""
-    _set_device(cfg["device_target"])
+    _set_device(cfg)
     model, name, overrides = build_named_model(cfg, metadata, cfg["ckpt"])
     load_checkpoint(model, cfg["ckpt"])
     apply_precision(model, cfg["amp_level"], cfg["amp_dtype"])

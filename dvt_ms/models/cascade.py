@@ -30,8 +30,9 @@ class DVTCascade(kernels.StaticShapeKernels, nn.Cell):
     early-exit engine drives the cascade through it.
 
     Dropout and drop-path masks in training are a function of (seed, step counter, layer, sample): see
-    :mod:`~dvt_ms.models.layers.dropout`. Until :func:`~dvt_ms.models.layers.bind_masks` gives the cascade a
-    step counter (``dvt-train`` binds the train step's), every training-mode call draws the masks of step 0.
+    :mod:`~dvt_ms.models.layers.dropout`. :func:`~dvt_ms.models.layers.bind_masks` returns the streams they
+    read (``dvt-train`` hands them to its train step, which advances them every step); until something
+    advances them, every training-mode call draws the masks of step 0.
     """
 
     def __init__(self, spec: CascadeSpec) -> None:
@@ -43,7 +44,7 @@ class DVTCascade(kernels.StaticShapeKernels, nn.Cell):
         self.img_size = spec.img_size
         for k, name in enumerate(self.exit_names):
             setattr(self, name, DVTExit(spec, k))
-        bind_masks(self)  # every dropout / drop-path cell its own stream; training rebinds to its step counter
+        bind_masks(self)  # every dropout / drop-path cell its own streams; dvt-train rebinds them for its step
         self.__dict__["_stages"] = {}  # exit index -> ExitStage for run_stage; not a child cell
 
     def exit(self, k: int) -> DVTExit:

@@ -69,6 +69,19 @@ def _atomic_directory(path: str) -> Iterator[str]:
     shutil.rmtree(retired, ignore_errors=True)
 
 
+def export_graph(model, k: int):
+    """Exit ``k`` of ``model`` as the graph dvt-export writes: ``(graph, placeholders)``, the graph's inputs
+    declared with a dynamic batch (so it runs MindSpore's portable stock ops, not the CPU kernels)."""
+    import mindspore as ms
+    from mindspore import Tensor
+
+    features, relations = model.needs_state(k)
+    graph = ExitGraph(model.exit(k), features, relations)
+    placeholders = [Tensor(shape=[None, *shape[1:]], dtype=ms.float32) for _, shape in model.stage_inputs(k)]
+    graph.set_inputs(*placeholders)
+    return graph, placeholders
+
+
 def export_model(model, output_dir: str, *, model_name: str, model_args: dict[str, Any], point: OperatingPoint,
                  transform: EvalTransform, class_names: Sequence[str] | None = None,
                  metadata: dict | None = None) -> Manifest:
@@ -76,7 +89,6 @@ def export_model(model, output_dir: str, *, model_name: str, model_args: dict[st
     ``output_dir`` with a manifest; returns the manifest. ``metadata`` (the checkpoint's) contributes the
     calibrated table and curve the thresholds came from."""
     import mindspore as ms
-    from mindspore import Tensor
 
     from .. import __version__
 
@@ -87,9 +99,7 @@ def export_model(model, output_dir: str, *, model_name: str, model_args: dict[st
         for k, name in enumerate(spec.exit_names):
             inputs = model.stage_inputs(k)
             features, relations = model.needs_state(k)
-            graph = ExitGraph(model.exit(k), features, relations)
-            placeholders = [Tensor(shape=[None, *shape[1:]], dtype=ms.float32) for _, shape in inputs]
-            graph.set_inputs(*placeholders)  # a dynamic batch: the portable stock ops, not the CPU kernels
+            graph, placeholders = export_graph(model, k)
             stem = f"exit_{k + 1}_{name}"
             ms.export(graph, *placeholders, file_name=os.path.join(staging, stem), file_format="MINDIR")
             file = f"{stem}.mindir"

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import mindspore as ms
-from mindspore import Tensor, nn
+from mindspore import nn
 
 from ..amp import apply_precision
 from ..checkpoint import CheckpointError
@@ -107,32 +107,29 @@ def build_training_model(cfg: dict[str, Any], runtime: Runtime, log: logging.Log
         for note in load_pretrained(model, cfg["pretrained"]):
             log.info(note)
     apply_precision(model, cfg["amp_level"], cfg["amp_dtype"])
-    if runtime.mode == 0:
-        spec = model.spec
-        model.set_inputs(Tensor(shape=[None, spec.in_chans, spec.img_size, spec.img_size], dtype=ms.float32))
-    return model
+    return model  # static shapes: the train step has a fixed batch and validation pads its last batch
 
 
-def build_train_step(cfg: dict[str, Any], model: nn.Cell, data: TrainData, runtime: Runtime,
+def build_train_step(cfg: dict[str, Any], model: nn.Cell, steps_per_epoch: int, runtime: Runtime,
                      log: logging.Logger) -> tuple[TrainStep, EMA | None]:
     """The compiled train step (loss, AdamW, schedule, loss scale, clipping, EMA, gradient all-reduce); the
     model's dropout and drop-path masks are keyed by its step counter, so a resume replays them exactly."""
     global_batch = cfg["batch_size"] * runtime.group_size
     peak = scaled_lr(cfg["lr"], global_batch, cfg["lr_base_batch"])
-    total = cfg["epoch_size"] * data.steps_per_epoch
-    warmup = min(total, round(cfg["warmup_epochs"] * data.steps_per_epoch))
+    total = cfg["epoch_size"] * steps_per_epoch
+    warmup = min(total, round(cfg["warmup_epochs"] * steps_per_epoch))
     lr_table = cosine_schedule(peak, cfg["min_lr"], total, warmup, cfg["warmup_lr"])
     params, decays = param_groups(model, cfg["weight_decay"])
     optimizer = AdamW(params, decays, cfg["betas"], cfg["opt_eps"])
     ema = EMA(params, cfg["ema_decay"]) if cfg["ema"] else None
     scale_type = resolve_loss_scale_type(cfg["loss_scale_type"], cfg["amp_level"], runtime.device_target)
     scaler = LossScaling(cfg["loss_scale"], scale_type == "dynamic", cfg["loss_scale_factor"], cfg["loss_scale_window"])
+    masks = bind_masks(model, cfg["seed"], runtime.rank, runtime.group_size)
     step = TrainStep(NetWithLoss(model), optimizer, lr_table, scaler, model.num_exits, cfg["clip_grad"], ema,
-                     grad_reducer(runtime, optimizer.params))
-    bind_masks(model, step.global_step, cfg["seed"], runtime.rank, runtime.group_size)
+                     grad_reducer(runtime, optimizer.params), masks)
     log.info("global batch %d (%d x %d devices), %d steps/epoch, peak lr %.3e, warm-up %d steps, %s loss scale %g, "
              "amp %s, %d trainable tensors (%d decayed)", global_batch, cfg["batch_size"], runtime.group_size,
-             data.steps_per_epoch, peak, warmup, scale_type, cfg["loss_scale"], cfg["amp_level"], len(params),
+             steps_per_epoch, peak, warmup, scale_type, cfg["loss_scale"], cfg["amp_level"], len(params),
              sum(1 for d in decays if d))
     return step, ema
 
@@ -190,11 +187,17 @@ def settings_errors() -> Iterator[None]:
 
 def run(cfg: dict[str, Any]) -> None:
     """Train as ``cfg`` says: each line below builds what the next ones need."""
-    runtime = init_runtime(cfg["device_target"], cfg["mode"], cfg["distribute"], cfg["seed"])
+    with settings_errors():
+        runtime = init_runtime(cfg["device_target"], cfg["mode"], cfg["distribute"], cfg["seed"],
+                               jit_level=cfg["jit_level"], precision_mode=cfg["precision_mode"],
+                               amp_level=cfg["amp_level"], amp_dtype=cfg["amp_dtype"])
     run_dir = cfg["ckpt_save_dir"]
     log = setup_logging(os.path.join(run_dir, "logs"), runtime.rank)
     log.info("%s on %s (mode %d), rank %d of %d (%s)", cfg["model"], runtime.device_target, runtime.mode,
              runtime.rank, runtime.group_size, runtime.launcher)
+    if runtime.device is not None and runtime.device.soc:
+        log.info("Ascend SoC %s: precision_mode %s, jit_level %s", runtime.device.soc, runtime.device.precision_mode,
+                 runtime.device.jit_level or "MindSpore's default")
     spec = spec_from_config(cfg)
     with settings_errors():
         data = build_train_data(cfg, spec, runtime)
@@ -202,7 +205,7 @@ def run(cfg: dict[str, Any]) -> None:
     state_path = find_state(cfg["resume"], cfg["auto_resume"], run_dir)
     model = build_training_model(cfg, runtime, log)
     with settings_errors():
-        step, ema = build_train_step(cfg, model, data, runtime, log)
+        step, ema = build_train_step(cfg, model, data.steps_per_epoch, runtime, log)
     metadata = run_metadata(cfg, model, data, runtime)
     progress = restore_progress(state_path, step, metadata, log)
     ckpt = CheckpointManager(run_dir, cfg["keep_checkpoint_max"], cfg["ckpt_interval"], enabled=runtime.is_main)

@@ -9,7 +9,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn, ops
 
-DEVICE_TARGETS = ("Ascend", "GPU", "CPU")
+from ..device import DeviceContext, DeviceError, device_id_from_env, join_data_parallel, prepare_device
 
 
 class LaunchError(RuntimeError):
@@ -25,6 +25,7 @@ class Runtime:
     rank: int = 0
     group_size: int = 1
     launcher: str = "single"  # "single" | "msrun" | "rank_table"
+    device: DeviceContext | None = None  # what was set on the device (SoC, jit level, precision mode)
 
     @property
     def distributed(self) -> bool:
@@ -46,42 +47,34 @@ def detect_launcher(environ: dict[str, str] | None = None) -> str | None:
     return None
 
 
-def init_runtime(device_target: str | None, mode: int, distribute: bool, seed: int) -> Runtime:
-    """Set MindSpore's device and mode, join the data-parallel group when ``distribute``, seed everything.
+def init_runtime(device_target: str | None, mode: int, distribute: bool, seed: int, *, jit_level: str = "auto",
+                 precision_mode: str = "auto", amp_level: str = "O0", amp_dtype: str = "float16") -> Runtime:
+    """Prepare the device (:func:`dvt_ms.device.prepare_device`), join the data-parallel group when
+    ``distribute``, seed everything.
 
     ``DEVICE_ID`` picks the device (set per rank by ``scripts/run_distribute_train.sh`` for rank-table
     launches, or by hand for one device); msrun assigns devices itself. Every rank gets the same seed,
     so all start from the same weights.
     """
-    if mode not in (0, 1):
-        raise ValueError(f"mode must be 0 (graph) or 1 (PyNative), got {mode}")
-    if device_target is not None and device_target not in DEVICE_TARGETS:
-        raise ValueError(f"device_target must be one of {', '.join(DEVICE_TARGETS)}, got {device_target!r}")
-    ms.set_context(mode=ms.GRAPH_MODE if mode == 0 else ms.PYNATIVE_MODE)
     launcher = detect_launcher()
-    target = device_target or ms.get_context("device_target")
     if distribute and launcher is None:
         raise LaunchError("--distribute True needs a launcher: start the run with scripts/run_distribute_train.sh "
                           "(msrun --worker_num=N ...) or export RANK_TABLE_FILE, RANK_ID, RANK_SIZE and DEVICE_ID "
                           "for every process")
-    device_id = os.environ.get("DEVICE_ID", "")
-    if launcher != "msrun" and device_id.isdigit():  # rank tables and single-device scripts pick the device
-        ms.set_device(target, int(device_id))
-    else:  # msrun assigns devices itself
-        ms.set_device(target)
+    try:
+        context = prepare_device(device_target, mode, device_id_from_env(launcher), jit_level=jit_level,
+                                 precision_mode=precision_mode, amp_level=amp_level, amp_dtype=amp_dtype)
+    except DeviceError as err:
+        raise ValueError(str(err)) from None
     rank, size = 0, 1
     if distribute:
-        from mindspore.communication import get_group_size, get_rank, init
-
         try:
-            init()
+            rank, size = join_data_parallel(context.target)
         except (RuntimeError, ValueError) as err:
-            raise LaunchError(f"cannot join the data-parallel group ({launcher} launch on {target}): {err}") from None
-        rank, size = get_rank(), get_group_size()
-        ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
-                                     device_num=size)
+            raise LaunchError(f"cannot join the data-parallel group ({launcher} launch on {context.target}): "
+                              f"{err}") from None
     ms.set_seed(seed)
-    return Runtime(target, mode, rank, size, launcher if distribute else "single")
+    return Runtime(context.target, mode, rank, size, launcher if distribute else "single", context)
 
 
 def grad_reducer(runtime: Runtime, params) -> nn.Cell | None:

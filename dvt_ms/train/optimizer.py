@@ -5,12 +5,18 @@ parameter before the Adam update, bias-corrected moments, epsilon added after th
 learning rate is an input of every step, so a schedule computed anywhere (here: inside the compiled
 train step) drives it, and the optimizer's own state is only what torch keeps: the step count and the
 two moments of every parameter.
+
+The bias corrections come from float32 tables computed on the host in float64 (as torch computes them in
+Python floats), indexed by the step count: the compiled graph holds no float64 (Ascend's AI Cores have no
+float64 kernels). A table ends where both corrections have become 1.0 in float32 (``1 - beta ** t`` below
+half an ulp), so its length depends on the betas, not on the length of the run.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 from mindspore import dtype as mstype
 
@@ -34,6 +40,23 @@ def _update_one(lr, step_size, bias2_sqrt, one_minus_beta1, beta2, one_minus_bet
     ops.assign(exp_avg_sq, v)
     ops.assign(param, decayed - step_size * (m / denom))
     return True
+
+
+MAX_TABLE_STEPS = 1 << 22
+
+
+def bias_correction_tables(beta1: float, beta2: float) -> tuple[np.ndarray, np.ndarray]:
+    """float32 ``1 - beta1 ** t`` and ``sqrt(1 - beta2 ** t)`` for t = 1, 2, ..., up to the first t at which
+    both equal 1.0 in float32 (at most :data:`MAX_TABLE_STEPS`; later steps use the last entry)."""
+    # beta ** t < 2**-25 makes 1 - beta ** t round to 1.0; the square root needs beta2 ** t < 2**-24
+    ends = [1]
+    for beta, floor in ((beta1, 2.0 ** -25), (beta2, 2.0 ** -24)):
+        if beta > 0.0:
+            ends.append(int(np.ceil(np.log(floor) / np.log(beta))) + 1)
+    t = np.arange(1, min(max(ends), MAX_TABLE_STEPS) + 1, dtype=np.float64)
+    bias1 = (1.0 - np.power(beta1, t)).astype(np.float32)
+    bias2_sqrt = np.sqrt(1.0 - np.power(beta2, t)).astype(np.float32)
+    return bias1, bias2_sqrt
 
 
 def no_weight_decay(name: str, param: Parameter) -> bool:
@@ -78,17 +101,18 @@ class AdamW(nn.Cell):
         self.beta1, self.beta2, self.eps = beta1, beta2, float(eps)
         self.one_minus_beta1, self.one_minus_beta2 = 1.0 - beta1, 1.0 - beta2
         self.weight_decays = tuple(float(w) for w in weight_decays)
+        bias1, bias2_sqrt = bias_correction_tables(beta1, beta2)
+        self.bias1, self.bias2_sqrt = Tensor(bias1), Tensor(bias2_sqrt)
+        self.last_entry = len(bias1) - 1
         self.hyper_map = ops.HyperMap()
 
     def construct(self, grads, lr):
         step = self.step + 1
         ops.assign(self.step, step)
-        # Bias corrections in float64, as torch computes them on the host in double precision.
-        t = step.astype(mstype.float64)
-        bias1 = 1.0 - ops.pow(Tensor(self.beta1, mstype.float64), t)
-        bias2_sqrt = ops.sqrt(1.0 - ops.pow(Tensor(self.beta2, mstype.float64), t)).astype(mstype.float32)
-        step_size = (lr.astype(mstype.float64) / bias1).astype(mstype.float32)
+        entry = ops.minimum(step, self.last_entry + 1) - 1
         lr = lr.astype(mstype.float32)
+        step_size = lr / self.bias1[entry]  # within 1 ulp of the float64 quotient
+        bias2_sqrt = self.bias2_sqrt[entry]
         update = ops.partial(_adamw_update, lr, step_size, bias2_sqrt, self.one_minus_beta1, self.beta2,
                              self.one_minus_beta2, self.eps)
         return self.hyper_map(update, self.weight_decays, self.params, grads, self.exp_avg, self.exp_avg_sq)

@@ -105,7 +105,7 @@ class CheckpointManager:
                       "global_step": progress.global_step, "best_top1": progress.best_top1,
                       "best_epoch": progress.best_epoch, "results": progress.results, "rng": rng_states(),
                       **metadata}
-        save_checkpoint(dict(train_cell.parameters_dict()), self.path(STATE), metadata=state_meta)
+        save_checkpoint(state_parameters(train_cell), self.path(STATE), metadata=state_meta)
         weights_meta = {**metadata, "epoch": progress.epoch}
         save_checkpoint(model, self.path(LATEST), metadata=weights_meta)
         if ema_weights is not None:
@@ -151,6 +151,13 @@ def find_state(resume: str | None, auto_resume: bool, ckpt_save_dir: str) -> str
     return None
 
 
+def state_parameters(train_cell: nn.Cell) -> dict[str, Any]:
+    """The Parameters of ``train_cell`` that make up a training state: all but those it recomputes every
+    step (its ``derived_state()``, e.g. the mask streams' words)."""
+    derived = set(train_cell.derived_state()) if hasattr(train_cell, "derived_state") else set()
+    return {name: p for name, p in train_cell.parameters_dict().items() if name not in derived}
+
+
 def load_state(path: str, train_cell: nn.Cell, expect: Mapping[str, Any]) -> tuple[RunRecord, list[str]]:
     """Load a training state into ``train_cell`` (weights, optimizer, counters, loss scale, EMA).
 
@@ -165,7 +172,7 @@ def load_state(path: str, train_cell: nn.Cell, expect: Mapping[str, Any]) -> tup
     if changed:
         raise ResumeError(f"{path} was written by a different run set-up ({'; '.join(changed)}); resuming would "
                           "not continue the same schedule. Start a new run with --pretrained instead")
-    params = train_cell.parameters_dict()
+    params = state_parameters(train_cell)
     notes, missing, mis_shaped = [], [], []
     for name, param in params.items():
         if name not in arrays:

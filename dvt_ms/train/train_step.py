@@ -11,6 +11,7 @@ import numpy as np
 from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 from mindspore import dtype as mstype
 
+from ..models.layers import MaskStreams
 from .ema import EMA
 from .loss_scale import LossScaling
 from .optimizer import AdamW
@@ -39,11 +40,15 @@ class TrainStep(nn.Cell):
     part of the checkpointed state). A step whose gradients overflowed (inf/NaN) changes no weight,
     moment or EMA and is counted by ``loss_scaler``; ``clip_grad`` clips the global gradient norm as
     ``torch.nn.utils.clip_grad_norm_``. ``reducer`` (data parallel) averages gradients over devices.
+    ``masks`` (from :func:`~dvt_ms.models.layers.bind_masks` on the network's model) holds the words of
+    ``global_step`` when a step starts (each step computes the next step's at its end; :meth:`sync_masks`
+    sets them on the host, e.g. after a resume), so dropout and drop-path masks are a function of the step
+    and a resume replays them exactly; the words are not part of the state (:meth:`derived_state`).
     """
 
     def __init__(self, network: nn.Cell, optimizer: AdamW, lr_table: np.ndarray, loss_scaler: LossScaling,
                  n_exits: int, clip_grad: float | None = None, ema: EMA | None = None,
-                 reducer: nn.Cell | None = None) -> None:
+                 reducer: nn.Cell | None = None, masks: MaskStreams | None = None) -> None:
         super().__init__(auto_prefix=False)
         if clip_grad is not None and clip_grad <= 0:
             raise ValueError(f"clip_grad must be positive (or unset), got {clip_grad}")
@@ -55,6 +60,8 @@ class TrainStep(nn.Cell):
         self.use_ema = ema is not None
         self.reducer = reducer
         self.use_reducer = reducer is not None
+        self.masks = masks
+        self.use_masks = masks is not None
         self.clip_grad = float(clip_grad) if clip_grad else 0.0
         self.lr_table = Tensor(np.asarray(lr_table, np.float32))
         self.last_step = len(lr_table) - 1
@@ -74,6 +81,7 @@ class TrainStep(nn.Cell):
         return self.hyper_map(ops.partial(_mul, coef), grads)
 
     def construct(self, images, targets):
+        step = self.global_step * 1
         total, per_exit = self.network(images, targets)
         scale = self.loss_scaler.scale * 1.0
         sens = (ops.ones_like(total) * scale.astype(total.dtype), ops.zeros_like(per_exit))
@@ -81,9 +89,12 @@ class TrainStep(nn.Cell):
         if self.use_reducer:
             grads = self.reducer(grads)
         finite, grads = self.loss_scaler(grads)  # unscaled; a dynamic scale adjusts for the next step
-        step = self.global_step * 1
         lr = self.lr_table[ops.minimum(step, self.last_step)]
         ops.assign(self.global_step, step + 1)
+        if self.use_masks:
+            # The next step's mask streams, written last: the mask cells of this graph read the words the
+            # previous step (or sync_masks) left, whatever order the compiler gives their loads.
+            self.masks(step + 1)
         if self.clip_grad > 0:
             grads = self.clip(grads)
         if finite:
@@ -96,6 +107,15 @@ class TrainStep(nn.Cell):
         ops.assign(self.loss_sum, self.loss_sum + per_exit.astype(mstype.float32))
         ops.assign(self.loss_steps, self.loss_steps + 1)
         return total, per_exit, lr, finite, scale
+
+    def sync_masks(self) -> None:
+        """Set the mask streams to the words of the current ``global_step`` (before a run starts or resumes)."""
+        if self.use_masks:
+            self.masks.set_step(int(self.global_step.asnumpy()))
+
+    def derived_state(self) -> tuple[str, ...]:
+        """Names of the Parameters recomputed at every step, which a training state need not hold."""
+        return (self.masks.words.name,) if self.use_masks else ()
 
     def take_worst_streak(self) -> int:
         """The longest run of consecutive NaN/inf-loss steps since the last call (one still going counts)."""

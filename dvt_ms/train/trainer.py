@@ -83,6 +83,7 @@ class Trainer:
             return progress
         run_step, per_call = self._batches(progress.epoch)
         self.step.set_train(True)
+        self.step.sync_masks()  # the masks of the step the run starts (or resumes) at
         self.step.take_loss_sums()
         timed_steps, timed_seconds = 0, 0.0
         first_call = True

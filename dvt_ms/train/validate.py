@@ -22,13 +22,23 @@ class Accuracy:
     count: int
 
 
+def pad_batch(images: np.ndarray, batch_size: int) -> np.ndarray:
+    """``images`` [n, ...] with zero images appended up to ``batch_size`` (unchanged when n is that already)."""
+    short = batch_size - len(images)
+    if short <= 0:
+        return images
+    return np.concatenate([images, np.zeros((short, *images.shape[1:]), images.dtype)])
+
+
 def exit_accuracy(model: nn.Cell, dataset, batch_size: int, runtime: Runtime, num_workers: int = 4,
              forward=None) -> Accuracy:
     """Accuracy of every exit of ``model`` on ``dataset`` (items ``(float32 [3, S, S], label)``).
 
     In a data-parallel run each rank evaluates every ``group_size``-th image and the counts are summed
     over the ranks, so every rank returns the accuracy over the whole set. ``forward`` replaces
-    ``model(images)`` (e.g. a jit-compiled version of it).
+    ``model(images)`` (e.g. a jit-compiled version of it). Every call sees ``batch_size`` images: a short
+    last batch is padded with zero images, whose outputs are left out, so graph mode compiles the model for
+    one static shape.
     """
     forward = forward or model
     indices = np.arange(runtime.rank, len(dataset), runtime.group_size)
@@ -37,10 +47,10 @@ def exit_accuracy(model: nn.Cell, dataset, batch_size: int, runtime: Runtime, nu
     counts = None
     try:
         for images, labels, _ in iterate_batches(dataset, batch_size, indices, num_workers=num_workers):
-            outputs = forward(ms.Tensor(images))
+            outputs = forward(ms.Tensor(pad_batch(images, batch_size)))
             row = []
             for logits in outputs:
-                scores = logits.astype(ms.float32).asnumpy()
+                scores = logits.astype(ms.float32).asnumpy()[:len(labels)]
                 row += [int(topk_correct(scores, labels, 1).sum()), int(topk_correct(scores, labels, 5).sum())]
             row.append(len(labels))
             counts = np.asarray(row, np.float64) if counts is None else counts + row

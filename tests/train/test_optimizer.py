@@ -8,7 +8,7 @@ import pytest
 from mindspore import Parameter, Tensor, nn, ops
 
 from dvt_ms.config import create_model_from_config
-from dvt_ms.train.optimizer import AdamW, no_weight_decay, param_groups
+from dvt_ms.train.optimizer import AdamW, bias_correction_tables, no_weight_decay, param_groups
 from tests.helpers import HAVE_TORCH, TINY_CONFIG, load_config, requires_torch
 
 if HAVE_TORCH:
@@ -98,3 +98,46 @@ def test_adamw_rejects_bad_settings():
         AdamW([p], [0.0], betas=(1.0, 0.999))
     with pytest.raises(ValueError, match="weight decays"):
         AdamW([p], [0.0, 0.1])
+
+
+def _float64_update(param, m, v, lr, t, beta1=0.9, beta2=0.999, eps=1e-8, decay=0.05):
+    """The parameter after one AdamW update, given the updated moments, with the bias corrections computed in
+    float64 at every step (as the graph did before the tables)."""
+    bias1 = 1.0 - beta1 ** np.float64(t)
+    bias2_sqrt = np.float32(np.sqrt(1.0 - beta2 ** np.float64(t)))
+    step_size = np.float32(np.float64(lr) / bias1)
+    decayed = param * np.float32(1.0 - np.float32(lr) * np.float32(decay))
+    return (decayed - step_size * (m / (np.sqrt(v) / bias2_sqrt + np.float32(eps)))).astype(np.float32)
+
+
+def test_bias_correction_tables_stop_where_float32_reaches_one():
+    bias1, bias2_sqrt = bias_correction_tables(0.9, 0.999)
+    assert bias1.dtype == bias2_sqrt.dtype == np.float32
+    t = np.arange(1, len(bias1) + 1, dtype=np.float64)
+    np.testing.assert_array_equal(bias2_sqrt, np.sqrt(1.0 - 0.999 ** t).astype(np.float32))  # the same bits
+    np.testing.assert_array_equal(bias1, (1.0 - 0.9 ** t).astype(np.float32))
+    first_one = int(np.argmax(bias2_sqrt == 1.0))  # later steps all use the last entry: it must be final
+    assert (bias1[first_one:] == 1.0).all() and (bias2_sqrt[first_one:] == 1.0).all()
+    assert bias2_sqrt[first_one - 1] < 1.0 and len(bias1) - first_one < 10
+    assert len(bias1) < 20000  # set by the betas, not by the length of the run
+    assert len(bias_correction_tables(0.9, 0.9999)[0]) > 160000
+
+
+def test_adamw_without_float64_stays_within_one_ulp_of_the_float64_update(graph_mode):
+    rng = np.random.default_rng(3)
+    w0 = rng.standard_normal(256).astype(np.float32)
+    grads = rng.standard_normal((30, 256)).astype(np.float32)
+    lrs = rng.uniform(1e-5, 3e-3, 30).astype(np.float32)
+    p = Parameter(Tensor(w0), name="p")
+    opt = AdamW([p], [0.05])
+
+    @ms.jit
+    def update(g, lr):
+        return opt((g,), lr)
+
+    for t in range(1, 31):  # one update at a time, from the optimizer's own state
+        before = p.asnumpy().copy()
+        update(Tensor(grads[t - 1]), Tensor(lrs[t - 1]))
+        want = _float64_update(before, opt.exp_avg[0].asnumpy(), opt.exp_avg_sq[0].asnumpy(), lrs[t - 1], t)
+        ulps = np.abs(p.asnumpy().view(np.int32).astype(np.int64) - want.view(np.int32).astype(np.int64))
+        assert ulps.max() <= 1, (t, ulps.max())

@@ -2,7 +2,7 @@
 
 from .attention import Attention, AttentionScores
 from .block import Block
-from .dropout import Dropout, DropPath, DropPathMasks, MaskSource, bind_masks
+from .dropout import Dropout, DropPath, DropPathMasks, MaskStreams, bind_masks
 from .grid_resize import grid_resize_matrix, relation_resize_matrix
 from .mlp import Mlp
 from .norm import LayerNorm
@@ -11,7 +11,7 @@ from .relation_reuse import RelationReuse
 from .t2t import T2TStem, TokenPerformer, TokenTransformer
 
 __all__ = [
-    "Attention", "AttentionScores", "Block", "DropPath", "DropPathMasks", "Dropout", "LayerNorm", "MaskSource", "Mlp",
+    "Attention", "AttentionScores", "Block", "DropPath", "DropPathMasks", "Dropout", "LayerNorm", "MaskStreams", "Mlp",
     "PatchEmbed", "RelationReuse", "T2TStem", "TokenPerformer", "TokenTransformer", "bind_masks", "grid_resize_matrix",
     "relation_resize_matrix",
 ]

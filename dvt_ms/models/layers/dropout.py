@@ -1,39 +1,37 @@
 """Dropout and stochastic depth whose masks are a pure function of explicit state, so that a resumed run
-draws exactly the masks the uninterrupted run would have drawn.
+draws exactly the masks the uninterrupted run would have drawn, built only from ops that every backend runs
+natively (int32 ``Mul``/``Add``/``BitwiseAnd``/``BitwiseXor``, ``Gather``, ``Cast``; no shifts, no float64).
 
 Why not ``nn.Dropout``: its random state lives inside the kernel; it can be neither saved nor restored, so
-after a resume every mask differs from the straight run. MindSpore's Generator-based ops (whose state
-could be saved) do not run on CPU.
+after a resume every mask differs from the straight run. MindSpore's Generator-based ops (whose state could
+be saved) do not run on CPU.
 
-Design: a counter-based generator inside the graph. Every uniform is ``philox(counter, key)`` of
+Design, in two levels:
 
-* the key: 32 bits digested on the host from (seed, the cell's name in the model, which draw of the cell):
-  every layer, and every call of a layer within one forward pass, has its own stream;
-* stage 1, per sample: the counter (the sample's position in the global batch, the step counter). 24 of
-  its 64 output bits are a drop-path uniform; for element-wise dropout all 64 are the counter and key of
-* stage 2, per element: the counter (the element's index inside the sample), whose four 16-bit output
-  words are the uniforms of four elements (keep probabilities are thus multiples of 2**-16).
+* **Streams, once per step.** Every mask cell owns streams: one per draw for :class:`Dropout` and
+  :class:`DropPath` (calls of one cell within a forward pass, ``draw`` 0 .. ``MAX_DRAWS``-1), one per column
+  for :class:`DropPathMasks`. At the start of every training step :class:`MaskStreams` evaluates
+  Philox-4x16-10 of (step, stream key) for all streams at once: one small vectorised evaluation, whose
+  output (six int32 words per stream, the Parameter ``MaskStreams.words``) every mask cell reads. The key
+  of a stream is digested on the host from (seed, the cell's name in the model, draw), and its per-round
+  schedule is computed there too. The training step computes the next step's words at its end, so the
+  cells of a step always read words written before the step started.
+* **Masks, per element, from a fixed table.** ``TABLE`` holds 2**18 uniform 16-bit values, drawn once from
+  NumPy's Philox bit stream with a fixed key (stable across NumPy versions). Under stream words
+  (C, O, P, O2, P2, X) of this step, the uniform of element ``f`` of the sample at global position ``p`` is
+  ``TABLE[(O + p P + f C) mod 2**18] ^ TABLE[(O2 + p P2) mod 2**18] ^ X``; it is kept when the uniform is
+  below ``(1 - rate) * 2**16``. ``C``, ``P``, ``P2`` are odd, so within one sample distinct elements read
+  distinct table entries (for up to 2**18 elements per sample; a larger sample is split into chunks, each
+  with its own offset): a mask is a set of independent table draws under an index map that changes with
+  every step, stream and sample. Drop-path uniforms are the same with ``f = 0``.
 
-The step counter is a Parameter the training step already owns and checkpoints (``TrainStep.global_step``,
-bound with :func:`bind_masks`), so a resume restores the generator state with nothing added to it. The
-forward pass that reports the loss and the one inside the gradient read the same counter and so draw the
-same masks.
+Cost: per element, an int32 multiply-add, an ``and``, a gather, an ``xor`` and a compare; per step, one
+Philox evaluation over (streams x 2) counters. Each mask cell adds some 20 nodes to the compiled graph.
 
-The alternative, uniforms drawn on the host (numpy Philox keyed by seed and step) and fed to the train step
-as an extra input, moves one uniform per element every step (0.5M per image for the dropout of the T2T
-stems, about 300 MB per step at a batch of 64) and works with dataset sink mode only as a dataset column.
-Here the device computes them and nothing crosses. The price is compute: one Philox evaluation is about
-100 small int32 ops, so element-wise dropout costs roughly 15x ``nn.Dropout`` on a CPU (a few percent of a
-step on accelerators) and each dropout call adds some 250 nodes to the compiled graph. Drop path is cheap:
-the masks of all blocks of an exit come from one evaluation (:class:`DropPathMasks`, one column per block
-and branch).
-
-Philox-4x16 is Philox4x32's round (Salmon et al., SC'11: products split into high and low halves, xored
-with the other words and a Weyl-sequence key) on 16-bit words with 15-bit multipliers: every intermediate
-value is a non-negative int32 below 2**31. Nothing overflows and no shift sees a sign bit, so the bits do
-not depend on how a backend treats integer overflow or signed shifts; it needs only int32 Mul, BitwiseAnd,
-BitwiseXor and RightShift (documented for Ascend, GPU and CPU). 7 rounds already pass a bit-avalanche
-test; it runs 10.
+Philox-4x16 is Philox4x32's round (Salmon et al., SC'11) on 16-bit words with 15-bit multipliers: every
+product is a non-negative int32 below 2**31, so nothing overflows. The high half of a product is taken
+without a shift (``RightShift`` has no AI Core kernel on Ascend 910): ``p - (p & 0xFFFF)`` has at most
+15 significant bits, so converting it to float32, scaling by 2**-16 and converting back is exact.
 
 Data parallel: the sample position is ``local index * num_ranks + rank``, which under the shard layout of
 :mod:`dvt_ms.data.train_pipeline` (shard ``r`` takes every ``num_ranks``-th image) is the image's position
@@ -52,57 +50,108 @@ import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore import dtype as mstype
 
-__all__ = ["MAX_DRAWS", "DropPath", "DropPathMasks", "Dropout", "MaskSource", "bind_masks", "philox4x16",
-           "stream_key"]
+__all__ = ["MAX_DRAWS", "TABLE_BITS", "DropPath", "DropPathMasks", "Dropout", "MaskStreams", "bind_masks",
+           "key_schedule", "mask_table", "philox4x16", "stream_key", "stream_words"]
 
 ROUNDS = 10
 MAX_DRAWS = 4
 """Calls of one :class:`Dropout` / :class:`DropPath` per forward pass that draw different masks (the
 ``draw`` argument, 0 .. MAX_DRAWS-1)."""
+TABLE_BITS = 18
+_TABLE_SIZE = 1 << TABLE_BITS
+_TABLE_MASK = _TABLE_SIZE - 1
+_TABLE_KEY = 0x5D7_0DF7  # the fixed Philox key of the table's NumPy bit stream
 _MULTIPLIERS = (0x6929, 0x66CF)  # odd, below 2**15: the top bits of Philox4x32's multipliers
 _WEYL = (0x9E37, 0xBB67)  # the top 16 bits of Philox4x32's key increments (golden ratio, sqrt(3) - 1)
 _LOW = 0xFFFF
-_PATH_BITS = 24
+_UNIFORM_BITS = 16
+WORDS = ("C", "O", "P", "O2", "P2", "X")
+"""The six int32 words of a stream and step, rows of :attr:`MaskStreams.words`."""
 
 
 def _hi(v):
-    return ops.bitwise_right_shift(v, 16)
+    """``v >> 16`` for int32 ``v`` in [0, 2**31) (NumPy array or MindSpore tensor), without a shift op."""
+    return ((v - (v & _LOW)).astype("float32") * (1.0 / 65536.0)).astype("int32")
 
 
-def _lo(v):
-    return ops.bitwise_and(v, _LOW)
+def philox4x16(c0, c1, c2, c3, k0, k1, rounds: int = ROUNDS):
+    """Philox-4x16 of the counter words ``c0..c3`` under the key words ``k0, k1``.
 
-
-def _path_uniform(w0, w1):
-    """A drop-path uniform as an int32 in [0, 2**24): ``w0`` and the high byte of ``w1``."""
-    return w0 * 256 + ops.bitwise_right_shift(w1, 8)
-
-
-def _next_key(k, weyl: int):
-    if isinstance(k, int):
-        return (k + weyl) & _LOW
-    return _lo(k + weyl)
-
-
-def philox4x16(c0, c1, c2, c3, k0, k1):
-    """Philox-4x16-10 of the counter words ``c0..c3`` under the key words ``k0, k1``.
-
-    Every argument is an int32 tensor (they broadcast) or, for keys, a Python int, each in ``[0, 2**16)``;
-    returns four int32 tensors in ``[0, 2**16)``.
+    Arguments are int32 NumPy arrays or MindSpore tensors (they broadcast; keys may be Python ints), each in
+    ``[0, 2**16)``; returns four int32 arrays / tensors in ``[0, 2**16)``. ``k0`` / ``k1`` may also be the
+    key schedule, one key per round (:func:`key_schedule`). Uses only ``*``, ``-``, ``&``, ``^`` and float32
+    casts, so the same code runs on the host and inside a compiled graph.
     """
     m0, m1 = _MULTIPLIERS
-    for _ in range(ROUNDS):
+    scheduled = isinstance(k0, tuple)
+    for r in range(rounds):
+        key0, key1 = (k0[r], k1[r]) if scheduled else (k0, k1)
         p0, p1 = c0 * m0, c2 * m1
-        c0, c1, c2, c3 = (ops.bitwise_xor(ops.bitwise_xor(_hi(p1), c1), k0), _lo(p1),
-                          ops.bitwise_xor(ops.bitwise_xor(_hi(p0), c3), k1), _lo(p0))
-        k0, k1 = _next_key(k0, _WEYL[0]), _next_key(k1, _WEYL[1])
+        c0, c1, c2, c3 = _hi(p1) ^ c1 ^ key0, p1 & _LOW, _hi(p0) ^ c3 ^ key1, p0 & _LOW
+        if not scheduled:
+            k0, k1 = (k0 + _WEYL[0]) & _LOW, (k1 + _WEYL[1]) & _LOW
     return c0, c1, c2, c3
+
+
+def key_schedule(keys: np.ndarray, rounds: int = ROUNDS) -> tuple[np.ndarray, np.ndarray]:
+    """The per-round keys of ``keys`` ([n, 2] int32): two [rounds, n] arrays (computed once on the host, so
+    the graph holds no key arithmetic)."""
+    r = np.arange(rounds, dtype=np.int64)[:, None]
+    k = keys.astype(np.int64)
+    return (((k[:, 0] + r * _WEYL[0]) & _LOW).astype(np.int32), ((k[:, 1] + r * _WEYL[1]) & _LOW).astype(np.int32))
 
 
 def stream_key(seed: int, name: str, draw: int) -> tuple[int, int]:
     """The Philox key ``(k0, k1)`` of draw ``draw`` of the cell called ``name`` in a model seeded ``seed``."""
     digest = int.from_bytes(hashlib.blake2b(f"{seed}/{name}/{draw}".encode(), digest_size=4).digest(), "little")
     return digest & _LOW, digest >> 16
+
+
+def _odd(word):
+    """An odd multiplier in [1, 2**11) from a 16-bit word (products with indices < 2**18 stay below 2**29)."""
+    return (word & 0x7FE) + 1
+
+
+def _offset(lo, hi):
+    """A uniform table offset in [0, 2**TABLE_BITS) from two 16-bit words."""
+    return (lo + hi * (1 << (TABLE_BITS - 16))) & _TABLE_MASK
+
+
+def _derive(c0, c1, c2, c3):
+    """The six stream words (C, O, P, O2, P2, X) from Philox outputs of the counters 0 and 1 (rows)."""
+    return _odd(c0[0]), _offset(c1[0], c2[0]), _odd(c3[0]), _offset(c0[1], c1[1]), _odd(c2[1]), c3[1]
+
+
+def stream_words(step: int, keys: np.ndarray) -> np.ndarray:
+    """The [6, n] words (C, O, P, O2, P2, X) at ``step`` of the streams keyed by ``keys`` ([n, 2]), computed
+    on the host exactly as :class:`MaskStreams` computes them in the graph."""
+    step = np.int32(step)
+    counter = np.arange(2, dtype=np.int32).reshape(2, 1)
+    outputs = philox4x16(step & _LOW, _hi(step), counter, 0, keys[:, 0], keys[:, 1])
+    return np.stack(_derive(*outputs)).astype(np.int32)
+
+
+_TABLE: dict[str, Tensor] = {}
+
+
+def mask_table() -> np.ndarray:
+    """The fixed table of 2**18 uniform 16-bit values (int32) every mask indexes."""
+    raw = np.random.Philox(key=_TABLE_KEY).random_raw(_TABLE_SIZE // 4)  # the stable raw bit stream
+    words = raw.astype("<u8").view("<u2").reshape(-1)  # four 16-bit words per 64-bit output
+    return words.astype(np.int32)
+
+
+def _table_tensor() -> Tensor:
+    """:func:`mask_table` as one tensor shared by every mask cell."""
+    if "table" not in _TABLE:
+        _TABLE["table"] = Tensor(mask_table())
+    return _TABLE["table"]
+
+
+def _check_rate(rate: float) -> float:
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"a drop rate must lie in [0, 1), got {rate}")
+    return float(rate)
 
 
 def _flatten(x):
@@ -114,43 +163,77 @@ def _flatten(x):
     return x.reshape(-1, size), rest, size
 
 
-def _check_rate(rate: float) -> float:
-    if not 0.0 <= rate < 1.0:
-        raise ValueError(f"a drop rate must lie in [0, 1), got {rate}")
-    return float(rate)
+class MaskStreams(nn.Cell):
+    """The per-step words of every mask stream of a model (see the module docstring).
 
+    ``construct(step)`` computes the words of ``step`` (an int32 scalar tensor) and assigns them to
+    :attr:`words` ([6, n_streams] int32), which every bound mask cell reads: the training step calls it
+    before its forward pass. :meth:`set_step` does the same on the host. ``rank`` / ``num_ranks``: this
+    process's place in the data-parallel group.
+    """
 
-class MaskSource:
-    """What the masks of a model are drawn from: ``seed``, the int32 step ``counter`` (a Parameter that
-    the training step advances; without one every call draws the masks of step 0) and this process's place
-    in the data-parallel group (``rank`` of ``num_ranks``)."""
-
-    def __init__(self, counter: Parameter | None = None, seed: int = 0, rank: int = 0, num_ranks: int = 1) -> None:
+    def __init__(self, keys: Sequence[tuple[int, int]], rank: int = 0, num_ranks: int = 1) -> None:
+        super().__init__()
         if not 0 <= rank < num_ranks:
             raise ValueError(f"rank {rank} is outside 0..{num_ranks - 1}")
-        self.counter = counter if counter is not None else Tensor(0, mstype.int32)
-        self.seed, self.rank, self.num_ranks = int(seed), int(rank), int(num_ranks)
+        self.rank, self.num_ranks = int(rank), int(num_ranks)
+        keys = np.asarray(keys, np.int32).reshape(-1, 2)
+        self.num_streams = len(keys)
+        self.host_keys = keys if len(keys) else np.zeros((1, 2), np.int32)  # one unused stream: no empty tensors
+        k0, k1 = key_schedule(self.host_keys)
+        self.k0, self.k1 = tuple(Tensor(k) for k in k0), tuple(Tensor(k) for k in k1)
+        self.counter = Tensor(np.arange(2, dtype=np.int32).reshape(2, 1))
+        self.words = Parameter(Tensor(self.words_at(0)), name="mask_stream_words", requires_grad=False)
+
+    def words_at(self, step: int) -> np.ndarray:
+        """The [6, n_streams] words of ``step``, computed on the host."""
+        if not 0 <= step < 2 ** 31:
+            raise ValueError(f"the mask step must lie in [0, 2**31), got {step}")
+        return stream_words(step, self.host_keys)
+
+    def set_step(self, step: int) -> None:
+        """Make the bound cells draw the masks of ``step`` (host side)."""
+        ops.assign(self.words, Tensor(self.words_at(step)))
+
+    def construct(self, step):
+        outputs = philox4x16(step & _LOW, _hi(step), self.counter, 0, self.k0, self.k1)
+        ops.assign(self.words, ops.stack(_derive(*outputs)))
+        return self.words
 
 
 class _MaskCell(nn.Cell):
-    """A cell drawing masks from a :class:`MaskSource` under keys of its own name (see :func:`bind_masks`)."""
+    """A cell drawing masks from the streams ``stream .. stream + streams_needed() - 1`` of a
+    :class:`MaskStreams` (see :func:`bind_masks`)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.source = MaskSource()
+        self.stream = 0
+        self.rank, self.num_ranks = 0, 1
+        self.table = _table_tensor()
+        self.__dict__["_streams"] = None  # not a child: the streams belong to the model / the training step
 
-    def bind(self, source: MaskSource, name: str) -> None:
-        """Draw from ``source`` under the streams of ``name`` (before the first compiled training call)."""
-        self.source = source
+    def streams_needed(self) -> int:
+        """How many streams this cell draws from (0 when it never draws)."""
+        return 0
 
-    def sample_words(self, flat, k0, k1):
-        """Stage 1: four int32 words [B, n] for the samples of ``flat`` [B, F] and this step under the key
-        ``(k0, k1)`` (Python ints, n = 1, or [1, n] tensors)."""
-        src = self.source
+    def bind(self, streams: MaskStreams, first: int) -> None:
+        """Draw from ``streams`` starting at stream ``first`` (before the first compiled training call)."""
+        self.__dict__["_streams"] = streams
+        self.stream, self.rank, self.num_ranks = first, streams.rank, streams.num_ranks
+
+    def own_words(self, count: int, offset: int = 0):
+        """The [6, count] words of this cell's streams ``offset .. offset + count - 1`` at this step."""
+        first = self.stream + offset
+        return self._streams.words[:, first:first + count]
+
+    def row_uniforms(self, flat, words):
+        """Per sample: the table base ``(O + p P) mod 2**18`` and the xor word, each [B, n] for the [6, n]
+        ``words``, ``p`` the samples' global positions in the batch of ``flat`` [B, ...]."""
         local = ops.cumsum(ops.ones_like(flat[:, :1], dtype=mstype.int32), 0) - 1
-        position = local * src.num_ranks + src.rank
-        step = src.counter * 1
-        return philox4x16(_lo(position), _hi(position), _lo(step), _hi(step), k0, k1)
+        position = (local * self.num_ranks + self.rank) & _TABLE_MASK
+        base = (words[1:2] + position * words[2:3]) & _TABLE_MASK
+        xor = ops.gather(self.table, (words[3:4] + position * words[4:5]) & _TABLE_MASK, 0) ^ words[5:6]
+        return base, xor
 
 
 class _RateCell(_MaskCell):
@@ -160,11 +243,10 @@ class _RateCell(_MaskCell):
         super().__init__()
         self.rate = _check_rate(rate)
         self.keep = 1.0 - self.rate
-        self.bind(self.source, "")
+        self.keep_below = round(self.keep * 2 ** _UNIFORM_BITS)
 
-    def bind(self, source: MaskSource, name: str) -> None:
-        super().bind(source, name)
-        self.keys = tuple(stream_key(source.seed, name, draw) for draw in range(MAX_DRAWS))
+    def streams_needed(self) -> int:
+        return MAX_DRAWS if self.rate > 0.0 else 0
 
     def scaled(self, keep, dtype):
         """``1 / (1 - rate)`` where ``keep`` is true, else 0: the expectation of the masked input is the input."""
@@ -177,20 +259,24 @@ class Dropout(_RateCell):
 
     def __init__(self, p: float = 0.0) -> None:
         super().__init__(p)
-        # Each output word of stage 2 is one element's 16-bit uniform: four elements per evaluation.
-        self.keep_below = round(self.keep * 2 ** 16)
 
     def construct(self, x, draw: int = 0):
         if self.rate == 0.0 or not self.training:
             return x
         flat, rest, size = _flatten(x)
-        k0, k1 = self.keys[draw]
-        a0, a1, a2, a3 = self.sample_words(flat, k0, k1)
-        quads = (size + 3) // 4
-        index = ops.arange(quads, dtype=mstype.int32).reshape(1, quads)
-        words = ops.stack(philox4x16(_lo(index), _hi(index), a0, a1, a2, a3), 2)  # [B, quads, 4]
-        keep = words.reshape(-1, 4 * quads)[:, :size] < self.keep_below
-        return (flat * self.scaled(keep, x.dtype)).reshape((-1, *rest))
+        words = self.own_words(1, draw)
+        base, xor = self.row_uniforms(flat, words)  # [B, 1] each
+        if size <= _TABLE_SIZE:
+            index = ops.arange(size, dtype=mstype.int32).reshape(1, size)
+            uniform = ops.gather(self.table, (base + index * words[0:1]) & _TABLE_MASK, 0) ^ xor
+        else:  # chunks of 2**18 elements, chunk r offset by r * P2
+            chunks = (size + _TABLE_MASK) // _TABLE_SIZE
+            index = ops.arange(_TABLE_SIZE, dtype=mstype.int32).reshape(1, 1, _TABLE_SIZE)
+            chunk = ops.arange(chunks, dtype=mstype.int32).reshape(1, chunks, 1)
+            start = (base.reshape(-1, 1, 1) + chunk * words[4:5].reshape(1, 1, 1)) & _TABLE_MASK
+            uniform = ops.gather(self.table, (start + index * words[0:1].reshape(1, 1, 1)) & _TABLE_MASK, 0)
+            uniform = uniform.reshape(-1, chunks * _TABLE_SIZE)[:, :size] ^ xor
+        return (flat * self.scaled(uniform < self.keep_below, x.dtype)).reshape((-1, *rest))
 
 
 class DropPath(_RateCell):
@@ -205,15 +291,14 @@ class DropPath(_RateCell):
     def __init__(self, drop_prob: float = 0.0) -> None:
         super().__init__(drop_prob)
         self.drop_prob = self.rate
-        self.keep_below = round(self.keep * 2 ** _PATH_BITS)
 
     def construct(self, x, draw: int = 0, masks=None):
         if self.rate == 0.0 or not self.training:
             return x
         if masks is None:
-            k0, k1 = self.keys[draw]
-            w0, w1, _, _ = self.sample_words(_flatten(x)[0], k0, k1)
-            mask = self.scaled(_path_uniform(w0, w1) < self.keep_below, x.dtype)
+            base, xor = self.row_uniforms(_flatten(x)[0], self.own_words(1, draw))
+            uniform = ops.gather(self.table, base, 0) ^ xor
+            mask = self.scaled(uniform < self.keep_below, x.dtype)
         else:
             mask = masks[:, draw:draw + 1].astype(x.dtype)
         return x * mask.reshape((-1,) + (1,) * (x.ndim - 1))
@@ -222,43 +307,43 @@ class DropPath(_RateCell):
 class DropPathMasks(_MaskCell):
     """The per-sample drop-path masks of many branches in one evaluation: ``construct(x)`` returns
     [B, len(rates)] float masks (column ``j``: 0 with probability ``rates[j]``, else ``1 / (1 - rates[j])``)
-    for the batch of ``x``, or ``None`` in inference or when every rate is 0. Column ``j`` draws under the
-    key of (seed, this cell's name, ``j``)."""
+    for the batch of ``x``, or ``None`` in inference or when every rate is 0. Column ``j`` draws from
+    stream ``j`` of the cell (keyed by (seed, this cell's name, ``j``))."""
 
     def __init__(self, rates: Sequence[float]) -> None:
         super().__init__()
         self.rates = tuple(_check_rate(r) for r in rates)
         self.active = any(r > 0.0 for r in self.rates)
         keep = np.asarray([1.0 - r for r in self.rates], np.float64)
-        self.keep_below = Tensor(np.round(keep * 2 ** _PATH_BITS).astype(np.int32).reshape(1, -1))
+        self.keep_below = Tensor(np.round(keep * 2 ** _UNIFORM_BITS).astype(np.int32).reshape(1, -1))
         self.scale = Tensor((1.0 / keep).astype(np.float32).reshape(1, -1))
-        self.bind(self.source, "")
 
-    def bind(self, source: MaskSource, name: str) -> None:
-        super().bind(source, name)
-        keys = np.asarray([stream_key(source.seed, name, j) for j in range(len(self.rates))], np.int32)
-        self.k0, self.k1 = Tensor(keys[:, 0].reshape(1, -1)), Tensor(keys[:, 1].reshape(1, -1))
+    def streams_needed(self) -> int:
+        return len(self.rates) if self.active else 0
 
     def construct(self, x):
         if not self.active or not self.training:
             return None
-        w0, w1, _, _ = self.sample_words(_flatten(x)[0], self.k0, self.k1)
-        keep = _path_uniform(w0, w1) < self.keep_below
-        return ops.stop_gradient(keep.astype(mstype.float32) * self.scale)
+        base, xor = self.row_uniforms(_flatten(x)[0], self.own_words(len(self.rates)))
+        uniform = ops.gather(self.table, base, 0) ^ xor
+        return ops.stop_gradient((uniform < self.keep_below).astype(mstype.float32) * self.scale)
 
 
-def bind_masks(model: nn.Cell, counter: Parameter | None = None, seed: int = 0, rank: int = 0,
-               num_ranks: int = 1) -> int:
-    """Make every mask cell of ``model`` (:class:`Dropout`, :class:`DropPath`, :class:`DropPathMasks`) draw
-    from ``MaskSource(counter, seed, rank, num_ranks)`` under the keys of its name in ``model``; returns how
-    many cells were bound.
+def bind_masks(model: nn.Cell, seed: int = 0, rank: int = 0, num_ranks: int = 1) -> MaskStreams:
+    """Give every mask cell of ``model`` (:class:`Dropout`, :class:`DropPath`, :class:`DropPathMasks`) its
+    streams, keyed by (``seed``, its name in ``model``, draw), and return the :class:`MaskStreams` they
+    read. Until something advances it (the training step calls it with its step counter before every
+    forward pass; :meth:`MaskStreams.set_step` on the host) every training-mode call draws the masks of
+    step 0.
 
-    Bind before the first compiled training call: the source is a constant of the compiled graph.
+    Bind before the first compiled training call: the streams are constants of the compiled graph.
     """
-    source = MaskSource(counter, seed, rank, num_ranks)
-    count = 0
+    cells, keys = [], []
     for name, cell in model.cells_and_names():
         if isinstance(cell, _MaskCell):
-            cell.bind(source, name)
-            count += 1
-    return count
+            cells.append((cell, len(keys)))
+            keys += [stream_key(seed, name, j) for j in range(cell.streams_needed())]
+    streams = MaskStreams(keys, rank, num_ranks)
+    for cell, first in cells:
+        cell.bind(streams, first)
+    return streams
