@@ -2,9 +2,10 @@
 
 Each variant runs in its own process, rounds alternate (on, off, on, off, ...), and the medians of all
 timed steps are compared. "on" is the recipe: drop path 0.1 plus the T2T token performers' dropout 0.1
-(and the config's other rates); "off" sets every dropout / drop-path rate to 0, so the step has no mask
-cell at all. Also printed: the first step (compile) of each, the machine's GEMM rate and the step's
-achieved GMAC/s (3x the forward MACs of every exit, a convention for forward + backward).
+(and the config's other rates); "off" sets every dropout / drop-path rate to 0, so no cell draws a mask
+(the step still computes the per-step stream words, a few hundred int32 values). Also printed: the first
+step (compile) of each, the machine's GEMM rate and the step's achieved GMAC/s (3x the forward MACs of every
+exit, a convention for forward + backward).
 
     python benchmarks/bench_train_masks.py [--model dvt_t2t_vit_12] [--batch 8] [--steps 6] [--rounds 2]
 """

@@ -24,6 +24,7 @@ from timing import time_calls  # benchmarks/timing.py
 import dvt_ms
 from dvt_ms.data.augment import one_hot
 from dvt_ms.models import DVTCascade
+from dvt_ms.models.layers import bind_masks
 from dvt_ms.train.loss import NetWithLoss
 from dvt_ms.train.loss_scale import LossScaling
 from dvt_ms.train.optimizer import AdamW, no_weight_decay, param_groups
@@ -59,7 +60,7 @@ def main() -> None:
 
     weights, decays = param_groups(model, 0.05)
     step = TrainStep(NetWithLoss(model), AdamW(weights, decays), np.full(1, 1e-4, np.float32),
-                     LossScaling(1.0, False), spec.num_exits)
+                     LossScaling(1.0, False), spec.num_exits, masks=bind_masks(model))
     step.set_train(True)
     x_ms, y_ms = ms.Tensor(x), ms.Tensor(y)
 

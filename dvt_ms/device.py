@@ -13,7 +13,8 @@ What it sets on Ascend, and why:
   Training compiles static shapes only, so ``O2`` (whole-graph sink) accepts every graph.
 * bfloat16: refused on SoCs without it (Ascend 910A and the 310 series), with the SoC named.
 
-MindSpore's API is touched only through :data:`ms` in this module, so tests patch it here.
+MindSpore's context API is touched only through :data:`ms` in this module (plus the SoC query and
+``mindspore.communication``, each in one function), so tests patch it here.
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ import mindspore as ms
 
 DEVICE_TARGETS = ("Ascend", "GPU", "CPU")
 JIT_LEVELS = ("auto", "O0", "O1", "O2")
-PRECISION_MODES = ("auto", "must_keep_origin_dtype", "allow_fp32_to_fp16", "force_fp16", "force_fp32",
-                   "allow_mix_precision", "allow_fp32_to_bf16")
+PRECISION_MODES = ("auto", "must_keep_origin_dtype", "allow_fp32_to_fp16", "force_fp32")
+"""The operator precision modes accepted: those that keep float32 vector operators in float32. Modes that
+lower them (``force_fp16``, ``allow_mix_precision*``) would break the precision policy's float32 parts and
+the exact float32 steps of the mask generator (:mod:`dvt_ms.models.layers.dropout`)."""
 NO_BFLOAT16_SOCS = ("ascend910", "ascend310", "ascend310p")
 """SoC versions (as MindSpore reports them) without bfloat16: Ascend 910A and the 310 series."""
 NO_FLOAT32_MATRIX_SOCS = ("ascend910",)
@@ -88,19 +91,26 @@ def prepare_device(target: str | None, mode: int = 0, device_id: int | None = No
         else:
             ms.set_device(target, device_id)
     except (RuntimeError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DeviceError(f"device {target} is not available in this MindSpore installation: {first}") from None
+        raise DeviceError(f"cannot use device {target}: {_first_line(err)}") from None
     if target != "Ascend":
         return DeviceContext(target, mode)
     soc = soc_version()
     check_amp_dtype(amp_dtype, amp_level, target, soc)
     chosen = precision_mode_for(soc) if precision_mode == "auto" else precision_mode
-    ms.device_context.ascend.op_precision.precision_mode(chosen)
-    level = None
-    if jit_level != "auto":
-        level = jit_level
-        ms.set_context(jit_config={"jit_level": level})
+    level = None if jit_level == "auto" else jit_level
+    try:
+        ms.device_context.ascend.op_precision.precision_mode(chosen)
+        if level is not None:
+            ms.set_context(jit_config={"jit_level": level})
+    except (RuntimeError, ValueError) as err:  # e.g. a precision mode set before, to another value
+        raise DeviceError(f"cannot set precision_mode {chosen} / jit_level {jit_level} on {soc}: "
+                          f"{_first_line(err)}") from None
     return DeviceContext(target, mode, soc, level, chosen)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def device_id_from_env(launcher: str | None) -> int | None:

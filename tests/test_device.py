@@ -58,8 +58,8 @@ def test_ascend_gets_the_precision_mode_that_keeps_float32_where_the_soc_can(fak
 
 def test_jit_level_and_an_explicit_precision_mode_are_passed_on(fake):
     ms = fake("Ascend", "ascend910b")
-    ctx = prepare_device("Ascend", 1, jit_level="O2", precision_mode="force_fp16")
-    assert ms.calls == [("set_context", {"mode": 1}), ("set_device", "Ascend"), ("precision_mode", "force_fp16"),
+    ctx = prepare_device("Ascend", 1, jit_level="O2", precision_mode="force_fp32")
+    assert ms.calls == [("set_context", {"mode": 1}), ("set_device", "Ascend"), ("precision_mode", "force_fp32"),
                         ("set_context", {"jit_config": {"jit_level": "O2"}})]
     assert ctx.jit_level == "O2"
 
@@ -109,3 +109,15 @@ def test_device_id_comes_from_the_environment_except_under_msrun(monkeypatch):
     assert device.device_id_from_env("msrun") is None
     monkeypatch.setenv("DEVICE_ID", "")
     assert device.device_id_from_env(None) is None
+
+
+def test_a_precision_mode_mindspore_refuses_is_a_device_error(fake):
+    ms = fake("Ascend", "ascend910b")
+
+    def refuse(mode):
+        raise RuntimeError("The 'precision_mode' can not be set repeatedly.\nmore")
+
+    ms.device_context.ascend.op_precision.precision_mode = refuse
+    with pytest.raises(DeviceError, match=r"cannot set precision_mode must_keep_origin_dtype .* repeatedly"):
+        prepare_device("Ascend", 0)
+    assert "force_fp16" not in device.PRECISION_MODES  # it would lower the float32 vector ops

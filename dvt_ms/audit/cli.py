@@ -79,10 +79,14 @@ def audit(cfg: dict[str, Any]) -> tuple[list[str], list[Any], dict[str, Any]]:
         for graph in graphs:
             start = time.perf_counter()
             with capture(os.path.join(dump_root, graph.name)) as files:
-                graph.run()
+                try:
+                    graph.run()
+                except (RuntimeError, TypeError, ValueError) as err:
+                    first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                    raise AuditFailed(f"{graph.name} does not compile: {first}") from None
             seconds = time.perf_counter() - start
             if not files:
-                raise AuditFailed(f"{graph.name}: MindSpore wrote no IR dump (MS_DEV_SAVE_GRAPHS had no effect)")
+                raise AuditFailed(f"{graph.name}: MindSpore wrote no IR dump (was the graph compiled before?)")
             ir = read_graphs(files)
             rows = primitive_table(ir)
             found = check_graphs(graph.name, ir, graph.kind)

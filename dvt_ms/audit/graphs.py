@@ -13,11 +13,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .rules import GraphKind
+
+if TYPE_CHECKING:
+    from ..train.distributed import Runtime
 
 TRAIN, STATIC, EXPORT = (GraphKind("train", static=True), GraphKind("inference", static=True),
                          GraphKind("export", static=False))
@@ -52,7 +55,7 @@ def _inputs(cfg: dict[str, Any], batch: int) -> tuple[np.ndarray, np.ndarray]:
     return images.astype(np.float32), targets.astype(np.float32)
 
 
-def train_graph(cfg: dict[str, Any], runtime, amp_level: str) -> AuditGraph:
+def train_graph(cfg: dict[str, Any], runtime: Runtime, amp_level: str) -> AuditGraph:
     """dvt-train's compiled step at ``amp_level`` (dynamic loss scale under O2/O3)."""
 
     def run() -> None:

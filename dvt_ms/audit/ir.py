@@ -1,7 +1,7 @@
 """Reading MindSpore's IR dumps: the primitives of a compiled graph with their dtypes, shapes and sources.
 
-MindSpore writes the IR of every compiled graph when ``MS_DEV_SAVE_GRAPHS`` is set (into
-``MS_DEV_SAVE_GRAPHS_PATH``); ``MS_DEV_DUMP_IR_PASSES`` keeps only the passes named. The audit keeps
+MindSpore writes the IR of every compiled graph when graph saving is on (``MS_DEV_SAVE_GRAPHS``, or the
+context's ``save_graphs``); ``MS_DEV_DUMP_IR_PASSES`` keeps only the passes named. The audit keeps
 ``graph_before_reset``: the kernel graphs after every backend optimisation, as they run. A node there reads::
 
     %12(CNode_345) = PrimFunc_Mul(%10, %11) primitive_attrs: {...}
@@ -113,22 +113,28 @@ def read_graphs(files: list[str]) -> list[Graph]:
 @contextlib.contextmanager
 def capture(directory: str) -> Iterator[list[str]]:
     """Dump the kernel graphs compiled inside the block into ``directory``; the yielded list receives the
-    paths of the files written there by the block (filled when the block ends)."""
+    paths of the files written there by the block (filled when the block ends).
+
+    ``MS_DEV_SAVE_GRAPHS`` is read once, at a process's first compilation; the context setting
+    (``set_context(save_graphs=...)``) switches dumping on and off at any time, so it is used here.
+    """
+    import mindspore as ms
+
+    directory = os.path.abspath(directory)
     os.makedirs(directory, exist_ok=True)
-    keys = ("MS_DEV_SAVE_GRAPHS", "MS_DEV_SAVE_GRAPHS_PATH", "MS_DEV_DUMP_IR_PASSES")
-    saved = {k: os.environ.get(k) for k in keys}
+    saved = os.environ.get("MS_DEV_DUMP_IR_PASSES")
     before = _ir_files(directory)
-    os.environ.update({"MS_DEV_SAVE_GRAPHS": "1", "MS_DEV_SAVE_GRAPHS_PATH": directory,
-                       "MS_DEV_DUMP_IR_PASSES": DUMPED_PASS})
+    os.environ["MS_DEV_DUMP_IR_PASSES"] = DUMPED_PASS
+    ms.set_context(save_graphs=1, save_graphs_path=directory)
     written: list[str] = []
     try:
         yield written
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        ms.set_context(save_graphs=0)
+        if saved is None:
+            os.environ.pop("MS_DEV_DUMP_IR_PASSES", None)
+        else:
+            os.environ["MS_DEV_DUMP_IR_PASSES"] = saved
         written.extend(sorted(_ir_files(directory) - before))
 
 

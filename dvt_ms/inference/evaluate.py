@@ -80,14 +80,14 @@ def _check_flags(cfg: dict[str, Any]) -> None:
 def _set_device(cfg: dict[str, Any]) -> None:
     import mindspore as ms
 
-    from ..device import DeviceError, prepare_device
+    from ..device import DeviceError, device_id_from_env, prepare_device
 
     target = cfg["device_target"]
     if ms.get_context("device_target") == target and target != "Ascend":
         return
     try:
-        prepare_device(target, 0 if ms.get_context("mode") == ms.GRAPH_MODE else 1, amp_level=cfg["amp_level"],
-                       amp_dtype=cfg["amp_dtype"])
+        prepare_device(target, 0 if ms.get_context("mode") == ms.GRAPH_MODE else 1, device_id_from_env(None),
+                       amp_level=cfg["amp_level"], amp_dtype=cfg["amp_dtype"])
     except DeviceError as err:
         raise EvalError(f"--device_target {target}: {err}") from None
 

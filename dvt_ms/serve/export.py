@@ -69,7 +69,7 @@ def _atomic_directory(path: str) -> Iterator[str]:
     shutil.rmtree(retired, ignore_errors=True)
 
 
-def export_graph(model, k: int):
+def export_graph(model: Any, k: int) -> tuple[Any, list[Any]]:
     """Exit ``k`` of ``model`` as the graph dvt-export writes: ``(graph, placeholders)``, the graph's inputs
     declared with a dynamic batch (so it runs MindSpore's portable stock ops, not the CPU kernels)."""
     import mindspore as ms

@@ -46,14 +46,18 @@ MAX_TABLE_STEPS = 1 << 22
 
 
 def bias_correction_tables(beta1: float, beta2: float) -> tuple[np.ndarray, np.ndarray]:
-    """float32 ``1 - beta1 ** t`` and ``sqrt(1 - beta2 ** t)`` for t = 1, 2, ..., up to the first t at which
-    both equal 1.0 in float32 (at most :data:`MAX_TABLE_STEPS`; later steps use the last entry)."""
+    """float32 ``1 - beta1 ** t`` and ``sqrt(1 - beta2 ** t)`` for t = 1, 2, ..., past the first t at which
+    both equal 1.0 in float32 (later steps use the last entry); ``ValueError`` when that takes more than
+    :data:`MAX_TABLE_STEPS` entries (a beta within ~4e-6 of 1)."""
     # beta ** t < 2**-25 makes 1 - beta ** t round to 1.0; the square root needs beta2 ** t < 2**-24
     ends = [1]
     for beta, floor in ((beta1, 2.0 ** -25), (beta2, 2.0 ** -24)):
         if beta > 0.0:
             ends.append(int(np.ceil(np.log(floor) / np.log(beta))) + 1)
-    t = np.arange(1, min(max(ends), MAX_TABLE_STEPS) + 1, dtype=np.float64)
+    if max(ends) > MAX_TABLE_STEPS:
+        raise ValueError(f"AdamW betas {beta1}, {beta2}: the bias corrections would need a table of "
+                         f"{max(ends):,} steps (at most {MAX_TABLE_STEPS:,}); use betas further from 1")
+    t = np.arange(1, max(ends) + 1, dtype=np.float64)
     bias1 = (1.0 - np.power(beta1, t)).astype(np.float32)
     bias2_sqrt = np.sqrt(1.0 - np.power(beta2, t)).astype(np.float32)
     return bias1, bias2_sqrt

@@ -67,8 +67,7 @@ OPTIONS: tuple[Option, ...] = (
            ("auto", "O0", "O1", "O2")),
     Option("precision_mode", "str", "auto", "Ascend operator precision mode (auto: must_keep_origin_dtype, "
                                             "allow_fp32_to_fp16 on 910A; see dvt_ms.device)",
-           ("auto", "must_keep_origin_dtype", "allow_fp32_to_fp16", "force_fp16", "force_fp32",
-            "allow_mix_precision", "allow_fp32_to_bf16")),
+           ("auto", "must_keep_origin_dtype", "allow_fp32_to_fp16", "force_fp32")),
     Option("distribute", "bool", False, "data-parallel training over the devices launched by msrun or "
                                         "a rank table"),
     Option("seed", "int", 42, "seed of weights, sample order, augmentation and dropout"),

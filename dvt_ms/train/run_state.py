@@ -198,6 +198,8 @@ def load_state(path: str, train_cell: nn.Cell, expect: Mapping[str, Any]) -> tup
         notes.append(f"ignored {len(unused)} tensors of the state that this run does not use "
                      f"(e.g. {unused[0]})")
     set_rng_states(meta.get("rng", {}))
+    if hasattr(train_cell, "sync_masks"):
+        train_cell.sync_masks()  # the mask streams of the resumed step
     progress = RunRecord(int(meta["epoch"]), int(meta["global_step"]), meta.get("best_top1"), meta.get("best_epoch"),
                         list(meta.get("results", [])))
     return progress, notes

@@ -108,6 +108,7 @@ class Trainer:
                 if first_call:  # graph compilation: keep it out of speeds and ETAs
                     compile_seconds = time.perf_counter() - t0
                     window_start += compile_seconds
+                    self.log.info("first step (graph compilation included): %.1f s", compile_seconds)
                     first_call = False
                 done += per_call
                 progress.global_step += per_call

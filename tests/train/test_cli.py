@@ -59,6 +59,7 @@ def test_tiny_config_thirty_steps_lower_the_loss(data_240, tmp_path):
     assert meta["model"] == "dvt_vit" and meta["model_args"]["exit_grids"] == [4, 6, 8]
     assert "normal_token.head.weight" in weights
     assert "loss" in proc.stdout  # rank 0 logs to the console too
+    assert "first step (graph compilation included): " in proc.stdout
 
 
 @pytest.mark.slow

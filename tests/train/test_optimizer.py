@@ -141,3 +141,8 @@ def test_adamw_without_float64_stays_within_one_ulp_of_the_float64_update(graph_
         want = _float64_update(before, opt.exp_avg[0].asnumpy(), opt.exp_avg_sq[0].asnumpy(), lrs[t - 1], t)
         ulps = np.abs(p.asnumpy().view(np.int32).astype(np.int64) - want.view(np.int32).astype(np.int64))
         assert ulps.max() <= 1, (t, ulps.max())
+
+
+def test_betas_too_close_to_one_are_refused():
+    with pytest.raises(ValueError, match=r"betas 0\.9, 0\.9999999"):
+        bias_correction_tables(0.9, 0.9999999)

@@ -1,6 +1,7 @@
 """Dropout and stochastic depth whose masks are a pure function of explicit state, so that a resumed run
 draws exactly the masks the uninterrupted run would have drawn, built only from ops that every backend runs
-natively (int32 ``Mul``/``Add``/``BitwiseAnd``/``BitwiseXor``, ``Gather``, ``Cast``; no shifts, no float64).
+natively (int32 ``Mul``/``Add``/``Sub``/``BitwiseAnd``/``BitwiseXor``/``Less``/``CumSum``, ``Gather``, casts
+and a float32 ``Mul``; no shifts, no float64).
 
 Why not ``nn.Dropout``: its random state lives inside the kernel; it can be neither saved nor restored, so
 after a resume every mask differs from the straight run. MindSpore's Generator-based ops (whose state could
@@ -10,20 +11,21 @@ Design, in two levels:
 
 * **Streams, once per step.** Every mask cell owns streams: one per draw for :class:`Dropout` and
   :class:`DropPath` (calls of one cell within a forward pass, ``draw`` 0 .. ``MAX_DRAWS``-1), one per column
-  for :class:`DropPathMasks`. At the start of every training step :class:`MaskStreams` evaluates
-  Philox-4x16-10 of (step, stream key) for all streams at once: one small vectorised evaluation, whose
-  output (six int32 words per stream, the Parameter ``MaskStreams.words``) every mask cell reads. The key
-  of a stream is digested on the host from (seed, the cell's name in the model, draw), and its per-round
-  schedule is computed there too. The training step computes the next step's words at its end, so the
-  cells of a step always read words written before the step started.
+  for :class:`DropPathMasks`. For every training step :class:`MaskStreams` evaluates Philox-4x16-10 of
+  (step, stream key) for all streams at once: one small vectorised evaluation, whose output (six int32 words
+  per stream, the Parameter ``MaskStreams.words``) every mask cell reads. The key of a stream is digested on
+  the host from (seed, the cell's name in the model, draw), and its per-round schedule is computed there
+  too. The training step computes the next step's words at its end, so the cells of a step always read
+  words written before the step started.
 * **Masks, per element, from a fixed table.** ``TABLE`` holds 2**18 uniform 16-bit values, drawn once from
   NumPy's Philox bit stream with a fixed key (stable across NumPy versions). Under stream words
   (C, O, P, O2, P2, X) of this step, the uniform of element ``f`` of the sample at global position ``p`` is
   ``TABLE[(O + p P + f C) mod 2**18] ^ TABLE[(O2 + p P2) mod 2**18] ^ X``; it is kept when the uniform is
   below ``(1 - rate) * 2**16``. ``C``, ``P``, ``P2`` are odd, so within one sample distinct elements read
-  distinct table entries (for up to 2**18 elements per sample; a larger sample is split into chunks, each
-  with its own offset): a mask is a set of independent table draws under an index map that changes with
-  every step, stream and sample. Drop-path uniforms are the same with ``f = 0``.
+  distinct table entries (for up to 2**18 elements per sample; a larger sample is split into chunks of
+  2**18, chunk ``r`` read with the odd stride ``(C + 2r) mod 2**11`` from offset ``r P2``): a mask is a set of
+  independent table draws under an index map that changes with every step, stream and sample. Drop-path
+  uniforms are the same with ``f = 0``.
 
 Cost: per element, an int32 multiply-add, an ``and``, a gather, an ``xor`` and a compare; per step, one
 Philox evaluation over (streams x 2) counters. Each mask cell adds some 20 nodes to the compiled graph.
@@ -65,8 +67,6 @@ _MULTIPLIERS = (0x6929, 0x66CF)  # odd, below 2**15: the top bits of Philox4x32'
 _WEYL = (0x9E37, 0xBB67)  # the top 16 bits of Philox4x32's key increments (golden ratio, sqrt(3) - 1)
 _LOW = 0xFFFF
 _UNIFORM_BITS = 16
-WORDS = ("C", "O", "P", "O2", "P2", "X")
-"""The six int32 words of a stream and step, rows of :attr:`MaskStreams.words`."""
 
 
 def _hi(v):
@@ -168,7 +168,7 @@ class MaskStreams(nn.Cell):
 
     ``construct(step)`` computes the words of ``step`` (an int32 scalar tensor) and assigns them to
     :attr:`words` ([6, n_streams] int32), which every bound mask cell reads: the training step calls it
-    before its forward pass. :meth:`set_step` does the same on the host. ``rank`` / ``num_ranks``: this
+    at its end for the next step. :meth:`set_step` does the same on the host. ``rank`` / ``num_ranks``: this
     process's place in the data-parallel group.
     """
 
@@ -207,7 +207,7 @@ class _MaskCell(nn.Cell):
 
     def __init__(self) -> None:
         super().__init__()
-        self.stream = 0
+        self.stream, self.owned = 0, 0
         self.rank, self.num_ranks = 0, 1
         self.table = _table_tensor()
         self.__dict__["_streams"] = None  # not a child: the streams belong to the model / the training step
@@ -219,14 +219,20 @@ class _MaskCell(nn.Cell):
     def bind(self, streams: MaskStreams, first: int) -> None:
         """Draw from ``streams`` starting at stream ``first`` (before the first compiled training call)."""
         self.__dict__["_streams"] = streams
-        self.stream, self.rank, self.num_ranks = first, streams.rank, streams.num_ranks
+        self.stream, self.owned = first, self.streams_needed()
+        self.rank, self.num_ranks = streams.rank, streams.num_ranks
 
-    def own_words(self, count: int, offset: int = 0):
+    def own_words(self, count: int, offset: int = 0) -> Tensor:
         """The [6, count] words of this cell's streams ``offset .. offset + count - 1`` at this step."""
+        if self._streams is None:
+            raise RuntimeError("a Dropout / DropPath cell draws masks in training mode only after "
+                               "dvt_ms.models.layers.bind_masks(model) gave it its streams")
+        if offset < 0 or offset + count > self.owned:
+            raise ValueError("a mask cell was called with a draw index outside 0 .. MAX_DRAWS - 1")
         first = self.stream + offset
         return self._streams.words[:, first:first + count]
 
-    def row_uniforms(self, flat, words):
+    def row_uniforms(self, flat: Tensor, words: Tensor) -> tuple[Tensor, Tensor]:
         """Per sample: the table base ``(O + p P) mod 2**18`` and the xor word, each [B, n] for the [6, n]
         ``words``, ``p`` the samples' global positions in the batch of ``flat`` [B, ...]."""
         local = ops.cumsum(ops.ones_like(flat[:, :1], dtype=mstype.int32), 0) - 1
@@ -248,7 +254,7 @@ class _RateCell(_MaskCell):
     def streams_needed(self) -> int:
         return MAX_DRAWS if self.rate > 0.0 else 0
 
-    def scaled(self, keep, dtype):
+    def scaled(self, keep: Tensor, dtype) -> Tensor:
         """``1 / (1 - rate)`` where ``keep`` is true, else 0: the expectation of the masked input is the input."""
         return ops.stop_gradient(keep.astype(dtype) * (1.0 / self.keep))
 
@@ -269,12 +275,13 @@ class Dropout(_RateCell):
         if size <= _TABLE_SIZE:
             index = ops.arange(size, dtype=mstype.int32).reshape(1, size)
             uniform = ops.gather(self.table, (base + index * words[0:1]) & _TABLE_MASK, 0) ^ xor
-        else:  # chunks of 2**18 elements, chunk r offset by r * P2
+        else:  # chunks of 2**18 elements; chunk r from offset r * P2 with the odd stride (C + 2r) mod 2**11
             chunks = (size + _TABLE_MASK) // _TABLE_SIZE
             index = ops.arange(_TABLE_SIZE, dtype=mstype.int32).reshape(1, 1, _TABLE_SIZE)
             chunk = ops.arange(chunks, dtype=mstype.int32).reshape(1, chunks, 1)
             start = (base.reshape(-1, 1, 1) + chunk * words[4:5].reshape(1, 1, 1)) & _TABLE_MASK
-            uniform = ops.gather(self.table, (start + index * words[0:1].reshape(1, 1, 1)) & _TABLE_MASK, 0)
+            stride = (words[0:1].reshape(1, 1, 1) + chunk * 2) & 0x7FF
+            uniform = ops.gather(self.table, (start + index * stride) & _TABLE_MASK, 0)
             uniform = uniform.reshape(-1, chunks * _TABLE_SIZE)[:, :size] ^ xor
         return (flat * self.scaled(uniform < self.keep_below, x.dtype)).reshape((-1, *rest))
 
@@ -332,9 +339,9 @@ class DropPathMasks(_MaskCell):
 def bind_masks(model: nn.Cell, seed: int = 0, rank: int = 0, num_ranks: int = 1) -> MaskStreams:
     """Give every mask cell of ``model`` (:class:`Dropout`, :class:`DropPath`, :class:`DropPathMasks`) its
     streams, keyed by (``seed``, its name in ``model``, draw), and return the :class:`MaskStreams` they
-    read. Until something advances it (the training step calls it with its step counter before every
-    forward pass; :meth:`MaskStreams.set_step` on the host) every training-mode call draws the masks of
-    step 0.
+    read. Until something advances them (the training step writes the next step's words at the end of
+    every step; :meth:`MaskStreams.set_step` sets them on the host) every training-mode call draws the masks
+    of step 0.
 
     Bind before the first compiled training call: the streams are constants of the compiled graph.
     """
