@@ -51,6 +51,17 @@ def _images(batch: int, img_size: int):
     return np.random.RandomState(0).randn(batch, 3, img_size, img_size).astype(np.float32)
 
 
+def _gemm_rate(matmul, size: int = 1024) -> float:
+    """GMAC/s of a size^3 fp32 matrix product in this process's framework (median of 5, after a warm-up)."""
+    matmul()
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        matmul()
+        times.append(time.perf_counter() - start)
+    return size ** 3 / statistics.median(times) / 1e9
+
+
 def _timed(fn) -> float:
     start = time.perf_counter()
     fn()
@@ -97,6 +108,8 @@ def official_worker(args) -> None:
             return lambda: exits[k](x, features_to_be_reused_list=f, relations_to_be_reused_list=r)
 
         runs = {"cascade": lambda: model(x), "exit1": stage(0), "exit2": stage(1), "exit3": stage(2)}
+        a = torch.randn(1024, 1024)
+        print(RESULT + json.dumps({"gemm": _gemm_rate(lambda: torch.mm(a, a))}), flush=True)
         _serve(runs, logits, args.repeats)
 
 
@@ -137,6 +150,13 @@ def dvt_ms_worker(args) -> None:
 
     runs = {"cascade": lambda: [o.asnumpy() for o in model(x)], "exit1": stage(0), "exit2": stage(1),
             "exit3": stage(2), "early_exit": lambda: engine(x)}
+    a = ms.Tensor(np.random.default_rng(0).standard_normal((1024, 1024)).astype(np.float32))
+
+    @ms.jit
+    def matmul(m):
+        return ms.ops.matmul(m, m)
+
+    print(RESULT + json.dumps({"gemm": _gemm_rate(lambda: matmul(a).asnumpy())}), flush=True)
     _serve(runs, logits, args.repeats)
 
 
@@ -177,9 +197,11 @@ def compare_model(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         weights = os.path.join(tmp, "weights.npz")
         official = Worker("official", args, weights)
-        reference_logits = official.read()["logits"]  # also: the weights file is written
+        gemm = {"official": official.read()["gemm"]}  # the weights file is written before this line
+        reference_logits = official.read()["logits"]
         ours = Worker("dvt_ms", args, weights)
         counts = ours.read()["exit_counts"]
+        gemm["dvt_ms"] = ours.read()["gemm"]
         our_logits = ours.read()["logits"]
         try:
             parity = max(float(np.abs(np.asarray(a) - np.asarray(b)).max() / np.abs(np.asarray(b)).max())
@@ -201,7 +223,14 @@ def compare_model(args) -> dict:
             official.close()
             ours.close()
     median = {side: {k: statistics.median(v) for k, v in t.items()} for side, t in times.items()}
-    return {"model": args.model, "batch": args.batch, "parity": parity, "exit_counts": counts, "median": median}
+    sys.path.insert(0, str(REPO))
+    from dvt_ms.flops import exit_macs
+    from dvt_ms.models.registry import spec_for
+
+    spec = spec_for(args.model)
+    gmacs = [exit_macs(spec, k) / 1e9 for k in range(spec.num_exits)]
+    return {"model": args.model, "batch": args.batch, "parity": parity, "exit_counts": counts, "median": median,
+            "gemm": gemm, "exit_gmacs": gmacs}
 
 
 def report(result: dict) -> str:
@@ -222,6 +251,12 @@ def report(result: dict) -> str:
     lines = [f"{result['model']}, batch {b}, fp32 (max relative logit difference {result['parity']:.1e})",
              "| what | official PyTorch | dvt_ms | ratio |", "|---|---|---|---|"]
     lines += [f"| {what} | {o:.1f} | {m:.1f} | {ratio:.2f}x |" for what, o, m, ratio in rows]
+    gemm, gmacs = result["gemm"], result["exit_gmacs"]
+    lines += ["", "| achieved GMAC/s (on this machine) | official PyTorch | dvt_ms |", "|---|---|---|",
+              f"| fp32 GEMM 1024^3 | {gemm['official']:.1f} | {gemm['dvt_ms']:.1f} |"]
+    for k, name in enumerate(("exit1", "exit2", "exit3")):
+        lines.append(f"| exit {k + 1} ({gmacs[k]:.2f} GMACs/img) | {b * gmacs[k] / off[name]:.1f} | "
+                     f"{b * gmacs[k] / ours[name]:.1f} |")
     return "\n".join(lines)
 
 

@@ -74,8 +74,9 @@ def _install_shims() -> None:
         torch.Tensor.cuda = lambda self, *args, **kwargs: self
 
 
-def load_official(official_dir: str | Path, name: str):
-    """Build the official PyTorch model for the dvt_ms ``name`` (random weights, eval mode)."""
+def load_official(official_dir: str | Path, name: str, **kwargs):
+    """Build the official PyTorch model for the dvt_ms ``name`` (random weights, eval mode); ``kwargs`` go
+    to the official ``create_model`` (e.g. ``drop_path_rate``)."""
     root = Path(official_dir).resolve()
     if name not in OFFICIAL_MODELS:
         raise SystemExit(f"no official counterpart for {name!r}; known: {', '.join(OFFICIAL_MODELS)}")
@@ -88,7 +89,7 @@ def load_official(official_dir: str | Path, name: str):
     importlib.import_module(module_name)  # registers the DVT entrypoints with the bundled timm
     from timm.models import create_model  # the official repository's own timm copy
 
-    return create_model(entry).eval()
+    return create_model(entry, **kwargs).eval()
 
 
 def exit_cells(model) -> list:

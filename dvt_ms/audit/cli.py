@@ -10,8 +10,8 @@ EMA, clipping, the dynamic loss scaler under O2; under msrun with ``--distribute
 all-reduce too), the validation forward, every early-exit stage and every export graph, reads MindSpore's
 IR dump of each, prints a table of primitives with counts and dtypes per graph, and fails naming the
 primitive, the dtype or shape and the source line for: a float64 tensor; a primitive without AI Core
-kernels on 910A/910B (``dvt_ms/audit/allowlist.py``); a fused CPU kernel (``Custom``) outside CPU inference;
-a dynamic dimension in the train step, validation or a stage. The report goes to
+kernels on 910A/910B (``dvt_ms/audit/allowlist.py``); a fused CPU kernel (``Custom``) in a graph audited
+as Ascend compiles it; a dynamic dimension in the train step, validation or a stage. The report goes to
 ``<audit_dir>/audit.json``. Exit status: 0 every graph passes, 1 a rule is broken (or a graph does not
 compile), 2 bad usage.
 """

@@ -61,12 +61,14 @@ def train_graph(cfg: dict[str, Any], runtime: Runtime, amp_level: str) -> AuditG
     def run() -> None:
         from mindspore import Tensor
 
+        from .. import kernels
         from ..train.cli import build_train_step, build_training_model
 
         run_cfg = {**cfg, "amp_level": amp_level,
                    "loss_scale_type": "dynamic" if amp_level != "O0" else "fixed"}
         log = logging.getLogger("dvt_ms.audit")
-        model = build_training_model(run_cfg, runtime, log)
+        with kernels.use_kernels(False):  # what Ascend compiles: MindSpore's own ops (CPU trains with kernels)
+            model = build_training_model(run_cfg, runtime, log)
         step, _ = build_train_step(run_cfg, model, 10, runtime, log)
         step.set_train(True)
         images, targets = _inputs(cfg, cfg["batch_size"])

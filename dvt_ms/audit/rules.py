@@ -13,7 +13,8 @@ from .ir import Graph, Node
 @dataclass(frozen=True)
 class GraphKind:
     """What may appear in a graph: ``static`` (no dynamic dimension: the train step, validation) and
-    ``custom`` (the fused CPU kernels: CPU inference only)."""
+    ``custom`` (the fused CPU kernels: only in graphs that run on CPU as audited; the train step is audited
+    as Ascend compiles it, without them)."""
 
     name: str
     static: bool
@@ -52,7 +53,7 @@ def node_findings(node: Node, kind: GraphKind) -> list[tuple[str, str]]:
         found.append(("float64", "on Float64"))
     if node.prim in CPU_ONLY:
         if not kind.custom:
-            found.append(("custom", "(a fused CPU kernel) outside CPU inference"))
+            found.append(("custom", "(a fused CPU kernel) in a graph audited as Ascend compiles it"))
     elif node.prim not in ALLOWED:
         found.append(("not-ai-core", "has no AI Core kernel on 910A/910B (not in dvt_ms/audit/allowlist.py)"))
     else:  # the data input decides the kernel (index, shape and condition inputs come later or are Bool)

@@ -27,8 +27,8 @@ from mindspore import Tensor, nn, ops
 
 from .build import KernelBuildError, build_library
 
-__all__ = ["KernelBuildError", "StaticShapeKernels", "drop_kernels_if_dynamic", "gelu_op", "kernels_enabled",
-           "layer_norm_op", "sandwich_op", "unfold_op", "use_fused", "use_kernels"]
+__all__ = ["KernelBuildError", "StaticShapeKernels", "adamw_op", "drop_kernels_if_dynamic", "gelu_op",
+           "kernels_enabled", "layer_norm_op", "sandwich_op", "unfold_op", "use_fused", "use_kernels"]
 
 _LOG = logging.getLogger(__name__)
 _override: list[bool] = []
@@ -62,52 +62,91 @@ def _library() -> str | None:
         return None
 
 
-def _custom(symbol: str, out_shape, out_dtype):
+def _custom(symbol: str, out_shape, out_dtype, bprop=None):
     if not kernels_enabled():
         return None
     library = _library()
     if library is None:
         return None
-    return ops.Custom(f"{library}:{symbol}", out_shape=out_shape, out_dtype=out_dtype, func_type="aot")
+    return ops.Custom(f"{library}:{symbol}", out_shape=out_shape, out_dtype=out_dtype, func_type="aot", bprop=bprop)
 
 
 def layer_norm_op():
     """``op(x, weight, bias, eps)`` -> LayerNorm of float32 ``x`` over its last axis (``eps`` a [1]
-    tensor), or ``None`` where the stock op must be used."""
-    return _custom("dvt_layer_norm", lambda x, w, b, eps: x, lambda x, w, b, eps: x)
+    tensor), with its backward (gradients of ``x``, ``weight`` and ``bias``), or ``None`` where the stock
+    op must be used."""
+    grad = _custom("dvt_layer_norm_grad", lambda x, w, dy, eps: (x, w, w), lambda x, w, dy, eps: (x, w, w))
+    if grad is None:
+        return None
+
+    def bprop(x, weight, bias, eps, out, dout):
+        dx, dweight, dbias = grad(x, weight, dout, eps)
+        return dx, dweight, dbias, ops.zeros_like(eps)
+
+    return _custom("dvt_layer_norm", lambda x, w, b, eps: x, lambda x, w, b, eps: x, bprop)
 
 
 def gelu_op():
-    """``op(x)`` -> exact (erf) GELU of float32 ``x``, or ``None`` where the stock op must be used."""
-    return _custom("dvt_gelu", lambda x: x, lambda x: x)
+    """``op(x)`` -> exact (erf) GELU of float32 ``x``, with its backward, or ``None`` where the stock op
+    must be used."""
+    grad = _custom("dvt_gelu_grad", lambda x, dy: x, lambda x, dy: x)
+    if grad is None:
+        return None
 
+    def bprop(x, out, dout):
+        return (grad(x, dout),)
+
+    return _custom("dvt_gelu", lambda x: x, lambda x: x, bprop)
 
 
 def unfold_op(tokens: int, features: int):
     """``op(x, geometry)`` -> soft split of float32 ``x`` with the tokens axis first, [B, tokens, features]
-    (torch's ``unfold(x).transpose(1, 2)``), or ``None`` where the stock op must be used.
+    (torch's ``unfold(x).transpose(1, 2)``), with its backward (torch's fold), or ``None`` where the stock
+    op must be used.
 
     ``geometry`` is an int32 tensor ``[channels_last, side, kernel, stride, padding]``: ``x`` is an image
     [B, C, side, side] (``channels_last`` 0) or a grid of tokens [B, side * side, C] (1).
     """
-    op = _custom("dvt_unfold", lambda x, g: [x[0], tokens, features], lambda x, g: x)
-    if op is not None:
-        # PyNative caches an op's inferred shape by name and input shapes; the output shape here also
-        # depends on the geometry's values, so make it part of the op's identity.
-        op.add_prim_attr("dvt_output", f"{tokens}x{features}")
+    grad = _custom("dvt_unfold_grad", lambda x, g, dy: x, lambda x, g, dy: x)
+    if grad is None:
+        return None
+
+    def bprop(x, geometry, out, dout):
+        return grad(x, geometry, dout), ops.zeros_like(geometry)
+
+    op = _custom("dvt_unfold", lambda x, g: [x[0], tokens, features], lambda x, g: x, bprop)
+    # PyNative caches an op's inferred shape by name and input shapes; the output shape here also
+    # depends on the geometry's values, so make it part of the op's identity.
+    op.add_prim_attr("dvt_output", f"{tokens}x{features}")
     return op
 
 
 def sandwich_op():
     """``op(x, p)`` -> ``p @ x @ p.T`` for every plane of float32 ``x`` [B, C, n_in, n_in] with a sparse
-    resize operator ``p`` [n_out, n_in], or ``None`` where the stock ops must be used."""
-    return _custom("dvt_sandwich", lambda x, p: [x[0], x[1], p[0], p[0]], lambda x, p: x)
+    resize operator ``p`` [n_out, n_in], or ``None`` where the stock ops must be used. Its backward gives
+    ``x`` the gradient ``p.T @ dy @ p`` and the constant ``p`` none."""
+    transposed = _custom("dvt_sandwich", lambda dy, pt: [dy[0], dy[1], pt[0], pt[0]], lambda dy, pt: dy)
+    if transposed is None:
+        return None
+
+    def bprop(x, p, out, dout):
+        return transposed(dout, p.swapaxes(0, 1)), ops.zeros_like(p)
+
+    return _custom("dvt_sandwich", lambda x, p: [x[0], x[1], p[0], p[0]], lambda x, p: x, bprop)
+
+
+def adamw_op():
+    """``op(param, grad, exp_avg, exp_avg_sq, hyper)`` -> the new ``(param, exp_avg, exp_avg_sq)`` of one
+    float32 AdamW update in one pass (``hyper``: float32 [8], see ``dvt_adamw`` in ``cpu_kernels.cc``), or
+    ``None`` where the stock ops must be used."""
+    return _custom("dvt_adamw", lambda p, g, m, v, h: (p, p, p), lambda p, g, m, v, h: (p, p, p))
 
 
 def use_fused(cell: nn.Cell, x: Tensor) -> bool:
-    """Whether ``cell`` runs its fused kernel (``cell.fused``) on ``x``: it holds one, it is in inference,
-    and ``x`` is float32. Called from ``construct``; graph mode folds it to a constant."""
-    return cell.fused is not None and not cell.training and x.dtype == ms.float32
+    """Whether ``cell`` runs its fused kernel (``cell.fused``) on ``x``: it holds one and ``x`` is float32
+    (training included: every kernel has its backward). Called from ``construct``; graph mode folds it to a
+    constant."""
+    return cell.fused is not None and x.dtype == ms.float32
 
 
 class StaticShapeKernels:

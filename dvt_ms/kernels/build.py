@@ -20,7 +20,10 @@ import tempfile
 from pathlib import Path
 
 SOURCE = Path(__file__).with_name("cpu_kernels.cc")
-FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fopenmp-simd", "-pthread", "-std=c++17")
+# -ffp-contract=off: no fused multiply-adds, so the AdamW kernel rounds as the stock ops do (same bits);
+# -fno-math-errno / -fno-trapping-math: sqrt and the clamps of exp vectorise (3-4x faster GELU and AdamW)
+FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared",
+         "-fopenmp-simd", "-pthread", "-std=c++17")
 _LOG = logging.getLogger(__name__)
 
 

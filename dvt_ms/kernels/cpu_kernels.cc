@@ -1,4 +1,4 @@
-// Fused float32 CPU kernels for DVT inference, called through mindspore.ops.Custom (func_type "aot").
+// Fused float32 CPU kernels for DVT (forward, and the backward of those training uses), called through mindspore.ops.Custom (func_type "aot").
 //
 // Every entry point has MindSpore's AOT signature: params holds the inputs then the output, shapes and
 // ndims describe them. Large calls split their rows over short-lived threads (parallel_for); no OpenMP
@@ -46,7 +46,9 @@ int64_t count(int ndim, const int64_t *shape) {
 // exp(x) for float32: 2^n * p(r) with x = n ln2 + r, |r| <= ln2 / 2; relative error below 2e-7.
 inline float exp_approx(float x) {
   x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-  const float n = std::nearbyint(x * 1.44269504088896341f);
+  // round to nearest by adding and removing 1.5 * 2^23 (exact for |x| < 2^22; nearbyint is a libm call
+  // that keeps the loop from vectorising)
+  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
   const float r = (x - n * 0.693145751953125f) - n * 1.428606765330187e-06f;
   float p = 1.0f / 5040.0f;
   p = p * r + 1.0f / 720.0f;
@@ -228,6 +230,178 @@ int dvt_sandwich(int nparam, void **params, int *ndims, int64_t **shapes, const 
           for (int64_t q = 0; q < n_out; ++q) yr[q] += w * tr[q];
         }
       }
+    }
+  });
+  return 0;
+}
+
+// Backward of dvt_layer_norm. Inputs: x [..., D], weight [D], dy [..., D], eps [1]. Outputs: dx [..., D],
+// dweight [D], dbias [D]. The row statistics are recomputed from x (one extra pass, no saved state). With
+// x_hat = (x - mean) * rstd and g = dy * weight: dx = rstd * (g - mean(g) - x_hat * mean(g * x_hat)),
+// dweight = sum over rows of dy * x_hat, dbias = sum over rows of dy (per-thread partial sums, added in order).
+int dvt_layer_norm_grad(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+  if (nparam != 7) return 1;
+  const float *x = static_cast<const float *>(params[0]);
+  const float *w = static_cast<const float *>(params[1]);
+  const float *dy = static_cast<const float *>(params[2]);
+  const float eps = *static_cast<const float *>(params[3]);
+  float *dx = static_cast<float *>(params[4]);
+  float *dw = static_cast<float *>(params[5]);
+  float *db = static_cast<float *>(params[6]);
+  const int64_t d = shapes[0][ndims[0] - 1];
+  const int64_t rows = count(ndims[0] - 1, shapes[0]);
+  const float inv_d = 1.0f / static_cast<float>(d);
+  const int64_t slots = 8;  // at most parallel_for's thread count
+  std::vector<float> partial(2 * slots * d, 0.0f);
+  const int64_t chunk = (rows + slots - 1) / slots;
+  // one fixed chunk per slot, so that the sums do not depend on the number of threads
+  parallel_for(slots, 8 * chunk * d, [&](int64_t first_slot, int64_t last_slot) {
+    std::vector<float> xhat(d);
+    for (int64_t slot = first_slot; slot < last_slot; ++slot) {
+      float *pw = partial.data() + 2 * slot * d;
+      float *pb = pw + d;
+      const int64_t end = std::min(rows, (slot + 1) * chunk);
+      for (int64_t r = slot * chunk; r < end; ++r) {
+        const float *xr = x + r * d;
+        const float *gr = dy + r * d;
+        float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+        for (int64_t i = 0; i < d; ++i) sum += xr[i];
+        const float mean = sum * inv_d;
+        float sq = 0.0f;
+#pragma omp simd reduction(+ : sq)
+        for (int64_t i = 0; i < d; ++i) {
+          const float c = xr[i] - mean;
+          sq += c * c;
+        }
+        const float rstd = 1.0f / std::sqrt(sq * inv_d + eps);
+        float g_sum = 0.0f, gx_sum = 0.0f;
+#pragma omp simd reduction(+ : g_sum, gx_sum)
+        for (int64_t i = 0; i < d; ++i) {
+          const float xh = (xr[i] - mean) * rstd;
+          const float g = gr[i] * w[i];
+          xhat[i] = xh;
+          g_sum += g;
+          gx_sum += g * xh;
+          pw[i] += gr[i] * xh;
+          pb[i] += gr[i];
+        }
+        const float g_mean = g_sum * inv_d, gx_mean = gx_sum * inv_d;
+        float *dxr = dx + r * d;
+#pragma omp simd
+        for (int64_t i = 0; i < d; ++i) dxr[i] = rstd * (gr[i] * w[i] - g_mean - xhat[i] * gx_mean);
+      }
+    }
+  });
+  for (int64_t i = 0; i < d; ++i) {
+    float sw = 0.0f, sb = 0.0f;
+    for (int64_t slot = 0; slot < slots; ++slot) {
+      sw += partial[2 * slot * d + i];
+      sb += partial[(2 * slot + 1) * d + i];
+    }
+    dw[i] = sw;
+    db[i] = sb;
+  }
+  return 0;
+}
+
+// Backward of dvt_gelu: dx = dy * (Phi(x) + x phi(x)), Phi the normal CDF, phi its density.
+int dvt_gelu_grad(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+  if (nparam != 3) return 1;
+  const float *x = static_cast<const float *>(params[0]);
+  const float *dy = static_cast<const float *>(params[1]);
+  float *dx = static_cast<float *>(params[2]);
+  const int64_t n = count(ndims[0], shapes[0]);
+  const int64_t block = 4096;
+  parallel_for((n + block - 1) / block, 24 * block, [&](int64_t first, int64_t last) {
+    const int64_t end = std::min(n, last * block);
+#pragma omp simd
+    for (int64_t i = first * block; i < end; ++i) {
+      const float v = x[i];
+      const float cdf = 0.5f * (1.0f + erf_approx(v * 0.70710678118654752f));
+      const float pdf = 0.39894228040143268f * exp_approx(-0.5f * v * v);
+      dx[i] = dy[i] * (cdf + v * pdf);
+    }
+  });
+  return 0;
+}
+
+// Backward of dvt_unfold (torch's fold): every output feature adds its gradient to the pixel it was read
+// from. Inputs: x (for its shape only), geometry as dvt_unfold, dy [B, L, C * kernel * kernel]. Output:
+// dx of x's shape. Each image is summed by one thread, in a fixed order.
+int dvt_unfold_grad(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+  if (nparam != 4 || ndims[1] != 1 || shapes[1][0] != 5) return 1;
+  const int32_t *geometry = static_cast<const int32_t *>(params[1]);
+  const float *dy = static_cast<const float *>(params[2]);
+  float *dx = static_cast<float *>(params[3]);
+  const bool channels_last = geometry[0] != 0;
+  const int64_t side = geometry[1], k = geometry[2], stride = geometry[3], pad = geometry[4];
+  const int64_t batch = shapes[0][0];
+  const int64_t channels = channels_last ? shapes[0][2] : shapes[0][1];
+  const int64_t out = (side + 2 * pad - k) / stride + 1;
+  const int64_t features = channels * k * k;
+  if (ndims[2] != 3 || shapes[2][0] != batch || shapes[2][1] != out * out || shapes[2][2] != features) return 1;
+  const int64_t image_size = channels * side * side;
+  parallel_for(batch, out * out * features, [&](int64_t first, int64_t last) {
+    for (int64_t b = first; b < last; ++b) {
+      float *image = dx + b * image_size;
+      std::fill(image, image + image_size, 0.0f);
+      for (int64_t oy = 0; oy < out; ++oy) {
+        for (int64_t ox = 0; ox < out; ++ox) {
+          const float *row = dy + ((b * out + oy) * out + ox) * features;
+          for (int64_t ki = 0; ki < k; ++ki) {
+            const int64_t iy = oy * stride - pad + ki;
+            if (iy < 0 || iy >= side) continue;
+            for (int64_t kj = 0; kj < k; ++kj) {
+              const int64_t ix = ox * stride - pad + kj;
+              if (ix < 0 || ix >= side) continue;
+              const float *src = row + ki * k + kj;
+              if (channels_last) {
+                float *pixel = image + (iy * side + ix) * channels;
+                for (int64_t c = 0; c < channels; ++c) pixel[c] += src[c * k * k];
+              } else {
+                for (int64_t c = 0; c < channels; ++c) image[(c * side + iy) * side + ix] += src[c * k * k];
+              }
+            }
+          }
+        }
+      }
+    }
+  });
+  return 0;
+}
+
+// One AdamW update of a float32 tensor, as torch.optim.AdamW and dvt_ms.train.optimizer compute it, in one
+// pass. Inputs: param, grad, exp_avg, exp_avg_sq (same shape), hyper [8] = {lr, step_size (lr / bias
+// correction 1), sqrt(bias correction 2), 1 - beta1, beta2, 1 - beta2, eps, weight_decay}. Outputs: the new
+// param, exp_avg and exp_avg_sq. Every operation is a separate float32 rounding, in the order of the stock
+// ops (built with -ffp-contract=off: no fused multiply-adds), so both paths give the same bits.
+int dvt_adamw(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+  if (nparam != 8 || ndims[4] != 1 || shapes[4][0] != 8) return 1;
+  const float *p = static_cast<const float *>(params[0]);
+  const float *g = static_cast<const float *>(params[1]);
+  const float *m = static_cast<const float *>(params[2]);
+  const float *v = static_cast<const float *>(params[3]);
+  const float *hyper = static_cast<const float *>(params[4]);
+  float *p_out = static_cast<float *>(params[5]);
+  float *m_out = static_cast<float *>(params[6]);
+  float *v_out = static_cast<float *>(params[7]);
+  const float lr = hyper[0], step_size = hyper[1], bias2_sqrt = hyper[2], one_minus_beta1 = hyper[3];
+  const float beta2 = hyper[4], one_minus_beta2 = hyper[5], eps = hyper[6], weight_decay = hyper[7];
+  const float keep = weight_decay != 0.0f ? 1.0f - lr * weight_decay : 1.0f;
+  const int64_t n = count(ndims[0], shapes[0]);
+  const int64_t block = 4096;
+  parallel_for((n + block - 1) / block, 12 * block, [&](int64_t first, int64_t last) {
+    const int64_t end = std::min(n, last * block);
+#pragma omp simd
+    for (int64_t i = first * block; i < end; ++i) {
+      const float decayed = p[i] * keep;
+      const float m_new = m[i] + (g[i] - m[i]) * one_minus_beta1;
+      const float v_new = v[i] * beta2 + g[i] * g[i] * one_minus_beta2;
+      const float denom = std::sqrt(v_new) / bias2_sqrt + eps;
+      m_out[i] = m_new;
+      v_out[i] = v_new;
+      p_out[i] = decayed - step_size * (m_new / denom);
     }
   });
   return 0;

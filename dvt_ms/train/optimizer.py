@@ -20,6 +20,8 @@ import numpy as np
 from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 from mindspore import dtype as mstype
 
+from .. import kernels
+
 NO_DECAY_NAMES = ("cls_token", "pos_embed")
 
 _adamw_update = ops.MultitypeFuncGraph("adamw_update")
@@ -39,6 +41,19 @@ def _update_one(lr, step_size, bias2_sqrt, one_minus_beta1, beta2, one_minus_bet
     ops.assign(exp_avg, m)
     ops.assign(exp_avg_sq, v)
     ops.assign(param, decayed - step_size * (m / denom))
+    return True
+
+
+_fused_update = ops.MultitypeFuncGraph("fused_adamw_update")
+
+
+@_fused_update.register("Function", "Tensor", "Tensor", "Number", "Tensor", "Tensor", "Tensor", "Tensor")
+def _fused_update_one(fused, hyper_decay, hyper_plain, weight_decay, param, grad, exp_avg, exp_avg_sq):
+    hyper = hyper_decay if weight_decay else hyper_plain
+    new_param, m, v = fused(param, grad.astype(param.dtype), exp_avg, exp_avg_sq, hyper)
+    ops.assign(exp_avg, m)
+    ops.assign(exp_avg_sq, v)
+    ops.assign(param, new_param)
     return True
 
 
@@ -109,6 +124,15 @@ class AdamW(nn.Cell):
         self.bias1, self.bias2_sqrt = Tensor(bias1), Tensor(bias2_sqrt)
         self.last_entry = len(bias1) - 1
         self.hyper_map = ops.HyperMap()
+        # CPU: one fused kernel per tensor (one pass instead of ~15 element-wise ops) when every tensor is
+        # float32 and every weight decay is 0 or one shared value; the stock ops otherwise.
+        decays = {w for w in self.weight_decays if w}
+        float32 = all(p.dtype == mstype.float32 for p in self.params)
+        self.fused = kernels.adamw_op() if float32 and len(decays) <= 1 else None
+        self.use_fused = self.fused is not None
+        tail = (self.one_minus_beta1, self.beta2, self.one_minus_beta2, self.eps)  # rounded from float64 once
+        self.tail_plain = Tensor(np.array([*tail, 0.0], np.float32))
+        self.tail_decay = Tensor(np.array([*tail, decays.pop() if decays else 0.0], np.float32))
 
     def construct(self, grads, lr):
         step = self.step + 1
@@ -117,6 +141,11 @@ class AdamW(nn.Cell):
         lr = lr.astype(mstype.float32)
         step_size = lr / self.bias1[entry]  # within 1 ulp of the float64 quotient
         bias2_sqrt = self.bias2_sqrt[entry]
+        if self.use_fused:
+            head = ops.stack((lr, step_size, bias2_sqrt))
+            plain, decay = ops.concat((head, self.tail_plain)), ops.concat((head, self.tail_decay))
+            update = ops.partial(_fused_update, self.fused, decay, plain)
+            return self.hyper_map(update, self.weight_decays, self.params, grads, self.exp_avg, self.exp_avg_sq)
         update = ops.partial(_adamw_update, lr, step_size, bias2_sqrt, self.one_minus_beta1, self.beta2,
                              self.one_minus_beta2, self.eps)
         return self.hyper_map(update, self.weight_decays, self.params, grads, self.exp_avg, self.exp_avg_sq)

@@ -15,7 +15,7 @@ from dvt_ms.kernels import build
 from dvt_ms.models import DVTCascade
 from dvt_ms.models.layers import LayerNorm, relation_resize_matrix
 from dvt_ms.models.layers.mlp import GELU
-from tests.helpers import tiny_spec
+from tests.helpers import tiny_spec, tiny_t2t_spec
 
 
 @pytest.fixture
@@ -64,15 +64,6 @@ def test_gelu_matches_exact_erf_gelu(graph_mode):
     np.testing.assert_allclose(fused, exact, rtol=1e-6, atol=3e-7)
 
 
-class SumOf(nn.Cell):
-    def __init__(self, inner: nn.Cell) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def construct(self, x):
-        return self.inner(x).sum()
-
-
 @pytest.mark.parametrize("channels_last", [False, True], ids=["image", "token_grid"])
 @pytest.mark.parametrize("side, kernel, stride, padding", [(9, 3, 2, 1), (16, 7, 4, 2), (12, 5, 3, 0), (30, 14, 8, 3)])
 def test_unfold_matches_stock_unfold_tokens_first(side, kernel, stride, padding, channels_last, graph_mode):
@@ -98,15 +89,133 @@ def test_sandwich_matches_dense_resize(up, down, graph_mode):
     np.testing.assert_allclose(got, p @ x @ p.T, rtol=1e-5, atol=1e-5)
 
 
-def test_training_and_float16_take_the_stock_ops(graph_mode):
+def test_float16_takes_the_stock_ops(graph_mode):
     with kernels.use_kernels(True):
         cell = LayerNorm(8)
     x = ms.Tensor(np.random.RandomState(0).randn(2, 3, 8).astype(np.float16))
-    cell.set_train(False)
     assert cell(x).dtype == ms.float16  # the fused kernel is float32 only
-    cell.set_train(True)
-    grad = ms.grad(SumOf(cell))(ms.Tensor(np.random.RandomState(1).randn(2, 8).astype(np.float32)))
-    assert grad.shape == (2, 8) and np.isfinite(grad.asnumpy()).all()
+
+
+def relative_error(got: np.ndarray, expected: np.ndarray) -> float:
+    """Largest deviation relative to the largest magnitude of ``expected``."""
+    return float(np.abs(got - expected).max() / max(np.abs(expected).max(), 1e-30))
+
+
+class Weighted(nn.Cell):
+    """``sum(cell(*inputs) * cotangent)``: its gradients are the cell's backward applied to ``cotangent``."""
+
+    def __init__(self, cell, cotangent: np.ndarray) -> None:
+        super().__init__()
+        self.cell, self.cotangent = cell, ms.Tensor(cotangent)
+
+    def construct(self, *inputs):
+        return (self.cell(*inputs) * self.cotangent).sum()
+
+
+def gradients(cell, inputs: list[np.ndarray], cotangent: np.ndarray, params: bool = True) -> list[np.ndarray]:
+    """Gradients of ``Weighted(cell)`` with respect to the first input and (``params``) every parameter."""
+    net = Weighted(cell, cotangent)
+    weights = ms.ParameterTuple(cell.trainable_params()) if params and cell.trainable_params() else None
+    tensors = [ms.Tensor(a) for a in inputs]
+    grad = ms.grad(net, grad_position=0, weights=weights)(*tensors)
+    flat = [grad[0], *grad[1]] if weights is not None else [grad]
+    return [g.asnumpy() for g in flat]
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 7), (3, 50, 256), (4, 197, 384)])
+def test_layer_norm_gradients_match_stock_op(shape, graph_mode):
+    rng = np.random.RandomState(0)
+    x = (rng.randn(*shape) * 3 + 1).astype(np.float32)
+    cotangent = rng.randn(*shape).astype(np.float32)
+    weight, bias = rng.randn(2, shape[-1]).astype(np.float32)
+    grads = []
+    for enabled in (False, True):
+        with kernels.use_kernels(enabled):
+            cell = LayerNorm(shape[-1], 1e-6)
+        assert (cell.fused is not None) == enabled
+        cell.weight.set_data(ms.Tensor(weight))
+        cell.bias.set_data(ms.Tensor(bias))
+        cell.set_train(True)
+        grads.append(gradients(cell, [x], cotangent))
+    for stock, fused in zip(*grads, strict=True):  # x, weight, bias
+        assert relative_error(fused, stock) <= 1e-5
+
+
+def test_gelu_gradient_matches_stock_op(graph_mode):
+    rng = np.random.RandomState(0)
+    x = np.concatenate([np.linspace(-9, 9, 3000), rng.randn(3000) * 3]).astype(np.float32).reshape(4, 1500)
+    cotangent = rng.randn(*x.shape).astype(np.float32)
+    grads = []
+    for enabled in (False, True):
+        with kernels.use_kernels(enabled):
+            cell = GELU()
+        cell.set_train(True)
+        grads.append(gradients(cell, [x], cotangent, params=False)[0])
+    assert relative_error(grads[1], grads[0]) <= 1e-5
+    np.testing.assert_allclose(grads[1], grads[0], rtol=1e-5, atol=1e-5)
+
+
+class StockUnfold(nn.Cell):
+    def __init__(self, kernel: int, stride: int, padding: int, side: int, channels_last: bool) -> None:
+        super().__init__()
+        self.kernel, self.stride, self.padding = kernel, stride, padding
+        self.side, self.channels_last = side, channels_last
+
+    def construct(self, x):
+        if self.channels_last:
+            x = x.swapaxes(1, 2).reshape(x.shape[0], x.shape[2], self.side, self.side)
+        return ops.unfold(x, self.kernel, 1, self.padding, self.stride).swapaxes(1, 2)
+
+
+class FusedUnfold(nn.Cell):
+    def __init__(self, op, geometry: np.ndarray) -> None:
+        super().__init__()
+        self.op, self.geometry = op, ms.Tensor(geometry)
+
+    def construct(self, x):
+        return self.op(x, self.geometry)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["image", "token_grid"])
+@pytest.mark.parametrize("side, kernel, stride, padding", [(9, 3, 2, 1), (16, 7, 4, 2), (30, 14, 8, 3)])
+def test_unfold_gradient_is_fold(side, kernel, stride, padding, channels_last, graph_mode):
+    channels, out = 3, (side + 2 * padding - kernel) // stride + 1
+    rng = np.random.RandomState(0)
+    x = rng.randn(2, channels, side, side).astype(np.float32)
+    if channels_last:
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1).reshape(2, side * side, channels))
+    cotangent = rng.randn(2, out * out, channels * kernel * kernel).astype(np.float32)
+    with kernels.use_kernels(True):
+        op = kernels.unfold_op(out * out, channels * kernel * kernel)
+    geometry = np.array([int(channels_last), side, kernel, stride, padding], np.int32)
+    stock = gradients(StockUnfold(kernel, stride, padding, side, channels_last), [x], cotangent, params=False)[0]
+    fused = gradients(FusedUnfold(op, geometry), [x], cotangent, params=False)[0]
+    assert fused.shape == x.shape
+    assert relative_error(fused, stock) <= 1e-5
+
+
+class Sandwich(nn.Cell):
+    def __init__(self, op, p: np.ndarray) -> None:
+        super().__init__()
+        self.op, self.p = op, ms.Tensor(p)
+
+    def construct(self, x):
+        if self.op is None:
+            return ops.matmul(ops.matmul(self.p, x), self.p.swapaxes(0, 1))
+        return self.op(x, self.p)
+
+
+@pytest.mark.parametrize("up, down", [(4, 6), (7, 10), (10, 14)])
+def test_sandwich_gradient_matches_dense_resize(up, down, graph_mode):
+    p = relation_resize_matrix(up, down)
+    rng = np.random.RandomState(0)
+    x = rng.randn(2, 5, up * up + 1, up * up + 1).astype(np.float32)
+    cotangent = rng.randn(2, 5, down * down + 1, down * down + 1).astype(np.float32)
+    with kernels.use_kernels(True):
+        op = kernels.sandwich_op()
+    stock = gradients(Sandwich(None, p), [x], cotangent, params=False)[0]
+    fused = gradients(Sandwich(op, p), [x], cotangent, params=False)[0]
+    assert relative_error(fused, stock) <= 1e-5
 
 
 def test_cascade_outputs_with_and_without_kernels_agree(graph_mode):
@@ -120,6 +229,42 @@ def test_cascade_outputs_with_and_without_kernels_agree(graph_mode):
         outputs.append([o.asnumpy() for o in model(x)])
     for stock, fused in zip(*outputs, strict=True):
         np.testing.assert_allclose(fused, stock, rtol=1e-5, atol=1e-5)
+
+
+class TotalLoss(nn.Cell):
+    def __init__(self, net) -> None:
+        super().__init__()
+        self.net = net
+
+    def construct(self, images, targets):
+        return self.net(images, targets)[0]
+
+
+@pytest.mark.parametrize("make_spec", [tiny_spec, tiny_t2t_spec], ids=["deit", "t2t"])
+def test_cascade_training_gradients_with_and_without_kernels_agree(make_spec, graph_mode):
+    """The summed multi-exit loss of a tiny cascade in train mode (no dropout): every parameter's gradient
+    from the kernel path equals the stock-op path's."""
+    from dvt_ms.train.loss import NetWithLoss
+
+    rng = np.random.RandomState(0)
+    spec = make_spec()
+    x = ms.Tensor(rng.randn(3, 3, spec.img_size, spec.img_size).astype(np.float32))
+    targets = ms.Tensor(np.eye(spec.num_classes, dtype=np.float32)[rng.randint(0, spec.num_classes, 3)])
+    grads = []
+    for enabled in (False, True):
+        ms.set_seed(0)
+        with kernels.use_kernels(enabled):
+            model = DVTCascade(spec)
+        model.set_train(True)
+        weights = ms.ParameterTuple(model.trainable_params())
+        grad = ms.grad(TotalLoss(NetWithLoss(model)), grad_position=None, weights=weights)(x, targets)
+        grads.append([g.asnumpy() for g in grad])
+    assert len(grads[0]) == len(grads[1]) > 20
+    # Within 1e-5 relative, plus 1e-6 of the model's largest gradient absolute: some gradients are small sums of
+    # large cancelling terms (a bias added to every logit before a softmax is zero in exact arithmetic).
+    scale = max(np.abs(g).max() for g in grads[0])
+    for s, f in zip(*grads, strict=True):
+        np.testing.assert_allclose(f, s, rtol=1e-5, atol=1e-6 * scale)
 
 
 def test_dynamic_batch_switches_the_kernels_off(graph_mode):
