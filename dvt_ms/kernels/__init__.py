@@ -1,17 +1,18 @@
-"""Fused CPU kernels for inference: the one seam between the model's layers and custom operators.
+"""Fused CPU kernels for inference and training: the one seam between the model's layers and custom operators.
 
-MindSpore's CPU kernels for LayerNorm and exact GELU are 5-25x slower than torch's on the same
-machine, and a DVT exit is full of both; its unfold (+ transpose) and the per-image broadcast behind a
-2-D x 4-D matmul cost the T2T stems and relation reuse as much again. On CPU, the layers (LayerNorm,
-GELU, the T2T soft splits, relation reuse's resize) call the kernels of ``cpu_kernels.cc`` instead,
-through ``mindspore.ops.Custom`` (``func_type="aot"``), compiled on first use with the system compiler
-(see :mod:`.build`). Each op here returns ``None`` where the stock ops must be used: on
-Ascend/GPU, when no compiler is found (a warning says so, once), or when switched off with
-``DVT_MS_KERNELS=0`` or :func:`use_kernels`. The choice is made when a cell is built; the layers take
-the kernel path only in inference mode and for float32 inputs, the stock path otherwise (training,
-mixed precision), so that gradients never depend on a custom op. The custom ops need static shapes:
-:func:`drop_kernels_if_dynamic` switches a network back to the stock ops before it is compiled for a
-dynamic batch dimension (``set_inputs`` with ``None``).
+MindSpore's CPU kernels for LayerNorm and exact GELU (and their gradients: LayerNormGrad alone took a
+quarter of a T2T-ViT-12 train step) are 5-25x slower than torch's on the same machine, and a DVT exit is
+full of both; its unfold (+ transpose) and the per-image broadcast behind a 2-D x 4-D matmul cost the T2T
+stems and relation reuse as much again. On CPU, the layers (LayerNorm, GELU, the T2T soft splits, relation
+reuse's resize) call the kernels of ``cpu_kernels.cc`` instead, through ``mindspore.ops.Custom``
+(``func_type="aot"``) with a ``bprop`` that calls the matching backward kernel, and the train step runs
+AdamW (one pass per tensor) and the overflow check (one node for every gradient) as kernels too. The
+kernels are compiled on first use with the system compiler (see :mod:`.build`). Each op here returns
+``None`` where the stock ops must be used: on Ascend/GPU, when no compiler is found (a warning says so,
+once), or when switched off with ``DVT_MS_KERNELS=0`` or :func:`use_kernels`. The choice is made when a
+cell is built; the layers take the kernel path for float32 inputs, the stock path otherwise (float16). The
+custom ops need static shapes: :func:`drop_kernels_if_dynamic` switches a network back to the stock ops
+before it is compiled for a dynamic batch dimension (``set_inputs`` with ``None``).
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ from contextlib import contextmanager
 
 import mindspore as ms
 from mindspore import Tensor, nn, ops
+from mindspore import dtype as mstype
 
 from .build import KernelBuildError, build_library
 
-__all__ = ["KernelBuildError", "StaticShapeKernels", "adamw_op", "drop_kernels_if_dynamic", "gelu_op",
+__all__ = ["KernelBuildError", "StaticShapeKernels", "adamw_op", "all_finite_op", "drop_kernels_if_dynamic", "gelu_op",
            "kernels_enabled", "layer_norm_op", "sandwich_op", "unfold_op", "use_fused", "use_kernels"]
 
 _LOG = logging.getLogger(__name__)
@@ -137,9 +139,15 @@ def sandwich_op():
 
 def adamw_op():
     """``op(param, grad, exp_avg, exp_avg_sq, hyper)`` -> the new ``(param, exp_avg, exp_avg_sq)`` of one
-    float32 AdamW update in one pass (``hyper``: float32 [8], see ``dvt_adamw`` in ``cpu_kernels.cc``), or
-    ``None`` where the stock ops must be used."""
+    float32 AdamW update in one pass (``hyper``: float32 [9], see ``dvt_adamw`` in ``cpu_kernels.cc``; its last
+    entry 0 leaves all three unchanged), or ``None`` where the stock ops must be used."""
     return _custom("dvt_adamw", lambda p, g, m, v, h: (p, p, p), lambda p, g, m, v, h: (p, p, p))
+
+
+def all_finite_op():
+    """``op(*tensors)`` -> float32 [1]: 1 when every element of the float32 ``tensors`` is finite, else 0 (one
+    node for all of them), or ``None`` where the stock ops must be used."""
+    return _custom("dvt_all_finite", lambda *shapes: [1], lambda *dtypes: mstype.float32)
 
 
 def use_fused(cell: nn.Cell, x: Tensor) -> bool:

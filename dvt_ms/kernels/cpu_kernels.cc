@@ -372,12 +372,13 @@ int dvt_unfold_grad(int nparam, void **params, int *ndims, int64_t **shapes, con
 }
 
 // One AdamW update of a float32 tensor, as torch.optim.AdamW and dvt_ms.train.optimizer compute it, in one
-// pass. Inputs: param, grad, exp_avg, exp_avg_sq (same shape), hyper [8] = {lr, step_size (lr / bias
-// correction 1), sqrt(bias correction 2), 1 - beta1, beta2, 1 - beta2, eps, weight_decay}. Outputs: the new
-// param, exp_avg and exp_avg_sq. Every operation is a separate float32 rounding, in the order of the stock
-// ops (built with -ffp-contract=off: no fused multiply-adds), so both paths give the same bits.
+// pass. Inputs: param, grad, exp_avg, exp_avg_sq (same shape), hyper [9] = {lr, step_size (lr / bias
+// correction 1), sqrt(bias correction 2), 1 - beta1, beta2, 1 - beta2, eps, weight_decay, apply}. Outputs: the
+// new param, exp_avg and exp_avg_sq; with apply 0 (a step whose gradients overflowed) the old ones, unchanged.
+// Every operation is a separate float32 rounding, in the order of the stock ops (built with
+// -ffp-contract=off: no fused multiply-adds), so both paths give the same bits.
 int dvt_adamw(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
-  if (nparam != 8 || ndims[4] != 1 || shapes[4][0] != 8) return 1;
+  if (nparam != 8 || ndims[4] != 1 || shapes[4][0] != 9) return 1;
   const float *p = static_cast<const float *>(params[0]);
   const float *g = static_cast<const float *>(params[1]);
   const float *m = static_cast<const float *>(params[2]);
@@ -388,8 +389,14 @@ int dvt_adamw(int nparam, void **params, int *ndims, int64_t **shapes, const cha
   float *v_out = static_cast<float *>(params[7]);
   const float lr = hyper[0], step_size = hyper[1], bias2_sqrt = hyper[2], one_minus_beta1 = hyper[3];
   const float beta2 = hyper[4], one_minus_beta2 = hyper[5], eps = hyper[6], weight_decay = hyper[7];
-  const float keep = weight_decay != 0.0f ? 1.0f - lr * weight_decay : 1.0f;
   const int64_t n = count(ndims[0], shapes[0]);
+  if (hyper[8] == 0.0f) {
+    std::memcpy(p_out, p, n * sizeof(float));
+    std::memcpy(m_out, m, n * sizeof(float));
+    std::memcpy(v_out, v, n * sizeof(float));
+    return 0;
+  }
+  const float keep = weight_decay != 0.0f ? 1.0f - lr * weight_decay : 1.0f;
   const int64_t block = 4096;
   parallel_for((n + block - 1) / block, 12 * block, [&](int64_t first, int64_t last) {
     const int64_t end = std::min(n, last * block);
@@ -404,6 +411,28 @@ int dvt_adamw(int nparam, void **params, int *ndims, int64_t **shapes, const cha
       p_out[i] = decayed - step_size * (m_new / denom);
     }
   });
+  return 0;
+}
+
+// Whether every element of every input is finite: inputs any number of float32 tensors; output float32 [1],
+// 1 when all are finite, else 0. x * 0 is 0 for a finite x and NaN for inf or NaN, so one vectorised sum per
+// tensor tells.
+int dvt_all_finite(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+  if (nparam < 2) return 1;
+  const int64_t tensors = nparam - 1;
+  std::vector<unsigned char> finite(tensors, 1);
+  parallel_for(tensors, 1 << 16, [&](int64_t first, int64_t last) {
+    for (int64_t t = first; t < last; ++t) {
+      const float *x = static_cast<const float *>(params[t]);
+      const int64_t n = count(ndims[t], shapes[t]);
+      float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+      for (int64_t i = 0; i < n; ++i) acc += x[i] * 0.0f;
+      finite[t] = acc == 0.0f;
+    }
+  });
+  float *out = static_cast<float *>(params[nparam - 1]);
+  out[0] = std::all_of(finite.begin(), finite.end(), [](unsigned char f) { return f != 0; }) ? 1.0f : 0.0f;
   return 0;
 }
 

@@ -123,7 +123,8 @@ def build_train_step(cfg: dict[str, Any], model: nn.Cell, steps_per_epoch: int, 
     optimizer = AdamW(params, decays, cfg["betas"], cfg["opt_eps"])
     ema = EMA(params, cfg["ema_decay"]) if cfg["ema"] else None
     scale_type = resolve_loss_scale_type(cfg["loss_scale_type"], cfg["amp_level"], runtime.device_target)
-    scaler = LossScaling(cfg["loss_scale"], scale_type == "dynamic", cfg["loss_scale_factor"], cfg["loss_scale_window"])
+    scaler = LossScaling(cfg["loss_scale"], scale_type == "dynamic", cfg["loss_scale_factor"], cfg["loss_scale_window"],
+                         params)
     masks = bind_masks(model, cfg["seed"], runtime.rank, runtime.group_size)
     step = TrainStep(NetWithLoss(model), optimizer, lr_table, scaler, model.num_exits, cfg["clip_grad"], ema,
                      grad_reducer(runtime, optimizer.params), masks)

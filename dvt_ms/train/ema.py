@@ -16,6 +16,12 @@ def _update_one(decay, one_minus_decay, shadow, param):
     return True
 
 
+@_ema_update.register("Tensor", "Tensor", "Tensor", "Tensor")
+def _gated_update_one(decay, one_minus_decay, shadow, param):
+    ops.assign(shadow, shadow * decay + param.astype(shadow.dtype) * one_minus_decay)
+    return True
+
+
 class EMA(nn.Cell):
     """Shadow copies ``ema.<name>`` of ``params``; ``construct()`` moves every shadow towards its
     parameter: ``ema = decay * ema + (1 - decay) * param`` (as timm's ModelEmaV2)."""
@@ -27,10 +33,19 @@ class EMA(nn.Cell):
         self.params = ParameterTuple(params)
         self.shadow = self.params.clone(prefix="ema", init="same")
         self.decay, self.one_minus_decay = float(decay), 1.0 - float(decay)
+        self.decay_tensor = Tensor(np.float32(self.decay))
+        self.one_minus_decay_tensor = Tensor(np.float32(self.one_minus_decay))
         self.hyper_map = ops.HyperMap()
 
-    def construct(self):
-        return self.hyper_map(ops.partial(_ema_update, self.decay, self.one_minus_decay), self.shadow, self.params)
+    def construct(self, apply=None):
+        """Move the shadows; with ``apply`` (a bool scalar tensor) False, leave them as they are (decay 1),
+        without a branch in the graph."""
+        if apply is None:
+            return self.hyper_map(ops.partial(_ema_update, self.decay, self.one_minus_decay), self.shadow,
+                                  self.params)
+        decay = ops.select(apply, self.decay_tensor, ops.ones_like(self.decay_tensor))
+        one_minus_decay = ops.select(apply, self.one_minus_decay_tensor, ops.zeros_like(self.decay_tensor))
+        return self.hyper_map(ops.partial(_ema_update, decay, one_minus_decay), self.shadow, self.params)
 
     def shadow_arrays(self) -> dict[str, np.ndarray]:
         """The averaged weights under the model's parameter names."""

@@ -134,16 +134,23 @@ class AdamW(nn.Cell):
         self.tail_plain = Tensor(np.array([*tail, 0.0], np.float32))
         self.tail_decay = Tensor(np.array([*tail, decays.pop() if decays else 0.0], np.float32))
 
-    def construct(self, grads, lr):
+    def construct(self, grads, lr, apply=None):
+        """One update with learning rate ``lr``. ``apply`` (a bool scalar tensor, fused CPU path only): when
+        False nothing changes, without a branch in the graph (the caller skips the call otherwise)."""
         step = self.step + 1
-        ops.assign(self.step, step)
+        if self.use_fused and apply is not None:
+            ops.assign(self.step, self.step + apply.astype(mstype.int32))
+        else:
+            ops.assign(self.step, step)
         entry = ops.minimum(step, self.last_entry + 1) - 1
         lr = lr.astype(mstype.float32)
         step_size = lr / self.bias1[entry]  # within 1 ulp of the float64 quotient
         bias2_sqrt = self.bias2_sqrt[entry]
         if self.use_fused:
+            gate = ops.ones((1,), mstype.float32) if apply is None else apply.astype(mstype.float32).reshape((1,))
             head = ops.stack((lr, step_size, bias2_sqrt))
-            plain, decay = ops.concat((head, self.tail_plain)), ops.concat((head, self.tail_decay))
+            plain = ops.concat((head, self.tail_plain, gate))
+            decay = ops.concat((head, self.tail_decay, gate))
             update = ops.partial(_fused_update, self.fused, decay, plain)
             return self.hyper_map(update, self.weight_decays, self.params, grads, self.exp_avg, self.exp_avg_sq)
         update = ops.partial(_adamw_update, lr, step_size, bias2_sqrt, self.one_minus_beta1, self.beta2,

@@ -15,7 +15,7 @@ def dense(in_dim: int, out_dim: int, bias: bool = True) -> nn.Dense:
 
 
 class GELU(nn.Cell):
-    """Exact (erf) GELU; the fused kernel of :mod:`dvt_ms.kernels` in float32 inference on CPU."""
+    """Exact (erf) GELU; the fused kernel of :mod:`dvt_ms.kernels` in float32 on CPU (with its backward)."""
 
     def __init__(self) -> None:
         super().__init__()

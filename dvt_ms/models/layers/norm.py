@@ -11,8 +11,8 @@ from ... import kernels
 class LayerNorm(nn.Cell):
     """LayerNorm over the last axis with an explicit epsilon (torch default 1e-5, DeiT 1e-6).
 
-    In float32 inference on CPU it runs the fused kernel of :mod:`dvt_ms.kernels`; otherwise MindSpore's
-    ``ops.LayerNorm``.
+    In float32 on CPU (inference and training) it runs the fused kernel of :mod:`dvt_ms.kernels`;
+    otherwise MindSpore's ``ops.LayerNorm``.
     """
 
     def __init__(self, dim: int, eps: float = 1e-5) -> None:

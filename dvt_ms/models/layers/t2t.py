@@ -131,7 +131,7 @@ class T2TStem(nn.Cell):
             self.attention1 = TokenTransformer(dims[0], token_dim, sizes[0] ** 2)
             self.attention2 = TokenTransformer(dims[1], token_dim, sizes[1] ** 2)
         self.project = dense(token_dim * k2 * k2, embed_dim)
-        # Fused soft splits (CPU inference): straight to tokens-first, the 2nd and 3rd reading the token
+        # Fused soft splits (CPU, float32, with backward): straight to tokens-first, the 2nd and 3rd reading the token
         # grid channels-last, so that neither an Im2Col nor a transpose runs.
         inputs = ((0, img_size, in_chans), (1, sizes[0], token_dim), (1, sizes[1], token_dim))
         ops_ = [kernels.unfold_op(size * size, channels * u[0] * u[0])
