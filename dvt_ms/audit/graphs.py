@@ -69,7 +69,7 @@ def train_graph(cfg: dict[str, Any], runtime: Runtime, amp_level: str) -> AuditG
         log = logging.getLogger("dvt_ms.audit")
         with kernels.use_kernels(False):  # what Ascend compiles: MindSpore's own ops (CPU trains with kernels)
             model = build_training_model(run_cfg, runtime, log)
-        step, _ = build_train_step(run_cfg, model, 10, runtime, log)
+            step, _ = build_train_step(run_cfg, model, 10, runtime, log)
         step.set_train(True)
         images, targets = _inputs(cfg, cfg["batch_size"])
         step(Tensor(images), Tensor(targets))
