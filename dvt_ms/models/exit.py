@@ -6,7 +6,7 @@ import numpy as np
 from mindspore import Parameter, nn, ops
 
 from .. import kernels
-from .layers import Block, Dropout, DropPathMasks, LayerNorm, PatchEmbed, RelationReuse, T2TStem
+from .layers import Dropout, DropPathMasks, LayerNorm, PatchEmbed, RelationReuse, T2TStem, block_class
 from .layers.init import frozen, sinusoid_table, trunc_normal
 from .layers.mlp import dense
 from .spec import CascadeSpec
@@ -53,8 +53,9 @@ class DVTExit(nn.Cell):
         up_grid = up.grid(spec.img_size) if up is not None else 0
         reuse_from = (up.embed_dim, up_grid) if e.feature_reuse else None
         dpr = np.linspace(0, spec.drop_path_rate, e.depth) if e.depth > 1 else [0.0]
+        block = block_class()
         self.blocks = nn.CellList([
-            Block(d, e.num_heads, e.mlp_hidden, self.num_tokens, e.qkv_bias, e.norm_eps, spec.drop_rate,
+            block(d, e.num_heads, e.mlp_hidden, self.num_tokens, e.qkv_bias, e.norm_eps, spec.drop_rate,
                   spec.attn_drop_rate, float(dpr[i]), reuse_from, spec.reuse_channels, spec.reuse_hidden)
             for i in range(e.depth)])
         # columns 2i, 2i+1: the attention and MLP branches of block i

@@ -1,7 +1,7 @@
 """Building blocks of a DVT exit, one module each; parameter names mirror the PyTorch module tree."""
 
 from .attention import Attention, AttentionScores
-from .block import Block
+from .block import Block, CompileOnceBlock, block_class
 from .dropout import Dropout, DropPath, DropPathMasks, MaskStreams, bind_masks
 from .grid_resize import grid_resize_matrix, relation_resize_matrix
 from .mlp import Mlp
@@ -11,7 +11,7 @@ from .relation_reuse import RelationReuse
 from .t2t import T2TStem, TokenPerformer, TokenTransformer
 
 __all__ = [
-    "Attention", "AttentionScores", "Block", "DropPath", "DropPathMasks", "Dropout", "LayerNorm", "MaskStreams", "Mlp",
-    "PatchEmbed", "RelationReuse", "T2TStem", "TokenPerformer", "TokenTransformer", "bind_masks", "grid_resize_matrix",
-    "relation_resize_matrix",
+    "Attention", "AttentionScores", "Block", "CompileOnceBlock", "DropPath", "DropPathMasks", "Dropout", "LayerNorm",
+    "MaskStreams", "Mlp", "PatchEmbed", "RelationReuse", "T2TStem", "TokenPerformer", "TokenTransformer", "bind_masks",
+    "block_class", "grid_resize_matrix", "relation_resize_matrix",
 ]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from mindspore import Tensor, nn, ops
+import os
+
+import mindspore as ms
+from mindspore import Tensor, lazy_inline, nn, ops
 
 from .attention import Attention
 from .dropout import DropPath
@@ -40,6 +43,12 @@ class Block(nn.Cell):
             grid = round((num_tokens - 1) ** 0.5)
             self.resize = Tensor(grid_resize_matrix(up_grid, grid))
             self.reuse_channels = reuse_channels
+        # Blocks with equal signatures compile to the same graph (CompileOnceBlock): everything construct
+        # reads besides parameters and inputs. Drop path only tests its rate against 0 (the masks come in);
+        # an active dropout reads its own mask streams, so such a block shares with no other.
+        self.signature = repr((dim, num_heads, mlp_hidden, num_tokens, qkv_bias, norm_eps, drop_path > 0.0,
+                               reuse_from, reuse_channels, reuse_hidden)
+                              + ((id(self),) if drop > 0.0 or attn_drop > 0.0 else ()))
 
     def reused_features(self, upstream):
         """[B, N_up + 1, D_up] upstream tokens -> [B, N + 1, reuse_channels] (zero class slot)."""
@@ -58,3 +67,26 @@ class Block(nn.Cell):
         x = x + self.drop_path(self.mlp(self.norm2(h)), 1, path_masks)
         return x, logits
 
+
+
+class CompileOnceBlock(Block):
+    """A :class:`Block` that Ascend compiles once for all blocks of equal :attr:`signature`
+    (``mindspore.lazy_inline``), rather than once per block: the depth of the cascade stops multiplying
+    the compile time. Built on Ascend only (see :func:`block_class`)."""
+
+    @lazy_inline(attrs="signature")
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+
+
+def _device_target() -> str:
+    return ms.get_context("device_target")
+
+
+def block_class(device: str | None = None) -> type[Block]:
+    """The block class for a model built now on ``device`` (default: MindSpore's device target):
+    :class:`CompileOnceBlock` on Ascend unless ``DVT_MS_LAZY_INLINE=0``, :class:`Block` elsewhere
+    (``lazy_inline`` is for Ascend only: CPU's backend rejects the graphs it leaves un-inlined)."""
+    device = device or _device_target()
+    wanted = os.environ.get("DVT_MS_LAZY_INLINE", "1").strip().lower() not in ("0", "false", "off", "no")
+    return CompileOnceBlock if device == "Ascend" and wanted else Block
