@@ -15,7 +15,9 @@ Per round and side (batch ``--batch``, fp32, inference):
   ``model.run_stage``);
 * real early exit (dvt_ms only, :class:`EarlyExitEngine`, its default shapes for the device): thresholds
   calibrated on the batch so that ``--shares`` of the images leave at each exit, compared with the
-  official every-exit forward, which is what the official code runs to classify images.
+  official every-exit forward, which is what the official code runs to classify images;
+* the machine's rate for each framework: a 1024^3 fp32 matrix product, timed in the same rounds (so with
+  the other process idle), reported as GMAC/s next to each exit's achieved GMAC/s.
 
     python benchmarks/bench_vs_official.py --official DIR [--models dvt_t2t_vit_12 ...] [--batch 16]
         [--rounds 7] [--shares 0.6,0.25,0.15]
@@ -51,15 +53,7 @@ def _images(batch: int, img_size: int):
     return np.random.RandomState(0).randn(batch, 3, img_size, img_size).astype(np.float32)
 
 
-def _gemm_rate(matmul, size: int = 1024) -> float:
-    """GMAC/s of a size^3 fp32 matrix product in this process's framework (median of 5, after a warm-up)."""
-    matmul()
-    times = []
-    for _ in range(5):
-        start = time.perf_counter()
-        matmul()
-        times.append(time.perf_counter() - start)
-    return size ** 3 / statistics.median(times) / 1e9
+GEMM = 1024  # the machine-rate probe: a GEMM^3 fp32 matrix product, timed in the rounds like the model runs
 
 
 def _timed(fn) -> float:
@@ -107,9 +101,9 @@ def official_worker(args) -> None:
             f, r = states[k]
             return lambda: exits[k](x, features_to_be_reused_list=f, relations_to_be_reused_list=r)
 
-        runs = {"cascade": lambda: model(x), "exit1": stage(0), "exit2": stage(1), "exit3": stage(2)}
-        a = torch.randn(1024, 1024)
-        print(RESULT + json.dumps({"gemm": _gemm_rate(lambda: torch.mm(a, a))}), flush=True)
+        a = torch.randn(GEMM, GEMM)
+        runs = {"cascade": lambda: model(x), "exit1": stage(0), "exit2": stage(1), "exit3": stage(2),
+                "gemm": lambda: torch.mm(a, a)}
         _serve(runs, logits, args.repeats)
 
 
@@ -148,15 +142,10 @@ def dvt_ms_worker(args) -> None:
     def stage(k):
         return lambda: model.run_stage(k, x, states[k])[0].asnumpy()
 
+    a = ms.Tensor(np.random.default_rng(0).standard_normal((GEMM, GEMM)).astype(np.float32))
+    matmul = ms.jit(ms.ops.matmul)
     runs = {"cascade": lambda: [o.asnumpy() for o in model(x)], "exit1": stage(0), "exit2": stage(1),
-            "exit3": stage(2), "early_exit": lambda: engine(x)}
-    a = ms.Tensor(np.random.default_rng(0).standard_normal((1024, 1024)).astype(np.float32))
-
-    @ms.jit
-    def matmul(m):
-        return ms.ops.matmul(m, m)
-
-    print(RESULT + json.dumps({"gemm": _gemm_rate(lambda: matmul(a).asnumpy())}), flush=True)
+            "exit3": stage(2), "early_exit": lambda: engine(x), "gemm": lambda: matmul(a, a).asnumpy()}
     _serve(runs, logits, args.repeats)
 
 
@@ -197,11 +186,9 @@ def compare_model(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         weights = os.path.join(tmp, "weights.npz")
         official = Worker("official", args, weights)
-        gemm = {"official": official.read()["gemm"]}  # the weights file is written before this line
-        reference_logits = official.read()["logits"]
+        reference_logits = official.read()["logits"]  # the weights file is written before this line
         ours = Worker("dvt_ms", args, weights)
         counts = ours.read()["exit_counts"]
-        gemm["dvt_ms"] = ours.read()["gemm"]
         our_logits = ours.read()["logits"]
         try:
             parity = max(float(np.abs(np.asarray(a) - np.asarray(b)).max() / np.abs(np.asarray(b)).max())
@@ -229,6 +216,7 @@ def compare_model(args) -> dict:
 
     spec = spec_for(args.model)
     gmacs = [exit_macs(spec, k) / 1e9 for k in range(spec.num_exits)]
+    gemm = {side: GEMM ** 3 / m["gemm"] / 1e9 for side, m in median.items()}
     return {"model": args.model, "batch": args.batch, "parity": parity, "exit_counts": counts, "median": median,
             "gemm": gemm, "exit_gmacs": gmacs}
 
@@ -253,7 +241,7 @@ def report(result: dict) -> str:
     lines += [f"| {what} | {o:.1f} | {m:.1f} | {ratio:.2f}x |" for what, o, m, ratio in rows]
     gemm, gmacs = result["gemm"], result["exit_gmacs"]
     lines += ["", "| achieved GMAC/s (on this machine) | official PyTorch | dvt_ms |", "|---|---|---|",
-              f"| fp32 GEMM 1024^3 | {gemm['official']:.1f} | {gemm['dvt_ms']:.1f} |"]
+              f"| fp32 GEMM {GEMM}^3 | {gemm['official']:.1f} | {gemm['dvt_ms']:.1f} |"]
     for k, name in enumerate(("exit1", "exit2", "exit3")):
         lines.append(f"| exit {k + 1} ({gmacs[k]:.2f} GMACs/img) | {b * gmacs[k] / off[name]:.1f} | "
                      f"{b * gmacs[k] / ours[name]:.1f} |")
