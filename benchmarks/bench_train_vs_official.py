@@ -33,15 +33,14 @@ import glob
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from timing import Worker, answer, timed
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-RESULT = "@@result "
 DROP_PATH = 0.1
 LR, WEIGHT_DECAY = 5e-4, 0.05
 
@@ -56,32 +55,20 @@ def _batch(batch: int, num_classes: int):
     return images, targets.astype(np.float32)
 
 
-def _gemm_rate(matmul, size: int = 1024) -> float:
-    """GMAC/s of a size^3 fp32 matrix product (median of 5, after a warm-up)."""
+GEMM = 1024  # the machine-rate probe: a GEMM^3 fp32 matrix product, timed in every round after the steps
+
+
+def _serve(step, matmul, repeats: int, extra: dict) -> None:
+    first = timed(step)
+    step()
+    step()
     matmul()
-    times = []
-    for _ in range(5):
-        start = time.perf_counter()
-        matmul()
-        times.append(time.perf_counter() - start)
-    return size ** 3 / statistics.median(times) / 1e9
-
-
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def _serve(step, repeats: int, extra: dict) -> None:
-    first = _timed(step)
-    step()
-    step()
-    print(RESULT + json.dumps({"first": first, **extra}), flush=True)
+    answer({"first": first, **extra})
     for line in sys.stdin:
         if line.strip() != "round":
             break
-        print(RESULT + json.dumps({"times": [_timed(step) for _ in range(repeats)]}), flush=True)
+        times = [timed(step) for _ in range(repeats)]
+        answer({"times": times, "gemm": [timed(matmul) for _ in range(3)]})
 
 
 def official_step(args):
@@ -109,9 +96,8 @@ def official_step(args):
         optimizer.step()
         return loss.item()
 
-    a = torch.randn(1024, 1024)
-    gemm = _gemm_rate(lambda: torch.mm(a, a))
-    return step, {"gemm": gemm, "threads": torch.get_num_threads()}
+    a = torch.randn(GEMM, GEMM)
+    return step, lambda: torch.mm(a, a), {"threads": torch.get_num_threads()}
 
 
 def dvt_ms_step(args):
@@ -146,14 +132,9 @@ def dvt_ms_step(args):
     def step():
         return float(train_step(images, targets)[0].asnumpy())
 
-    a = ms.Tensor(np.random.default_rng(0).standard_normal((1024, 1024)).astype(np.float32))
-
-    @ms.jit
-    def matmul(x):
-        return ms.ops.matmul(x, x)
-
-    gemm = _gemm_rate(lambda: matmul(a).asnumpy())
-    return step, {"gemm": gemm, "threads": None}
+    a = ms.Tensor(np.random.default_rng(0).standard_normal((GEMM, GEMM)).astype(np.float32))
+    matmul = ms.jit(ms.ops.matmul)
+    return step, lambda: matmul(a, a).asnumpy(), {"threads": None}
 
 
 def _forward_gmac(model_name: str) -> float:
@@ -189,54 +170,36 @@ def profile_side(args, step) -> dict[str, float]:
 
 
 def worker_main(args) -> None:
-    step, extra = official_step(args) if args.worker == "official" else dvt_ms_step(args)
+    step, matmul, extra = official_step(args) if args.worker == "official" else dvt_ms_step(args)
     if args.profile:
-        print(RESULT + json.dumps({"profile": profile_side(args, step)}), flush=True)
+        answer({"profile": profile_side(args, step)})
         return
-    _serve(step, args.repeats, extra)
+    _serve(step, matmul, args.repeats, extra)
 
 
-class Worker:
-    """One side in its own process, answering ``round`` lines with timings."""
-
-    def __init__(self, side: str, args, model: str, batch: int, weights: str) -> None:
-        cmd = [sys.executable, __file__, "--worker", side, "--official", args.official, "--model", model,
-               "--batch", str(batch), "--weights", weights, "--repeats", str(args.repeats)]
-        if args.profile:
-            cmd.append("--profile")
-        env = dict(os.environ, GLOG_v=os.environ.get("GLOG_v", "3"))
-        self.side = side
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-
-    def read(self) -> dict:
-        for line in self.proc.stdout:
-            if line.startswith(RESULT):
-                return json.loads(line[len(RESULT):])
-        raise SystemExit(f"the {self.side} worker ended without an answer (exit code {self.proc.wait()})")
-
-    def round(self) -> dict:
-        self.proc.stdin.write("round\n")
-        self.proc.stdin.flush()
-        return self.read()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.stdin.close()
-            self.proc.wait(timeout=300)
+def start_worker(side: str, args, model: str, batch: int, weights: str) -> Worker:
+    cmd = [sys.executable, __file__, "--worker", side, "--official", args.official, "--model", model,
+           "--batch", str(batch), "--weights", weights, "--repeats", str(args.repeats)]
+    if args.profile:
+        cmd.append("--profile")
+    return Worker(side, cmd)
 
 
 def compare(args, model: str, batch: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         weights = os.path.join(tmp, "weights.npz")
-        official = Worker("official", args, model, batch, weights)
+        official = start_worker("official", args, model, batch, weights)
         info = {"official": official.read()}  # the weights file is written before the first step
-        ours = Worker("dvt_ms", args, model, batch, weights)
+        ours = start_worker("dvt_ms", args, model, batch, weights)
         info["dvt_ms"] = ours.read()
         times: dict[str, list[float]] = {"official": [], "dvt_ms": []}
+        gemm: dict[str, list[float]] = {"official": [], "dvt_ms": []}
         try:
             for r in range(args.rounds):
                 for worker in ((official, ours) if r % 2 == 0 else (ours, official)):
-                    times[worker.side].extend(worker.round()["times"])
+                    answer = worker.round()
+                    times[worker.side].extend(answer["times"])
+                    gemm[worker.side].extend(answer["gemm"])
                 print(f"  {model} batch {batch} round {r + 1}/{args.rounds}: "
                       + ", ".join(f"{s} {statistics.median(t[-args.repeats:]):.3f} s" for s, t in times.items()),
                       file=sys.stderr, flush=True)
@@ -244,6 +207,7 @@ def compare(args, model: str, batch: int) -> dict:
             official.close()
             ours.close()
     return {"model": model, "batch": batch, "info": info, "median": {s: statistics.median(t) for s, t in times.items()},
+            "gemm": {s: GEMM ** 3 / statistics.median(t) / 1e9 for s, t in gemm.items()},
             "train_gmac": 3 * _forward_gmac(model) * batch}
 
 
@@ -254,7 +218,7 @@ def report(result: dict) -> str:
              "|---|---|---|---|---|---|"]
     for side, label in (("official", "official PyTorch"), ("dvt_ms", "dvt_ms")):
         lines.append(f"| {label} | {info[side]['first']:.1f} | {med[side]:.3f} | {b / med[side]:.2f} | "
-                     f"{gmac / med[side]:.1f} | {info[side]['gemm']:.1f} |")
+                     f"{gmac / med[side]:.1f} | {result['gemm'][side]:.1f} |")
     lines.append(f"| ratio (official / dvt_ms) | | {med['official'] / med['dvt_ms']:.2f}x | | | |")
     return "\n".join(lines)
 
@@ -306,7 +270,7 @@ def main() -> int:
                     weights = os.path.join(tmp, "weights.npz")
                     tables = {}
                     for side in ("official", "dvt_ms"):
-                        worker = Worker(side, args, model, batch, weights)
+                        worker = start_worker(side, args, model, batch, weights)
                         tables[side] = worker.read()["profile"]
                         worker.close()
                 print("\n" + profile_table(model, batch, tables, args.top) + "\n", flush=True)

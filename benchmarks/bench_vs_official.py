@@ -33,15 +33,14 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from timing import Worker, answer, timed
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-RESULT = "@@result "  # prefix of the protocol lines a worker prints (both code bases print other things)
 MEASURES = ("cascade", "exit1", "exit2", "exit3", "early_exit")
 
 
@@ -56,12 +55,6 @@ def _images(batch: int, img_size: int):
 GEMM = 1024  # the machine-rate probe: a GEMM^3 fp32 matrix product, timed in the rounds like the model runs
 
 
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def _serve(runs: dict, logits: list, repeats: int) -> None:
     """Answer the parent: ``logits`` once, then ``repeats`` timings of every run per ``round`` line."""
     import numpy as np
@@ -69,12 +62,11 @@ def _serve(runs: dict, logits: list, repeats: int) -> None:
     for fn in runs.values():  # compile / warm up
         fn()
         fn()
-    print(RESULT + json.dumps({"logits": [np.asarray(o, np.float64).tolist() for o in logits]}), flush=True)
+    answer({"logits": [np.asarray(o, np.float64).tolist() for o in logits]})
     for line in sys.stdin:
         if line.strip() != "round":
             break
-        print(RESULT + json.dumps({name: [_timed(fn) for _ in range(repeats)] for name, fn in runs.items()}),
-              flush=True)
+        answer({name: [timed(fn) for _ in range(repeats)] for name, fn in runs.items()})
 
 
 def official_worker(args) -> None:
@@ -137,7 +129,7 @@ def dvt_ms_worker(args) -> None:
     confidences = np.stack([softmax_confidence(o)[0] for o in logits])
     engine.set_thresholds(find_thresholds(confidences, shares / shares.sum()))
     counts = engine(x).counts
-    print(RESULT + json.dumps({"exit_counts": counts.tolist()}), flush=True)
+    answer({"exit_counts": counts.tolist()})
 
     def stage(k):
         return lambda: model.run_stage(k, x, states[k])[0].asnumpy()
@@ -151,33 +143,12 @@ def dvt_ms_worker(args) -> None:
 
 # ---- parent ----------------------------------------------------------------------------------------
 
-class Worker:
-    """One side of the comparison in its own process."""
-
-    def __init__(self, side: str, args, weights: str) -> None:
-        cmd = [sys.executable, __file__, "--worker", side, "--model", args.model, "--batch", str(args.batch),
-               "--weights", weights, "--shares", args.shares, "--repeats", str(args.repeats)]
-        if args.official:
-            cmd += ["--official", args.official]
-        env = dict(os.environ, GLOG_v=os.environ.get("GLOG_v", "3"))
-        self.side = side
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-
-    def read(self) -> dict:
-        for line in self.proc.stdout:
-            if line.startswith(RESULT):
-                return json.loads(line[len(RESULT):])
-        raise SystemExit(f"the {self.side} worker ended without an answer (exit code {self.proc.wait()})")
-
-    def round(self) -> dict:
-        self.proc.stdin.write("round\n")
-        self.proc.stdin.flush()
-        return self.read()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.stdin.close()
-            self.proc.wait(timeout=120)
+def start_worker(side: str, args, weights: str) -> Worker:
+    cmd = [sys.executable, __file__, "--worker", side, "--model", args.model, "--batch", str(args.batch),
+           "--weights", weights, "--shares", args.shares, "--repeats", str(args.repeats)]
+    if args.official:
+        cmd += ["--official", args.official]
+    return Worker(side, cmd, close_timeout=120)
 
 
 def compare_model(args) -> dict:
@@ -185,9 +156,9 @@ def compare_model(args) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         weights = os.path.join(tmp, "weights.npz")
-        official = Worker("official", args, weights)
+        official = start_worker("official", args, weights)
         reference_logits = official.read()["logits"]  # the weights file is written before this line
-        ours = Worker("dvt_ms", args, weights)
+        ours = start_worker("dvt_ms", args, weights)
         counts = ours.read()["exit_counts"]
         our_logits = ours.read()["logits"]
         try:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
 import mindspore as ms
@@ -29,8 +29,9 @@ from mindspore import dtype as mstype
 
 from .build import KernelBuildError, build_library
 
-__all__ = ["KernelBuildError", "StaticShapeKernels", "adamw_op", "all_finite_op", "drop_kernels_if_dynamic", "gelu_op",
-           "kernels_enabled", "layer_norm_op", "sandwich_op", "unfold_op", "use_fused", "use_kernels"]
+__all__ = ["KernelBuildError", "StaticShapeKernels", "adamw_op", "all_finite_op", "all_float32",
+           "drop_kernels_if_dynamic", "gelu_op", "kernels_enabled", "layer_norm_op", "sandwich_op", "unfold_op",
+           "use_fused", "use_kernels"]
 
 _LOG = logging.getLogger(__name__)
 _override: list[bool] = []
@@ -170,6 +171,12 @@ def all_finite_op():
     """``op(*tensors)`` -> float32 [1]: 1 when every element of the float32 ``tensors`` is finite, else 0 (one
     node for all of them), or ``None`` where the stock ops must be used."""
     return _custom("dvt_all_finite", lambda *shapes: [1], lambda *dtypes: mstype.float32)
+
+
+def all_float32(tensors: Iterable[Tensor]) -> bool:
+    """Whether every tensor (parameter) is float32: the train step's fused kernels (AdamW, the overflow check)
+    take float32 only."""
+    return all(t.dtype == mstype.float32 for t in tensors)
 
 
 def use_fused(cell: nn.Cell, x: Tensor) -> bool:

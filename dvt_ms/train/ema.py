@@ -10,14 +10,9 @@ from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 _ema_update = ops.MultitypeFuncGraph("ema_update")
 
 
-@_ema_update.register("Number", "Number", "Tensor", "Tensor")
+@_ema_update.register("Number", "Number", "Tensor", "Tensor")  # a fixed decay
+@_ema_update.register("Tensor", "Tensor", "Tensor", "Tensor")  # gated by the overflow flag
 def _update_one(decay, one_minus_decay, shadow, param):
-    ops.assign(shadow, shadow * decay + param.astype(shadow.dtype) * one_minus_decay)
-    return True
-
-
-@_ema_update.register("Tensor", "Tensor", "Tensor", "Tensor")
-def _gated_update_one(decay, one_minus_decay, shadow, param):
     ops.assign(shadow, shadow * decay + param.astype(shadow.dtype) * one_minus_decay)
     return True
 

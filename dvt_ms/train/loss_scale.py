@@ -53,7 +53,7 @@ class LossScaling(nn.Cell):
         self.overflows = Parameter(Tensor(0, mstype.int32), name="overflow_steps", requires_grad=False)
         # CPU: one fused check of every gradient (one node instead of two per tensor: a smaller, faster-compiling
         # graph); Ascend/GPU: amp.all_finite (on 910A it reads the float-status register).
-        float32 = params is not None and all(p.dtype == mstype.float32 for p in params)
+        float32 = params is not None and kernels.all_float32(params)
         self.fused_check = kernels.all_finite_op() if float32 else None
         self.use_fused_check = self.fused_check is not None
 

@@ -127,8 +127,7 @@ class AdamW(nn.Cell):
         # CPU: one fused kernel per tensor (one pass instead of ~15 element-wise ops) when every tensor is
         # float32 and every weight decay is 0 or one shared value; the stock ops otherwise.
         decays = {w for w in self.weight_decays if w}
-        float32 = all(p.dtype == mstype.float32 for p in self.params)
-        self.fused = kernels.adamw_op() if float32 and len(decays) <= 1 else None
+        self.fused = kernels.adamw_op() if kernels.all_float32(self.params) and len(decays) <= 1 else None
         self.use_fused = self.fused is not None
         tail = (self.one_minus_beta1, self.beta2, self.one_minus_beta2, self.eps)  # rounded from float64 once
         self.tail_plain = Tensor(np.array([*tail, 0.0], np.float32))
