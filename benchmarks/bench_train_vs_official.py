@@ -197,9 +197,9 @@ def compare(args, model: str, batch: int) -> dict:
         try:
             for r in range(args.rounds):
                 for worker in ((official, ours) if r % 2 == 0 else (ours, official)):
-                    answer = worker.round()
-                    times[worker.side].extend(answer["times"])
-                    gemm[worker.side].extend(answer["gemm"])
+                    reply = worker.round()
+                    times[worker.side].extend(reply["times"])
+                    gemm[worker.side].extend(reply["gemm"])
                 print(f"  {model} batch {batch} round {r + 1}/{args.rounds}: "
                       + ", ".join(f"{s} {statistics.median(t[-args.repeats:]):.3f} s" for s, t in times.items()),
                       file=sys.stderr, flush=True)

@@ -51,6 +51,11 @@ class DeviceContext:
     precision_mode: str | None = None
 
 
+def env_switch(name: str) -> bool:
+    """Whether the on/off environment variable ``name`` is on: unset or anything but 0 / false / off / no."""
+    return os.environ.get(name, "1").strip().lower() not in ("0", "false", "off", "no")
+
+
 def soc_version() -> str | None:
     """The Ascend SoC version MindSpore reports (``ascend910``, ``ascend910b``, ...), or ``None`` elsewhere."""
     if ms.get_context("device_target") != "Ascend":

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
@@ -27,6 +26,7 @@ import mindspore as ms
 from mindspore import Tensor, nn, ops
 from mindspore import dtype as mstype
 
+from ..device import env_switch
 from .build import KernelBuildError, build_library
 
 __all__ = ["KernelBuildError", "StaticShapeKernels", "adamw_op", "all_finite_op", "all_float32",
@@ -42,7 +42,7 @@ def kernels_enabled() -> bool:
     if _override:
         wanted = _override[-1]
     else:
-        wanted = os.environ.get("DVT_MS_KERNELS", "1").strip().lower() not in ("0", "false", "off", "no")
+        wanted = env_switch("DVT_MS_KERNELS")
     return wanted and ms.get_context("device_target") == "CPU"
 
 

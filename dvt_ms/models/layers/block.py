@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 import mindspore as ms
 from mindspore import Tensor, lazy_inline, nn, ops
 
+from ...device import env_switch
 from .attention import Attention
 from .dropout import DropPath
 from .grid_resize import grid_resize_matrix
@@ -68,7 +67,6 @@ class Block(nn.Cell):
         return x, logits
 
 
-
 class CompileOnceBlock(Block):
     """A :class:`Block` that Ascend compiles once for all blocks of equal :attr:`signature`
     (``mindspore.lazy_inline``), rather than once per block: the depth of the cascade stops multiplying
@@ -88,5 +86,4 @@ def block_class(device: str | None = None) -> type[Block]:
     :class:`CompileOnceBlock` on Ascend unless ``DVT_MS_LAZY_INLINE=0``, :class:`Block` elsewhere
     (``lazy_inline`` is for Ascend only: CPU's backend rejects the graphs it leaves un-inlined)."""
     device = device or _device_target()
-    wanted = os.environ.get("DVT_MS_LAZY_INLINE", "1").strip().lower() not in ("0", "false", "off", "no")
-    return CompileOnceBlock if device == "Ascend" and wanted else Block
+    return CompileOnceBlock if device == "Ascend" and env_switch("DVT_MS_LAZY_INLINE") else Block
