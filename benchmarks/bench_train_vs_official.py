@@ -123,7 +123,9 @@ def dvt_ms_step(args):
         raise SystemExit(f"parameter names differ from the official model's: "
                          f"{sorted(set(params) ^ set(weights.files))[:5]}")
     for name, value in weights.items():
-        params[name].set_data(ms.Tensor(value))
+        # ops.assign, not set_data: set_data before the first compile adds ~5 s to it (T2T-ViT-12, this machine),
+        # which a run starting from its own initialisation does not pay
+        ms.ops.assign(params[name], ms.Tensor(value))
     train_step, _ = build_train_step(cfg, model, 1000, runtime, log)
     train_step.set_train(True)
     train_step.sync_masks()

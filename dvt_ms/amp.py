@@ -11,9 +11,11 @@
 
 The mechanism is MindSpore's own, ``Cell.to_float``: a cell marked with a type casts its inputs to it.
 The policy marks the cells it names and leaves the containers (blocks, exits, the cascade) unmarked,
-so that tensors keep the precision the last marked cell gave them. ``amp.auto_mixed_precision(…, "O2")``
-and ``amp.custom_mixed_precision`` mark the whole network first, which would cast the float32 logits
-back to float16 at every exit boundary (and they keep only ``nn.LayerNorm`` / BatchNorm in float32).
+so that tensors keep the precision the last marked cell gave them. Below O0 the blocks, exits and token
+performers leave their fused float32 CPU kernels (``FUSED_LAYER_CELLS``) for the marked cells.
+``amp.auto_mixed_precision(…, "O2")`` and ``amp.custom_mixed_precision`` mark the whole network first, which
+would cast the float32 logits back to float16 at every exit boundary (and they keep only ``nn.LayerNorm`` /
+BatchNorm in float32).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from __future__ import annotations
 import mindspore as ms
 from mindspore import nn
 
-from .models.layers import AttentionScores, LayerNorm, RelationReuse, TokenPerformer
+from .models.exit import DVTExit
+from .models.layers import AttentionScores, Block, LayerNorm, RelationReuse, TokenPerformer
 from .models.layers.patch_embed import PatchProjection
 
 __all__ = ["AMP_LEVELS", "FLOAT32_CELLS", "LOW_PRECISION_CELLS", "apply_precision", "low_precision_dtype"]
@@ -29,6 +32,7 @@ __all__ = ["AMP_LEVELS", "FLOAT32_CELLS", "LOW_PRECISION_CELLS", "apply_precisio
 AMP_LEVELS = ("O0", "O2", "O3")
 FLOAT32_CELLS: tuple[type[nn.Cell], ...] = (LayerNorm, AttentionScores, RelationReuse, TokenPerformer)
 LOW_PRECISION_CELLS: tuple[type[nn.Cell], ...] = (nn.Dense, PatchProjection)
+FUSED_LAYER_CELLS: tuple[type[nn.Cell], ...] = (Block, DVTExit, TokenPerformer)  # whole layers in one CPU kernel
 _DTYPES = {"float16": ms.float16, "bfloat16": ms.bfloat16}
 
 
@@ -55,6 +59,10 @@ def apply_precision(model: nn.Cell, level: str, dtype: str = "float16") -> nn.Ce
     if level not in AMP_LEVELS:
         raise ValueError(f"amp_level must be one of {', '.join(AMP_LEVELS)}, got {level!r}")
     low = low_precision_dtype(dtype)
+    if level != "O0":  # the fused float32 layers would bypass the marked cells: they run the cells instead
+        for _, cell in model.cells_and_names():
+            if isinstance(cell, FUSED_LAYER_CELLS):
+                cell.fused = None
     if level == "O2":
         _mark(model, low)
     elif level == "O3":

@@ -27,11 +27,12 @@ from mindspore import Tensor, nn, ops
 from mindspore import dtype as mstype
 
 from ..device import env_switch
-from .build import KernelBuildError, build_library
+from .build import KernelBuildError, build_library, has_layer_kernels
 
-__all__ = ["KernelBuildError", "StaticShapeKernels", "adamw_op", "all_finite_op", "all_float32",
-           "drop_kernels_if_dynamic", "gelu_op", "kernels_enabled", "layer_norm_op", "sandwich_op", "unfold_op",
-           "use_fused", "use_kernels"]
+__all__ = ["BLOCK_WEIGHTS", "PERFORMER_WEIGHTS", "KernelBuildError", "StaticShapeKernels", "adamw_op", "all_finite_op",
+           "all_float32", "block_stack_op", "drop_kernels_if_dynamic", "gelu_op", "kernels_enabled", "layer_norm_op",
+           "sandwich_op", "stack_saved_floats", "token_performer_op", "train_update_op", "unfold_op", "use_fused",
+           "use_kernels"]
 
 _LOG = logging.getLogger(__name__)
 _override: list[bool] = []
@@ -160,11 +161,139 @@ def sandwich_op():
     return _custom("dvt_sandwich", lambda x, p: [x[0], x[1], p[0], p[0]], lambda x, p: x, bprop)
 
 
+def _layer_custom(symbol: str, out_shape, out_dtype, bprop=None):
+    """A layer kernel (``layer_kernels.cc``): ``None`` also where MindSpore ships no oneDNN."""
+    return _custom(symbol, out_shape, out_dtype, bprop) if has_layer_kernels() else None
+
+
+BLOCK_WEIGHTS = 18
+"""Weights per block of :func:`block_stack_op`, in this order (absent ones as ``[1]`` placeholders): norm1
+weight, bias; qkv weight, bias; proj weight, bias; norm2 weight, bias; fc1 weight, bias; fc2 weight, bias; the
+reuse MLP's norm weight, bias, fc1 weight, bias, fc2 weight, bias."""
+
+
+def stack_saved_floats(heads: int, x, upstream, weights) -> int:
+    """Floats a training call of :func:`block_stack_op` keeps for its backward (its ``saved`` output), from
+    its input shapes; mirrors ``Stack::saved_per_block`` of ``layer_kernels.cc`` (which checks it)."""
+    b, n, c = x
+    rows, total = b * n, 0
+    for k in range(0, len(weights), BLOCK_WEIGHTS):
+        w = weights[k:k + BLOCK_WEIGHTS]
+        reuse_width = w[16][0] if list(w[12]) != [1] else 0
+        hidden = w[8][0]
+        # halves' inputs, LayerNorm 1 output, qkv, probabilities, mixed values, statistics 1; LayerNorm 2 output,
+        # fc1 output, statistics 2
+        total += (2 * rows * c + rows * c + 3 * rows * c + b * heads * n * n + rows * c + 2 * rows
+                  + rows * (c + reuse_width) + rows * hidden + 2 * rows)
+        if reuse_width:  # resized features; the reuse MLP's LayerNorm output, fc1 output, statistics and output
+            up_rows = b * upstream[1]
+            total += rows * reuse_width + up_rows * (upstream[2] + w[14][0] + 2 + reuse_width)
+    return total
+
+
+@_shared
+def block_stack_op(heads: int, training: bool, emit_logits: bool):
+    """``op(x, upstream, relation, resize, masks, config, eps, *weights)`` -> ``(y, logits[, saved])``: the
+    transformer blocks of an exit, one after the other, for float32 tokens ``x`` [B, N, C] with ``heads``
+    heads (see ``dvt_block_stack`` in ``layer_kernels.cc`` for the inputs, ``config`` and placeholders);
+    ``logits`` are the blocks' attention logits [B, depth * heads, N, N], or ``[1]`` unless ``emit_logits``.
+    ``None`` where the stock ops must be used.
+
+    With ``training`` the op takes one block (``BLOCK_WEIGHTS`` weights: its backward's signature is fixed),
+    also returns ``saved`` (what the backward reads) and has that backward: the gradients of ``x``,
+    ``upstream``, ``relation`` and every weight."""
+
+    def logits_shape(x, weights):
+        return [x[0], len(weights) // BLOCK_WEIGHTS * heads, x[1], x[1]] if emit_logits else [1]
+
+    if not training:
+        def eval_shapes(x, upstream, relation, resize, masks, config, eps, *weights):
+            return x, logits_shape(x, weights)
+
+        op = _layer_custom("dvt_block_stack", eval_shapes, lambda x, *_: (x, x))
+    else:
+        def grad_shapes(x, upstream, relation, resize, masks, config, eps, *rest):
+            return (x, upstream, relation, *rest[:BLOCK_WEIGHTS])
+
+        grad = _layer_custom("dvt_block_stack_grad", grad_shapes, lambda x, *_: (x,) * (3 + BLOCK_WEIGHTS))
+        if grad is None:
+            return None
+
+        def bprop(x, upstream, relation, resize, masks, config, eps, norm1_w, norm1_b, qkv_w, qkv_b, proj_w, proj_b,
+                  norm2_w, norm2_b, fc1_w, fc1_b, fc2_w, fc2_b, reuse_norm_w, reuse_norm_b, reuse_fc1_w, reuse_fc1_b,
+                  reuse_fc2_w, reuse_fc2_b, out, dout):
+            g = grad(x, upstream, relation, resize, masks, config, eps, norm1_w, norm1_b, qkv_w, qkv_b, proj_w, proj_b,
+                     norm2_w, norm2_b, fc1_w, fc1_b, fc2_w, fc2_b, reuse_norm_w, reuse_norm_b, reuse_fc1_w,
+                     reuse_fc1_b, reuse_fc2_w, reuse_fc2_b, out[2], dout[0], dout[1])
+            return (g[0], g[1], g[2], ops.zeros_like(resize), ops.zeros_like(masks), ops.zeros_like(config),
+                    ops.zeros_like(eps), *g[3:])
+
+        def train_shapes(x, upstream, relation, resize, masks, config, eps, *weights):
+            return x, logits_shape(x, weights), [stack_saved_floats(heads, x, upstream, weights)]
+
+        op = _layer_custom("dvt_block_stack", train_shapes, lambda x, *_: (x, x, x), bprop)
+    if op is not None:  # output shapes depend on the head count: part of the op's identity for PyNative
+        op.add_prim_attr("dvt_output", f"{heads}-{training}-{emit_logits}")
+    return op
+
+
 def adamw_op():
     """``op(param, grad, exp_avg, exp_avg_sq, hyper)`` -> the new ``(param, exp_avg, exp_avg_sq)`` of one
     float32 AdamW update in one pass (``hyper``: float32 [9], see ``dvt_adamw`` in ``cpu_kernels.cc``; its last
     entry 0 leaves all three unchanged), or ``None`` where the stock ops must be used."""
     return _custom("dvt_adamw", lambda p, g, m, v, h: (p, p, p), lambda p, g, m, v, h: (p, p, p))
+
+
+PERFORMER_WEIGHTS = 13
+"""Weights of :func:`token_performer_op`, in this order: norm1 weight, bias; kqv weight, bias; the random
+features ``w``; proj weight, bias; norm2 weight, bias; the MLP's first and second Linear (weight, bias each)."""
+
+
+def performer_saved_floats(x, kqv_weight, features) -> int:
+    """Floats a training call of :func:`token_performer_op` keeps for its backward; mirrors
+    ``Performer::saved`` of ``layer_kernels.cc`` (which checks it)."""
+    b, tokens, d = x
+    e, m, rows = kqv_weight[0] // 3, features[0], b * tokens
+    return rows * (d + 2 + 3 * e + 2 * m + e + 1 + e + e + 2 + e) + b * (e + 1) * m
+
+
+@_shared
+def token_performer_op(training: bool):
+    """``op(x, dropout1, dropout2, config, eps, *weights)`` -> the T2T stem's token performer of float32 ``x``
+    [B, T, D] in one kernel (see ``dvt_token_performer`` in ``layer_kernels.cc``; ``dropout1`` / ``dropout2``
+    the multipliers of its two dropouts, or ``[1]``), or ``None`` where the stock ops must be used. With
+    ``training`` it returns ``(out, saved)`` and has its backward (the random features get no gradient)."""
+    if not training:
+        return _layer_custom("dvt_token_performer",
+                             lambda x, m1, m2, c, eps, n1w, n1b, kqv, *_: [x[0], x[1], kqv[0] // 3], lambda x, *_: x)
+    grad = _layer_custom("dvt_token_performer_grad", lambda x, m1, m2, c, eps, *rest: (x, *rest[:PERFORMER_WEIGHTS]),
+                         lambda x, *_: (x,) * (1 + PERFORMER_WEIGHTS))
+    if grad is None:
+        return None
+
+    def bprop(x, dropout1, dropout2, config, eps, norm1_w, norm1_b, kqv_w, kqv_b, features, proj_w, proj_b, norm2_w,
+              norm2_b, fc1_w, fc1_b, fc2_w, fc2_b, out, dout):
+        g = grad(x, dropout1, dropout2, config, eps, norm1_w, norm1_b, kqv_w, kqv_b, features, proj_w, proj_b, norm2_w,
+                 norm2_b, fc1_w, fc1_b, fc2_w, fc2_b, out[1], dout[0])
+        return (g[0], ops.zeros_like(dropout1), ops.zeros_like(dropout2), ops.zeros_like(config), ops.zeros_like(eps),
+                *g[1:])
+
+    def shapes(x, m1, m2, c, eps, n1w, n1b, kqv, kqv_b, features, *_):
+        return [x[0], x[1], kqv[0] // 3], [performer_saved_floats(x, kqv, features)]
+
+    return _layer_custom("dvt_token_performer", shapes, lambda x, *_: (x, x), bprop)
+
+
+def train_update_op():
+    """``op(hyper, decayed, *params, *grads, *exp_avg, *exp_avg_sq[, *ema_shadows])`` -> float32 [1]: the whole
+    update of a float32 CPU train step in place (overflow check of the scaled gradients, unscaling, AdamW, the
+    EMA; see ``dvt_train_update`` in ``cpu_kernels.cc``), 1 when it was applied, 0 when a gradient was not
+    finite and nothing changed; or ``None`` where the stock ops must be used. One graph node instead of some
+    ten per parameter: a smaller graph that compiles several times faster."""
+    op = _custom("dvt_train_update", lambda *shapes: [1], lambda *dtypes: mstype.float32)
+    if op is not None:
+        op.add_prim_attr("side_effect_mem", True)  # writes its tensor inputs: ordered like an Assign
+    return op
 
 
 def all_finite_op():

@@ -1,81 +1,18 @@
 // Fused float32 CPU kernels for DVT (forward, and the backward of those training uses), called through mindspore.ops.Custom (func_type "aot").
 //
 // Every entry point has MindSpore's AOT signature: params holds the inputs then the output, shapes and
-// ndims describe them. Large calls split their rows over short-lived threads (parallel_for); no OpenMP
-// team: its idle threads spin against MindSpore's own (measured: slower than one thread). The loops are
-// written so that the compiler vectorises them (no branches, no libm calls).
+// ndims describe them. Large calls split their rows over the worker pool of kernel_common.h (parallel_for);
+// no OpenMP team: its idle threads spin against MindSpore's own (measured: slower than one thread). The
+// loops are written so that the compiler vectorises them (no branches, no libm calls).
 
-#include <cmath>
-#include <cstdint>
-#include <algorithm>
-#include <cstring>
-#include <thread>
-#include <vector>
+#include "kernel_common.h"
 
 namespace {
 
-// Runs body(begin, end) over [0, n) split between the calling thread and up to (cores - 1) short-lived
-// threads, when the work is large enough to pay for starting them (no pool: nothing spins between
-// calls, so MindSpore's own threads keep the cores when the kernels are idle).
-template <typename Body>
-void parallel_for(int64_t n, int64_t work_per_item, const Body &body) {
-  const int64_t min_work_per_thread = 1 << 18;
-  int64_t threads = std::min<int64_t>(std::max(1u, std::thread::hardware_concurrency()), 8);
-  threads = std::min(threads, std::max<int64_t>(1, n * work_per_item / min_work_per_thread));
-  threads = std::min(threads, n);
-  if (threads <= 1) {
-    body(0, n);
-    return;
-  }
-  std::vector<std::thread> pool;
-  const int64_t chunk = (n + threads - 1) / threads;
-  for (int64_t t = 1; t < threads; ++t) {
-    const int64_t begin = t * chunk, end = std::min(n, begin + chunk);
-    if (begin < end) pool.emplace_back([&body, begin, end] { body(begin, end); });
-  }
-  body(0, std::min(n, chunk));
-  for (auto &thread : pool) thread.join();
-}
-
-int64_t count(int ndim, const int64_t *shape) {
-  int64_t n = 1;
-  for (int i = 0; i < ndim; ++i) n *= shape[i];
-  return n;
-}
-
-// exp(x) for float32: 2^n * p(r) with x = n ln2 + r, |r| <= ln2 / 2; relative error below 2e-7.
-inline float exp_approx(float x) {
-  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-  // round to nearest by adding and removing 1.5 * 2^23 (exact for |x| < 2^22; nearbyint is a libm call
-  // that keeps the loop from vectorising)
-  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  const float r = (x - n * 0.693145751953125f) - n * 1.428606765330187e-06f;
-  float p = 1.0f / 5040.0f;
-  p = p * r + 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
-}
-
-// erf(x): Abramowitz & Stegun 7.1.26 (absolute error below 1.5e-7), odd extension for x < 0.
-inline float erf_approx(float x) {
-  const float a = std::fabs(x);
-  const float t = 1.0f / (1.0f + 0.3275911f * a);
-  float p = 1.061405429f;
-  p = p * t - 1.453152027f;
-  p = p * t + 1.421413741f;
-  p = p * t - 0.284496736f;
-  p = p * t + 0.254829592f;
-  const float y = 1.0f - p * t * exp_approx(-a * a);
-  return std::copysign(y, x);
-}
+using dvt::count;
+using dvt::erf_approx;
+using dvt::exp_approx;
+using dvt::parallel_for;
 
 }  // namespace
 
@@ -91,22 +28,12 @@ int dvt_layer_norm(int nparam, void **params, int *ndims, int64_t **shapes, cons
   float *y = static_cast<float *>(params[4]);
   const int64_t d = shapes[0][ndims[0] - 1];
   const int64_t rows = count(ndims[0] - 1, shapes[0]);
-  const float inv_d = 1.0f / static_cast<float>(d);
-  parallel_for(rows, 4 * d, [&](int64_t first, int64_t last) {
+  parallel_for(rows, 4 * d, [&](int64_t first, int64_t last, int64_t) {
     for (int64_t r = first; r < last; ++r) {
       const float *xr = x + r * d;
       float *yr = y + r * d;
-      float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-      for (int64_t i = 0; i < d; ++i) sum += xr[i];
-      const float mean = sum * inv_d;
-      float sq = 0.0f;
-#pragma omp simd reduction(+ : sq)
-      for (int64_t i = 0; i < d; ++i) {
-        const float c = xr[i] - mean;
-        sq += c * c;
-      }
-      const float rstd = 1.0f / std::sqrt(sq * inv_d + eps);
+      float mean, rstd;
+      dvt::row_stats(xr, d, eps, &mean, &rstd);
 #pragma omp simd
       for (int64_t i = 0; i < d; ++i) yr[i] = (xr[i] - mean) * rstd * w[i] + b[i];
     }
@@ -121,7 +48,7 @@ int dvt_gelu(int nparam, void **params, int *ndims, int64_t **shapes, const char
   float *y = static_cast<float *>(params[1]);
   const int64_t n = count(ndims[0], shapes[0]);
   const int64_t block = 4096;
-  parallel_for((n + block - 1) / block, 16 * block, [&](int64_t first, int64_t last) {
+  parallel_for((n + block - 1) / block, 16 * block, [&](int64_t first, int64_t last, int64_t) {
     const int64_t end = std::min(n, last * block);
 #pragma omp simd
     for (int64_t i = first * block; i < end; ++i) y[i] = 0.5f * x[i] * (1.0f + erf_approx(x[i] * 0.70710678118654752f));
@@ -145,7 +72,7 @@ int dvt_unfold(int nparam, void **params, int *ndims, int64_t **shapes, const ch
   const int64_t channels = channels_last ? shapes[0][2] : shapes[0][1];
   const int64_t out = (side + 2 * pad - k) / stride + 1;
   const int64_t features = channels * k * k;
-  parallel_for(batch * out, out * features, [&](int64_t first, int64_t last) {
+  parallel_for(batch * out, out * features, [&](int64_t first, int64_t last, int64_t) {
     for (int64_t item = first; item < last; ++item) {
       const int64_t b = item / out, oy = item % out;
       const float *image = x + b * channels * side * side;
@@ -206,7 +133,7 @@ int dvt_sandwich(int nparam, void **params, int *ndims, int64_t **shapes, const 
     }
     start[i + 1] = static_cast<int64_t>(col.size());
   }
-  parallel_for(planes, n_out * n_out * 4, [&](int64_t first, int64_t last) {
+  parallel_for(planes, n_out * n_out * 4, [&](int64_t first, int64_t last, int64_t) {
     std::vector<float> rows(n_in * n_out);  // x P^T for one plane: [n_in, n_out]
     for (int64_t plane = first; plane < last; ++plane) {
       const float *xp = x + plane * n_in * n_in;
@@ -238,7 +165,8 @@ int dvt_sandwich(int nparam, void **params, int *ndims, int64_t **shapes, const 
 // Backward of dvt_layer_norm. Inputs: x [..., D], weight [D], dy [..., D], eps [1]. Outputs: dx [..., D],
 // dweight [D], dbias [D]. The row statistics are recomputed from x (one extra pass, no saved state). With
 // x_hat = (x - mean) * rstd and g = dy * weight: dx = rstd * (g - mean(g) - x_hat * mean(g * x_hat)),
-// dweight = sum over rows of dy * x_hat, dbias = sum over rows of dy (per-thread partial sums, added in order).
+// dweight = sum over rows of dy * x_hat, dbias = sum over rows of dy (partial sums over fixed chunks of rows,
+// added in order).
 int dvt_layer_norm_grad(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
   if (nparam != 7) return 1;
   const float *x = static_cast<const float *>(params[0]);
@@ -250,58 +178,8 @@ int dvt_layer_norm_grad(int nparam, void **params, int *ndims, int64_t **shapes,
   float *db = static_cast<float *>(params[6]);
   const int64_t d = shapes[0][ndims[0] - 1];
   const int64_t rows = count(ndims[0] - 1, shapes[0]);
-  const float inv_d = 1.0f / static_cast<float>(d);
-  const int64_t slots = 8;  // at most parallel_for's thread count
-  std::vector<float> partial(2 * slots * d, 0.0f);
-  const int64_t chunk = (rows + slots - 1) / slots;
-  // one fixed chunk per slot, so that the sums do not depend on the number of threads
-  parallel_for(slots, 8 * chunk * d, [&](int64_t first_slot, int64_t last_slot) {
-    std::vector<float> xhat(d);
-    for (int64_t slot = first_slot; slot < last_slot; ++slot) {
-      float *pw = partial.data() + 2 * slot * d;
-      float *pb = pw + d;
-      const int64_t end = std::min(rows, (slot + 1) * chunk);
-      for (int64_t r = slot * chunk; r < end; ++r) {
-        const float *xr = x + r * d;
-        const float *gr = dy + r * d;
-        float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-        for (int64_t i = 0; i < d; ++i) sum += xr[i];
-        const float mean = sum * inv_d;
-        float sq = 0.0f;
-#pragma omp simd reduction(+ : sq)
-        for (int64_t i = 0; i < d; ++i) {
-          const float c = xr[i] - mean;
-          sq += c * c;
-        }
-        const float rstd = 1.0f / std::sqrt(sq * inv_d + eps);
-        float g_sum = 0.0f, gx_sum = 0.0f;
-#pragma omp simd reduction(+ : g_sum, gx_sum)
-        for (int64_t i = 0; i < d; ++i) {
-          const float xh = (xr[i] - mean) * rstd;
-          const float g = gr[i] * w[i];
-          xhat[i] = xh;
-          g_sum += g;
-          gx_sum += g * xh;
-          pw[i] += gr[i] * xh;
-          pb[i] += gr[i];
-        }
-        const float g_mean = g_sum * inv_d, gx_mean = gx_sum * inv_d;
-        float *dxr = dx + r * d;
-#pragma omp simd
-        for (int64_t i = 0; i < d; ++i) dxr[i] = rstd * (gr[i] * w[i] - g_mean - xhat[i] * gx_mean);
-      }
-    }
-  });
-  for (int64_t i = 0; i < d; ++i) {
-    float sw = 0.0f, sb = 0.0f;
-    for (int64_t slot = 0; slot < slots; ++slot) {
-      sw += partial[2 * slot * d + i];
-      sb += partial[(2 * slot + 1) * d + i];
-    }
-    dw[i] = sw;
-    db[i] = sb;
-  }
+  dvt::layer_norm_backward(rows, d, nullptr, eps, w, dy, dx, nullptr, 0, dw, db,
+                           [&](int64_t r, float *) { return x + r * d; });
   return 0;
 }
 
@@ -313,7 +191,7 @@ int dvt_gelu_grad(int nparam, void **params, int *ndims, int64_t **shapes, const
   float *dx = static_cast<float *>(params[2]);
   const int64_t n = count(ndims[0], shapes[0]);
   const int64_t block = 4096;
-  parallel_for((n + block - 1) / block, 24 * block, [&](int64_t first, int64_t last) {
+  parallel_for((n + block - 1) / block, 24 * block, [&](int64_t first, int64_t last, int64_t) {
     const int64_t end = std::min(n, last * block);
 #pragma omp simd
     for (int64_t i = first * block; i < end; ++i) {
@@ -342,7 +220,7 @@ int dvt_unfold_grad(int nparam, void **params, int *ndims, int64_t **shapes, con
   const int64_t features = channels * k * k;
   if (ndims[2] != 3 || shapes[2][0] != batch || shapes[2][1] != out * out || shapes[2][2] != features) return 1;
   const int64_t image_size = channels * side * side;
-  parallel_for(batch, out * out * features, [&](int64_t first, int64_t last) {
+  parallel_for(batch, out * out * features, [&](int64_t first, int64_t last, int64_t) {
     for (int64_t b = first; b < last; ++b) {
       float *image = dx + b * image_size;
       std::fill(image, image + image_size, 0.0f);
@@ -398,7 +276,7 @@ int dvt_adamw(int nparam, void **params, int *ndims, int64_t **shapes, const cha
   }
   const float keep = weight_decay != 0.0f ? 1.0f - lr * weight_decay : 1.0f;
   const int64_t block = 4096;
-  parallel_for((n + block - 1) / block, 12 * block, [&](int64_t first, int64_t last) {
+  parallel_for((n + block - 1) / block, 12 * block, [&](int64_t first, int64_t last, int64_t) {
     const int64_t end = std::min(n, last * block);
 #pragma omp simd
     for (int64_t i = first * block; i < end; ++i) {
@@ -414,6 +292,88 @@ int dvt_adamw(int nparam, void **params, int *ndims, int64_t **shapes, const cha
   return 0;
 }
 
+// The whole update of a CPU train step in one pass over every tensor, in place: the overflow check of the
+// scaled gradients, unscaling, AdamW (exactly as dvt_adamw) and the EMA of the updated weights. Inputs: hyper
+// float32 [12] = {lr, step_size, sqrt(bias correction 2), 1 - beta1, beta2, 1 - beta2, eps, weight_decay,
+// 1 / loss scale, EMA decay, 1 - EMA decay, EMA on}; decayed float32 [T] (1: the tensor takes the weight decay);
+// then T parameters, T scaled gradients, T exp_avg, T exp_avg_sq and, with the EMA, T shadows. Output: float32
+// [1], 1 when every gradient was finite (the step was applied), else 0 (nothing changed). The tensors are
+// updated in place (the op is marked side_effect_mem: MindSpore orders it after every read of them and before
+// every later one).
+int dvt_train_update(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+  return dvt::guarded([&]() -> int {
+    if (nparam < 4 || !(ndims[0] == 1 && shapes[0][0] == 12) || ndims[1] != 1) return dvt::kBadArguments;
+    const float *hyper = static_cast<const float *>(params[0]);
+    const float *decayed = static_cast<const float *>(params[1]);
+    const int64_t groups = hyper[11] != 0.0f ? 5 : 4, tensors = shapes[1][0];
+    if (tensors < 1 || nparam != 3 + groups * tensors || !(ndims[nparam - 1] == 1 && shapes[nparam - 1][0] == 1))
+      return dvt::kBadArguments;
+    std::vector<int64_t> start(tensors + 1, 0);  // each tensor's first element in the concatenation of all
+    for (int64_t t = 0; t < tensors; ++t) {
+      const int64_t n = count(ndims[2 + t], shapes[2 + t]);
+      for (int64_t g = 1; g < groups; ++g) {
+        const int64_t k = 2 + g * tensors + t;
+        if (ndims[k] != ndims[2 + t] || count(ndims[k], shapes[k]) != n) return dvt::kBadArguments;
+      }
+      start[t + 1] = start[t] + n;
+    }
+    auto tensor = [&](int64_t group, int64_t t) { return static_cast<float *>(params[2 + group * tensors + t]); };
+    // runs body(t, first, last) over the pieces of tensors that [begin, end) of the concatenation covers
+    auto each_piece = [&](int64_t begin, int64_t end, auto &&body) {
+      int64_t t = std::upper_bound(start.begin(), start.end(), begin) - start.begin() - 1;
+      for (; t < tensors && start[t] < end; ++t) {
+        const int64_t first = std::max(begin, start[t]) - start[t], last = std::min(end, start[t + 1]) - start[t];
+        if (first < last) body(t, first, last);
+      }
+    };
+    const int64_t total = start[tensors], block = 4096, blocks = (total + block - 1) / block;
+    std::vector<unsigned char> finite(blocks, 1);
+    parallel_for(blocks, block, [&](int64_t first, int64_t last, int64_t) {
+      for (int64_t b = first; b < last; ++b) {
+        float acc = 0.0f;
+        each_piece(b * block, std::min(total, (b + 1) * block), [&](int64_t t, int64_t i0, int64_t i1) {
+          const float *g = tensor(1, t);
+#pragma omp simd reduction(+ : acc)
+          for (int64_t i = i0; i < i1; ++i) acc += g[i] * 0.0f;  // 0 for finite values, NaN otherwise
+        });
+        finite[b] = acc == 0.0f;
+      }
+    });
+    const bool apply = std::all_of(finite.begin(), finite.end(), [](unsigned char f) { return f != 0; });
+    static_cast<float *>(params[nparam - 1])[0] = apply ? 1.0f : 0.0f;
+    if (!apply) return 0;
+    const float lr = hyper[0], step_size = hyper[1], bias2_sqrt = hyper[2], one_minus_beta1 = hyper[3];
+    const float beta2 = hyper[4], one_minus_beta2 = hyper[5], eps = hyper[6], weight_decay = hyper[7];
+    const float inv_scale = hyper[8], ema_decay = hyper[9], ema_rest = hyper[10];
+    const float keep_decayed = weight_decay != 0.0f ? 1.0f - lr * weight_decay : 1.0f;
+    const bool ema = groups == 5;
+    parallel_for(blocks, 16 * block, [&](int64_t first, int64_t last, int64_t) {
+      each_piece(first * block, std::min(total, last * block), [&](int64_t t, int64_t i0, int64_t i1) {
+        float *p = tensor(0, t), *m = tensor(2, t), *v = tensor(3, t);
+        const float *graw = tensor(1, t);
+        const float keep = decayed[t] != 0.0f ? keep_decayed : 1.0f;
+#pragma omp simd
+        for (int64_t i = i0; i < i1; ++i) {
+          const float g = graw[i] * inv_scale;
+          const float param = p[i] * keep;
+          const float m_new = m[i] + (g - m[i]) * one_minus_beta1;
+          const float v_new = v[i] * beta2 + g * g * one_minus_beta2;
+          const float denom = std::sqrt(v_new) / bias2_sqrt + eps;
+          m[i] = m_new;
+          v[i] = v_new;
+          p[i] = param - step_size * (m_new / denom);
+        }
+        if (ema) {
+          float *shadow = tensor(4, t);
+#pragma omp simd
+          for (int64_t i = i0; i < i1; ++i) shadow[i] = shadow[i] * ema_decay + p[i] * ema_rest;
+        }
+      });
+    });
+    return 0;
+  });
+}
+
 // Whether every element of every input is finite: inputs any number of float32 tensors; output float32 [1],
 // 1 when all are finite, else 0. x * 0 is 0 for a finite x and NaN for inf or NaN, so one vectorised sum per
 // tensor tells.
@@ -421,7 +381,7 @@ int dvt_all_finite(int nparam, void **params, int *ndims, int64_t **shapes, cons
   if (nparam < 2) return 1;
   const int64_t tensors = nparam - 1;
   std::vector<unsigned char> finite(tensors, 1);
-  parallel_for(tensors, 1 << 16, [&](int64_t first, int64_t last) {
+  parallel_for(tensors, 1 << 16, [&](int64_t first, int64_t last, int64_t) {
     for (int64_t t = first; t < last; ++t) {
       const float *x = static_cast<const float *>(params[t]);
       const int64_t n = count(ndims[t], shapes[t]);

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mindspore as ms
 import numpy as np
 from mindspore import Parameter, nn, ops
 
@@ -56,7 +57,8 @@ class DVTExit(nn.Cell):
         block = block_class()
         self.blocks = nn.CellList([
             block(d, e.num_heads, e.mlp_hidden, self.num_tokens, e.qkv_bias, e.norm_eps, spec.drop_rate,
-                  spec.attn_drop_rate, float(dpr[i]), reuse_from, spec.reuse_channels, spec.reuse_hidden)
+                  spec.attn_drop_rate, float(dpr[i]), reuse_from, spec.reuse_channels, spec.reuse_hidden,
+                  self.emit_relations)
             for i in range(e.depth)])
         # columns 2i, 2i+1: the attention and MLP branches of block i
         self.drop_path_masks = DropPathMasks([float(dpr[i]) for i in range(e.depth) for _ in range(2)])
@@ -67,6 +69,31 @@ class DVTExit(nn.Cell):
                                                      spec.relation_expansion * channels, up_grid, self.grid,
                                                      e.depth)
         self.head = dense(d, spec.num_classes)
+        self.fused = None
+        if all(blk.fused is not None for blk in self.blocks):
+            self._bind_fused_stack()
+
+    def _bind_fused_stack(self) -> None:
+        """Inference on CPU in float32: every block in one fused kernel (:func:`dvt_ms.kernels.block_stack_op`),
+        ``None`` where the blocks run one by one."""
+        self.fused = kernels.block_stack_op(self.num_heads, False, self.emit_relations)
+        if self.fused is None:
+            return
+        first = self.blocks[0]
+        self.placeholder = first.placeholder
+        self.stack_resize = first.resize if self.feature_reuse else first.placeholder
+        self.stack_eps = first.eps_tensor
+        self.stack_config = first.stack_config(self.relation_reuse, False, False, depth=self.depth)
+        # not registered: the parameters belong to the blocks
+        self.__dict__["stack_weights"] = tuple(w for blk in self.blocks for w in blk.fused_weights)
+
+    def fused_features(self, t, features, relations):
+        """:meth:`forward_features` after the embedding, in inference through the fused kernel."""
+        rel = self.relation_reuse_conv.mixed(relations) if self.relation_reuse else self.placeholder
+        up = features if self.feature_reuse else self.placeholder
+        t, logits = self.fused(t, up, rel, self.stack_resize, self.placeholder, self.stack_config, self.stack_eps,
+                               *self.stack_weights)
+        return self.norm(t)[:, 0], t, (logits if self.emit_relations else None)
 
     def embed(self, x):
         """Image [B, C, H, W] -> tokens with class token and position embedding [B, N+1, D]."""
@@ -78,6 +105,8 @@ class DVTExit(nn.Cell):
     def forward_features(self, x, features=None, relations=None):
         """Returns (normed class feature [B, D], last tokens [B, N+1, D], logits [B, depth*heads, N+1, N+1])."""
         t = self.embed(x)
+        if self.fused is not None and not self.training and t.dtype == ms.float32:
+            return self.fused_features(t, features, relations)
         biases = self.relation_reuse_conv(relations) if self.relation_reuse else None
         masks = self.drop_path_masks(t)  # every block's drop-path masks in one draw; None in inference
         logits = ()

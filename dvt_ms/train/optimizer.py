@@ -130,8 +130,19 @@ class AdamW(nn.Cell):
         self.fused = kernels.adamw_op() if kernels.all_float32(self.params) and len(decays) <= 1 else None
         self.use_fused = self.fused is not None
         tail = (self.one_minus_beta1, self.beta2, self.one_minus_beta2, self.eps)  # rounded from float64 once
+        self.shared_decay = decays.pop() if decays else 0.0
         self.tail_plain = Tensor(np.array([*tail, 0.0], np.float32))
-        self.tail_decay = Tensor(np.array([*tail, decays.pop() if decays else 0.0], np.float32))
+        self.tail_decay = Tensor(np.array([*tail, self.shared_decay], np.float32))
+        # which tensors take the (one) weight decay, for the one-pass update of the whole step (dvt_train_update)
+        self.decayed = Tensor(np.array([1.0 if w else 0.0 for w in self.weight_decays], np.float32))
+
+    def hyper(self, lr):
+        """The float32 [8] AdamW constants of this step's update (``dvt_train_update``'s first eight): learning
+        rate, step size, square root of the second bias correction, 1 - beta1, beta2, 1 - beta2, eps and the
+        weight decay; reads the step count before this update."""
+        entry = ops.minimum(self.step + 1, self.last_entry + 1) - 1
+        lr = lr.astype(mstype.float32)
+        return ops.concat((ops.stack((lr, lr / self.bias1[entry], self.bias2_sqrt[entry])), self.tail_decay))
 
     def construct(self, grads, lr, apply=None):
         """One update with learning rate ``lr``. ``apply`` (a bool scalar tensor, fused CPU path only): when

@@ -11,6 +11,7 @@ import numpy as np
 from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 from mindspore import dtype as mstype
 
+from .. import kernels
 from ..models.layers import MaskStreams
 from .ema import EMA
 from .loss_scale import LossScaling
@@ -73,6 +74,15 @@ class TrainStep(nn.Cell):
         self.bad_streak = Parameter(Tensor(0, mstype.int32), name="bad_loss_streak", requires_grad=False)
         self.worst_streak = Parameter(Tensor(0, mstype.int32), name="worst_bad_loss_streak", requires_grad=False)
         self.gated_update = optimizer.use_fused
+        # CPU, float32, fixed loss scale, no clipping: the overflow check, unscaling, AdamW and the EMA in one
+        # in-place kernel over every tensor (a few nodes in the graph instead of some ten per parameter)
+        one_pass = optimizer.use_fused and not loss_scaler.dynamic and not self.clip_grad and (
+            ema is None or kernels.all_float32(ema.shadow))
+        self.update = kernels.train_update_op() if one_pass else None
+        self.one_pass_update = self.update is not None
+        if self.one_pass_update:
+            decay = (ema.decay, ema.one_minus_decay, 1.0) if ema is not None else (1.0, 0.0, 0.0)
+            self.ema_hyper = Tensor(np.array(decay, np.float32))
         self.grad = ops.GradOperation(get_by_list=True, sens_param=True)
         self.hyper_map = ops.HyperMap()
 
@@ -89,13 +99,40 @@ class TrainStep(nn.Cell):
         grads = self.grad(self.network, self.weights)(images, targets, sens)
         if self.use_reducer:
             grads = self.reducer(grads)
-        finite, grads = self.loss_scaler(grads)  # unscaled; a dynamic scale adjusts for the next step
         lr = self.lr_table[ops.minimum(step, self.last_step)]
+        if self.one_pass_update:
+            finite = self.apply_one_pass(grads, lr, scale)
+        else:
+            finite = self.apply_update(grads, lr)
+        streak = (self.bad_streak + 1) * ops.logical_not(ops.isfinite(total)).astype(mstype.int32)
+        ops.assign(self.bad_streak, streak)
+        ops.assign(self.worst_streak, ops.maximum(self.worst_streak, streak))
+        ops.assign(self.loss_sum, self.loss_sum + per_exit.astype(mstype.float32))
+        ops.assign(self.loss_steps, self.loss_steps + 1)
         ops.assign(self.global_step, step + 1)
         if self.use_masks:
             # The next step's mask streams, written last: the mask cells of this graph read the words the
             # previous step (or sync_masks) left, whatever order the compiler gives their loads.
             self.masks(step + 1)
+        return total, per_exit, lr, finite, scale
+
+    def apply_one_pass(self, grads, lr, scale):
+        """The update through ``dvt_train_update``: returns whether it was applied (every gradient finite)."""
+        opt = self.optimizer
+        hyper = ops.concat((opt.hyper(lr), ops.reciprocal(scale.astype(mstype.float32)).reshape((1,)),
+                            self.ema_hyper))
+        shadows = self.ema.shadow if self.use_ema else ()
+        applied = self.update(hyper, opt.decayed, *self.weights, *grads, *opt.exp_avg, *opt.exp_avg_sq, *shadows)
+        applied = applied.reshape(())
+        ops.assign(opt.step, opt.step + applied.astype(mstype.int32))
+        overflows = self.loss_scaler.overflows
+        ops.assign(overflows, overflows + (1 - applied.astype(mstype.int32)))
+        return applied > 0.5
+
+    def apply_update(self, grads, lr):
+        """Unscale and check the gradients (a dynamic scale adjusts for the next step), clip, update the weights
+        and the EMA unless a gradient overflowed; returns whether every gradient was finite."""
+        finite, grads = self.loss_scaler(grads)
         if self.clip_grad > 0:
             grads = self.clip(grads)
         if self.gated_update:
@@ -108,12 +145,7 @@ class TrainStep(nn.Cell):
             self.optimizer(grads, lr)
             if self.use_ema:
                 self.ema()
-        streak = (self.bad_streak + 1) * ops.logical_not(ops.isfinite(total)).astype(mstype.int32)
-        ops.assign(self.bad_streak, streak)
-        ops.assign(self.worst_streak, ops.maximum(self.worst_streak, streak))
-        ops.assign(self.loss_sum, self.loss_sum + per_exit.astype(mstype.float32))
-        ops.assign(self.loss_steps, self.loss_steps + 1)
-        return total, per_exit, lr, finite, scale
+        return finite
 
     def sync_masks(self) -> None:
         """Set the mask streams to the words of the current ``global_step`` (before a run starts or resumes)."""

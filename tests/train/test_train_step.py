@@ -117,6 +117,33 @@ def test_ema_and_learning_rate_position(graph_mode):
     assert step.take_loss_sums()[1] == 0
 
 
+def test_one_pass_update_gives_the_per_tensor_updates_bits(graph_mode, monkeypatch):
+    """On CPU the step's whole update (overflow check, unscaling, AdamW, EMA) runs as one in-place kernel; it
+    leaves every weight, moment, shadow and counter with the same bits as the per-tensor update, an overflowed
+    step included."""
+    from dvt_ms import kernels
+
+    def run():
+        net = _TwoExitLinear()
+        opt = AdamW([net.w, net.b], [0.05, 0.0])
+        step = TrainStep(net, opt, np.array([0.1, 0.05, 0.02, 0.01], np.float32), LossScaling(1024.0), 2, None,
+                         EMA(opt.params, 0.75))
+        x, t = _data()
+        for inputs in (x, x * 2, Tensor(np.full((3, 2), np.inf, np.float32)), x * 0.5):
+            step(inputs, t)
+        state = [p.asnumpy() for p in (*opt.params, *opt.exp_avg, *opt.exp_avg_sq, *step.ema.shadow)]
+        counters = [int(c.asnumpy()) for c in (opt.step, step.loss_scaler.overflows, step.global_step)]
+        return step.one_pass_update, state, counters
+
+    one_pass, state, counters = run()
+    monkeypatch.setattr(kernels, "train_update_op", lambda: None)
+    per_tensor, expected_state, expected_counters = run()
+    assert one_pass and not per_tensor
+    assert counters == expected_counters == [3, 1, 4]
+    for got, expected in zip(state, expected_state, strict=True):
+        np.testing.assert_array_equal(got, expected)
+
+
 def test_loss_scale_type_resolution():
     assert resolve_loss_scale_type("auto", "O2", "Ascend") == "dynamic"
     assert resolve_loss_scale_type("auto", "O3", "GPU") == "dynamic"

@@ -269,6 +269,11 @@ class Dropout(_RateCell):
     def construct(self, x, draw: int = 0):
         if self.rate == 0.0 or not self.training:
             return x
+        return x * self.mask(x, draw)
+
+    def mask(self, x, draw: int = 0):
+        """The multipliers this cell applies to ``x`` (0 or ``1 / (1 - p)`` per element, ``x``'s shape and type),
+        for a fused kernel that applies them itself; only in training with a rate above 0."""
         flat, rest, size = _flatten(x)
         words = self.own_words(1, draw)
         base, xor = self.row_uniforms(flat, words)  # [B, 1] each
@@ -283,7 +288,7 @@ class Dropout(_RateCell):
             stride = (words[0:1].reshape(1, 1, 1) + chunk * 2) & 0x7FF
             uniform = ops.gather(self.table, (start + index * stride) & _TABLE_MASK, 0)
             uniform = uniform.reshape(-1, chunks * _TABLE_SIZE)[:, :size] ^ xor
-        return (flat * self.scaled(uniform < self.keep_below, x.dtype)).reshape((-1, *rest))
+        return self.scaled(uniform < self.keep_below, x.dtype).reshape((-1, *rest))
 
 
 class DropPath(_RateCell):

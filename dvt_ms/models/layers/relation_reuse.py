@@ -44,14 +44,16 @@ class RelationReuse(nn.SequentialCell):
         self.resize = Tensor(relation_resize_matrix(up_grid, grid))
         self.fused = kernels.sandwich_op()  # CPU: P R P^T from P's non-zeros, no broadcast of P
 
-    def construct(self, relations):
+    def mixed(self, relations):
+        """The relation terms of every downstream block, unsplit: [B, depth * heads, n, n]."""
         r = relations.reshape(-1, relations.shape[1], self.n_up * self.n_up)
         for cell in self.cell_list:
             r = cell(r)
         r = r.reshape(-1, self.out_channels, self.n_up, self.n_up)
         p = self.resize.astype(r.dtype)
         if kernels.use_fused(self, r):
-            r = self.fused(r, p)
-        else:
-            r = ops.matmul(ops.matmul(p, r), p.swapaxes(0, 1))
-        return ops.split(r, self.out_channels // self.depth, axis=1)
+            return self.fused(r, p)
+        return ops.matmul(ops.matmul(p, r), p.swapaxes(0, 1))
+
+    def construct(self, relations):
+        return ops.split(self.mixed(relations), self.out_channels // self.depth, axis=1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import mindspore as ms
 import numpy as np
 from mindspore import Tensor, nn, ops
 
@@ -41,6 +42,19 @@ class TokenPerformer(nn.Cell):
         self.features_mm = ops.MatMul(transpose_b=True)
         self.bmm_ta = ops.BatchMatMul(transpose_a=True)
         self.bmm_tb = ops.BatchMatMul(transpose_b=True)
+        # CPU, float32: the whole performer in one kernel with its backward (see dvt_ms.kernels.token_performer_op)
+        train, infer = kernels.token_performer_op(True), kernels.token_performer_op(False)
+        self.fused = (train, infer) if train is not None and infer is not None else None
+        if self.fused is not None:
+            self.placeholder = Tensor(np.zeros(1, np.float32))
+            self.eps_tensor = self.norm1.eps_tensor
+            self.configs = tuple(Tensor(np.array([training, dropout], np.int32))
+                                 for training in (0, 1) for dropout in (0, 1))
+            fc1, fc2 = self.mlp[0], self.mlp[2]
+            # not registered: the parameters belong to the child cells, in their order
+            self.__dict__["fused_weights"] = (
+                self.norm1.weight, self.norm1.bias, self.kqv.weight, self.kqv.bias, self.w, self.proj.weight,
+                self.proj.bias, self.norm2.weight, self.norm2.bias, fc1.weight, fc1.bias, fc2.weight, fc2.bias)
 
     def random_features(self, x):
         """exp(w^T x - |x|^2 / 2) / sqrt(m): [B, T, emb] -> [B, T, m].
@@ -65,7 +79,23 @@ class TokenPerformer(nn.Cell):
         y = y1[:, :, : self.emb] / (y1[:, :, self.emb:] + self.epsilon)
         return v + self.dp(self.proj(y))
 
+    def fused_forward(self, x):
+        """:meth:`construct` through the fused kernel."""
+        dropout = self.training and self.dp.rate > 0.0
+        if dropout:
+            shape = (x.shape[0], x.shape[1], self.emb)
+            probe = ops.zeros(shape, x.dtype)  # the dropouts' masks depend on the shape only
+            masks = (self.dp.mask(probe), self.mlp[3].mask(probe))
+        else:
+            masks = (self.placeholder, self.placeholder)
+        config = self.configs[2 * int(self.training) + int(dropout)]
+        if self.training:
+            return self.fused[0](x, masks[0], masks[1], config, self.eps_tensor, *self.fused_weights)[0]
+        return self.fused[1](x, masks[0], masks[1], config, self.eps_tensor, *self.fused_weights)
+
     def construct(self, x):
+        if self.fused is not None and x.dtype == ms.float32:
+            return self.fused_forward(x)
         x = self.attend(self.norm1(x))
         return x + self.mlp(self.norm2(x))
 
