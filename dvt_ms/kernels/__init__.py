@@ -3,16 +3,25 @@
 MindSpore's CPU kernels for LayerNorm and exact GELU (and their gradients: LayerNormGrad alone took a
 quarter of a T2T-ViT-12 train step) are 5-25x slower than torch's on the same machine, and a DVT exit is
 full of both; its unfold (+ transpose) and the per-image broadcast behind a 2-D x 4-D matmul cost the T2T
-stems and relation reuse as much again. On CPU, the layers (LayerNorm, GELU, the T2T soft splits, relation
-reuse's resize) call the kernels of ``cpu_kernels.cc`` instead, through ``mindspore.ops.Custom``
-(``func_type="aot"``) with a ``bprop`` that calls the matching backward kernel, and the train step runs
-AdamW (one pass per tensor) and the overflow check (one node for every gradient) as kernels too. The
-kernels are compiled on first use with the system compiler (see :mod:`.build`). Each op here returns
-``None`` where the stock ops must be used: on Ascend/GPU, when no compiler is found (a warning says so,
-once), or when switched off with ``DVT_MS_KERNELS=0`` or :func:`use_kernels`. The choice is made when a
-cell is built; the layers take the kernel path for float32 inputs, the stock path otherwise (float16). The
-custom ops need static shapes: :func:`drop_kernels_if_dynamic` switches a network back to the stock ops
-before it is compiled for a dynamic batch dimension (``set_inputs`` with ``None``).
+stems and relation reuse as much again. On CPU the model calls kernels of its own instead, through
+``mindspore.ops.Custom`` (``func_type="aot"``) with a ``bprop`` that calls the matching backward kernel:
+
+* whole layers (``layer_kernels.cc``, where MindSpore ships oneDNN, whose sgemm runs their matrix products): a
+  transformer block with its reuse MLP, drop path and residuals (:func:`block_stack_op`; an exit's blocks as
+  one kernel in inference) and the T2T token performer (:func:`token_performer_op`). MindSpore's compile
+  time grows with the nodes of a graph and its launch cost with the kernels per call: a block is one node
+  instead of ~80;
+* single ops (``cpu_kernels.cc``): LayerNorm, GELU, the T2T soft splits and relation reuse's resize, where
+  the layer kernels do not cover them;
+* the train step's whole update (:func:`train_update_op`: overflow check, unscaling, AdamW and the EMA in
+  place, one node for every parameter), or AdamW per tensor and the overflow check where that cannot run.
+
+The kernels are compiled on first use with the system compiler (see :mod:`.build`). Each op here returns
+``None`` where the stock ops must be used: on Ascend/GPU, when no compiler is found or the build fails (a
+warning says so, once), or when switched off with ``DVT_MS_KERNELS=0`` or :func:`use_kernels`. The choice is
+made when a cell is built; the layers take the kernel path for float32 inputs, the stock path otherwise
+(float16). The custom ops need static shapes: :func:`drop_kernels_if_dynamic` switches a network back to the
+stock ops before it is compiled for a dynamic batch dimension (``set_inputs`` with ``None``).
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@
 //
 // Row-major layouts as the stock path: tokens [B, N, C]; qkv [B, N, 3C] with columns (q | k | v), head j at
 // columns j*d .. (j+1)*d of each; attention logits and relation terms of the stack [B, depth * heads, N, N]
-// (block i, head j: channel i * heads + j, as the stock path concatenates them). Drop path: masks [B, 2 depth],
-// column 2i scaling block i's attention branch and 2i + 1 its MLP branch.
+// (block i, head j: channel i * heads + j, as the stock path concatenates them). Drop path: masks [B, M] of the
+// whole exit, read from a given column on (see Stack).
 
 #include "kernel_common.h"
 
@@ -388,14 +388,15 @@ void mlp_backward(const MlpDims &m, const MlpWeights &w, const float *x, const f
 
 // The stack's inputs and outputs, read from MindSpore's arguments and checked against each other.
 // Inputs: 0 x [B, N, C], 1 upstream tokens [B, Nr, Cu] (or [1]), 2 relation terms [B, depth * heads, N, N]
-// (or [1]), 3 grid resize P [N - 1, Nr - 1] (or [1]), 4 drop-path masks [B, 2 depth] (or [1]), 5 int32 config
-// {depth, heads, qkv bias, relation, drop path, feature reuse, emit logits, training}, 6 LayerNorm eps [1], then
+// (or [1]), 3 grid resize P [N - 1, Nr - 1] (or [1]), 4 drop-path masks [B, M] (or [1]; block i's attention
+// branch scaled by column first + 2i, its MLP branch by first + 2i + 1), 5 int32 config {depth, heads, qkv bias,
+// relation, drop path, feature reuse, emit logits, training, first}, 6 LayerNorm eps [1], then
 // 18 weights per block: norm1 w, b [C]; qkv w [3C, C], b [3C] (or [1] without qkv bias); proj w [C, C], b [C];
 // norm2 w, b [C + Cr]; fc1 w [H, C + Cr], b [H]; fc2 w [C, H], b [C]; the reuse MLP's norm w, b [Cu], fc1 w
 // [Hr, Cu], b [Hr], fc2 w [Cr, Hr], b [Cr] (each [1] without feature reuse).
 struct Stack {
   static constexpr int64_t kPerBlock = 18, kFirstWeight = 7, kReuse = 12;
-  int64_t depth = 0;
+  int64_t depth = 0, first_mask_column = 0, mask_columns = 0;
   bool qkv_bias = false, relation = false, masked = false, reuse = false, emit = false, training = false;
   Dims dm{};
   int64_t up_tokens = 0, up_width = 0, reuse_hidden = 0, reuse_width = 0, hidden = 0;
@@ -419,7 +420,7 @@ struct Stack {
   // Reads and checks the arguments (``after`` of them follow the weights); false when anything disagrees.
   bool read(int nparam, void **args, int *ndims, int64_t **shapes, int after) {
     params = args;
-    if (nparam < kFirstWeight || ndims[0] != 3 || !is_shape(ndims[5], shapes[5], {8}) ||
+    if (nparam < kFirstWeight || ndims[0] != 3 || !is_shape(ndims[5], shapes[5], {9}) ||
         !is_shape(ndims[6], shapes[6], {1}))
       return false;
     const int32_t *cfg = static_cast<const int32_t *>(args[5]);
@@ -430,6 +431,7 @@ struct Stack {
     reuse = cfg[5] != 0;
     emit = cfg[6] != 0;
     training = cfg[7] != 0;
+    first_mask_column = cfg[8];
     if (depth < 1 || nparam != kFirstWeight + depth * kPerBlock + after) return false;
     const int64_t b = shapes[0][0], n = shapes[0][1], c = shapes[0][2], heads = cfg[1];
     if (heads <= 0 || c % heads != 0 || n < 1) return false;
@@ -446,7 +448,10 @@ struct Stack {
       reuse_width = shapes[r + 4][0];
     }
     if (relation && !is_shape(ndims[2], shapes[2], {b, depth * heads, n, n})) return false;
-    if (masked && !is_shape(ndims[4], shapes[4], {b, 2 * depth})) return false;
+    if (masked && (ndims[4] != 2 || shapes[4][0] != b || first_mask_column < 0 ||
+                   shapes[4][1] < first_mask_column + 2 * depth))
+      return false;
+    mask_columns = masked ? shapes[4][1] : 0;
     if (ndims[kFirstWeight + 8] != 2) return false;
     hidden = shapes[kFirstWeight + 8][0];
     const int64_t dim = c + reuse_width;
@@ -490,8 +495,8 @@ struct Stack {
     PathMask m;
     if (masked) {
       m.masks = input(4);
-      m.columns = 2 * depth;
-      m.column = column;
+      m.columns = mask_columns;
+      m.column = first_mask_column + column;
     }
     return m;
   }
@@ -878,7 +883,7 @@ int dvt_token_performer_grad(int nparam, void **params, int *ndims, int64_t **sh
 int dvt_block_stack(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
   return dvt::guarded([&]() -> int {
     Stack st;
-    if (nparam < Stack::kFirstWeight || !is_shape(ndims[5], shapes[5], {8})) return kBadArguments;
+    if (nparam < Stack::kFirstWeight || !is_shape(ndims[5], shapes[5], {9})) return kBadArguments;
     const bool training = static_cast<const int32_t *>(params[5])[7] != 0;
     if (!st.read(nparam, params, ndims, shapes, training ? 3 : 2)) return kBadArguments;
     const int64_t out = Stack::kFirstWeight + st.weights();
@@ -924,7 +929,7 @@ int dvt_block_stack(int nparam, void **params, int *ndims, int64_t **shapes, con
 int dvt_block_stack_grad(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
   return dvt::guarded([&]() -> int {
     Stack st;
-    if (nparam < Stack::kFirstWeight || !is_shape(ndims[5], shapes[5], {8})) return kBadArguments;
+    if (nparam < Stack::kFirstWeight || !is_shape(ndims[5], shapes[5], {9})) return kBadArguments;
     const int64_t depth = static_cast<const int32_t *>(params[5])[0];
     const int64_t n_weights = depth * Stack::kPerBlock;
     // after the weights: saved, dy, d logits, then the outputs dx, d upstream, d relation and the weights' gradients

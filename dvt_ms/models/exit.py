@@ -58,7 +58,7 @@ class DVTExit(nn.Cell):
         self.blocks = nn.CellList([
             block(d, e.num_heads, e.mlp_hidden, self.num_tokens, e.qkv_bias, e.norm_eps, spec.drop_rate,
                   spec.attn_drop_rate, float(dpr[i]), reuse_from, spec.reuse_channels, spec.reuse_hidden,
-                  self.emit_relations)
+                  self.emit_relations, 2 * i)
             for i in range(e.depth)])
         # columns 2i, 2i+1: the attention and MLP branches of block i
         self.drop_path_masks = DropPathMasks([float(dpr[i]) for i in range(e.depth) for _ in range(2)])
@@ -112,7 +112,10 @@ class DVTExit(nn.Cell):
         logits = ()
         for i, blk in enumerate(self.blocks):
             bias = biases[i] if self.relation_reuse else None
-            t, logit = blk(t, features, bias, masks[:, 2 * i:2 * i + 2] if masks is not None else None)
+            block_masks = None
+            if masks is not None:  # the fused kernel reads its columns of the exit's masks itself
+                block_masks = masks if blk.fused is not None else masks[:, 2 * i:2 * i + 2]
+            t, logit = blk(t, features, bias, block_masks)
             if self.emit_relations:
                 logits = (*logits, logit)
         out_rel = ops.cat(logits, 1) if self.emit_relations else None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 
 import mindspore as ms
 import numpy as np
@@ -319,6 +321,58 @@ def test_failing_compiler_is_a_clear_error_and_leaves_nothing(fresh_library, mon
     with pytest.raises(build.KernelBuildError, match=r"broken-c\+\+ failed to build cpu_kernels\.cc"):
         build.build_library()
     assert built_files(fresh_library) == []
+
+
+def test_unwritable_cache_falls_back_to_stock_ops_with_a_warning(tmp_path, monkeypatch, caplog):
+    """A cache folder that cannot be created (here: below a file) is a build error, so the model takes the stock
+    ops with one warning instead of failing."""
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("")
+    monkeypatch.setenv("DVT_MS_KERNEL_CACHE", str(blocker / "kernels"))
+    kernels._library.cache_clear()
+    try:
+        with pytest.raises(build.KernelBuildError, match="could not build or cache"):
+            build.build_library()
+        with caplog.at_level(logging.WARNING), kernels.use_kernels(True):
+            assert LayerNorm(4).fused is None
+        assert "fused CPU kernels unavailable" in caplog.text
+    finally:
+        kernels._library.cache_clear()
+
+
+def test_concurrent_processes_build_once(fresh_library, tmp_path_factory):
+    """Two processes asking for the library at the same time: one compiles, the other waits for it (the build
+    lock) and loads the same file."""
+    compiler = build.find_compiler()
+    if compiler is None:
+        pytest.skip("no C++ compiler on this machine")
+    calls = tmp_path_factory.mktemp("calls") / "calls.txt"
+    wrapper = tmp_path_factory.mktemp("bin") / "counting-c++"
+    wrapper.write_text(f'#!/bin/sh\ncase "$*" in *--version*) ;; *) echo build >> {calls} ;; esac\n'
+                       f'exec {compiler} "$@"\n')
+    wrapper.chmod(0o755)
+    code = "from dvt_ms.kernels import build; print(build.build_library())"
+    env = dict(os.environ, CXX=str(wrapper), DVT_MS_KERNEL_CACHE=str(fresh_library))
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    paths = [p.communicate(timeout=600)[0].strip() for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert paths[0] == paths[1] and os.path.isfile(paths[0])
+    assert calls.read_text().splitlines() == ["build"]
+    assert built_files(fresh_library) == [os.path.basename(paths[0])]
+
+
+def test_gelu_and_layer_norm_propagate_nan(graph_mode):
+    """NaN and inf inputs give NaN / inf outputs where the stock ops give them, without undefined behaviour in
+    the kernels' exp (a NaN exponent is never cast to an integer)."""
+    x = np.array([[np.nan, np.inf, 1.0, -2.0, 0.5, 3.0, -1.0, 2.0]], np.float32)
+    with kernels.use_kernels(True):
+        gelu, norm = GELU(), LayerNorm(8)
+    y = gelu(ms.Tensor(x)).asnumpy()
+    assert np.isnan(y[0, 0]) and y[0, 1] == np.inf
+    np.testing.assert_allclose(y[0, 2:], ops.gelu(ms.Tensor(x[:, 2:]), approximate="none").asnumpy()[0], rtol=1e-6,
+                               atol=3e-7)
+    assert np.isnan(norm(ms.Tensor(x)).asnumpy()).all()  # a NaN in a row makes its statistics NaN
 
 
 def test_cache_key_changes_with_the_compiler(fresh_library, monkeypatch):

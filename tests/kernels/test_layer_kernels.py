@@ -53,8 +53,8 @@ class Weighted(nn.Cell):
         out = self.cell(*inputs)
         out = out if isinstance(out, tuple) else (out,)
         total = 0.0
-        for o, c in zip(out, self.cotangents, strict=False):  # outputs past the cotangents are not weighed
-            total = total + (o * c).sum()
+        for i, c in enumerate(self.cotangents):  # outputs past the cotangents are not weighed
+            total = total + (out[i] * c).sum()
         return total
 
 
@@ -152,7 +152,7 @@ def block_stack_inputs(qkv_weight_shape=(3 * DIM, DIM)):
         return ms.Tensor(rng.randn(*shape).astype(np.float32))
 
     ph = ms.Tensor(np.zeros(1, np.float32))
-    config = ms.Tensor(np.array([1, HEADS, 1, 0, 0, 0, 1, 0], np.int32))
+    config = ms.Tensor(np.array([1, HEADS, 1, 0, 0, 0, 1, 0, 0], np.int32))
     weights = [t(DIM), t(DIM), t(*qkv_weight_shape), t(3 * DIM), t(DIM, DIM), t(DIM), t(DIM), t(DIM), t(HIDDEN, DIM),
                t(HIDDEN), t(DIM, HIDDEN), t(DIM)] + [ph] * 6
     return [t(2, TOKENS, DIM), ph, ph, ph, ph, config, ms.Tensor(np.array([1e-6], np.float32)), *weights]

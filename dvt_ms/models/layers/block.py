@@ -33,8 +33,10 @@ class Block(nn.Cell):
     def __init__(self, dim: int, num_heads: int, mlp_hidden: int, num_tokens: int, qkv_bias: bool,
                  norm_eps: float, drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0,
                  reuse_from: tuple[int, int] | None = None, reuse_channels: int = 48,
-                 reuse_hidden: int = 128, emit_logits: bool = True) -> None:
-        """``reuse_from``: (upstream embed dim, upstream grid side) when the block reuses features."""
+                 reuse_hidden: int = 128, emit_logits: bool = True, mask_column: int = 0) -> None:
+        """``reuse_from``: (upstream embed dim, upstream grid side) when the block reuses features.
+        ``mask_column``: where this block's two drop-path columns start in the masks of its exit, which the
+        fused kernel reads whole (the stock path takes its own two columns)."""
         super().__init__()
         self.norm1 = LayerNorm(dim, norm_eps)
         self.attn = Attention(dim, num_heads, num_tokens, qkv_bias, attn_drop, drop)
@@ -56,7 +58,7 @@ class Block(nn.Cell):
         self.signature = repr((dim, num_heads, mlp_hidden, num_tokens, qkv_bias, norm_eps, drop_path > 0.0,
                                reuse_from, reuse_channels, reuse_hidden, emit_logits)
                               + ((id(self),) if drop > 0.0 or attn_drop > 0.0 else ()))
-        self.fused = None
+        self.fused, self.mask_column = None, int(mask_column)
         if drop == 0.0 and attn_drop == 0.0:
             self._bind_fused(num_heads, qkv_bias, emit_logits)
 
@@ -93,7 +95,8 @@ class Block(nn.Cell):
 
     def stack_config(self, relation: bool, masked: bool, training: bool, depth: int = 1) -> Tensor:
         """The config input of :func:`dvt_ms.kernels.block_stack_op` for ``depth`` blocks like this one."""
-        values = (depth, self.heads, self.qkv_bias, relation, masked, self.feature_reuse, self.emit_logits, training)
+        values = (depth, self.heads, self.qkv_bias, relation, masked, self.feature_reuse, self.emit_logits, training,
+                  self.mask_column if masked else 0)
         return Tensor(np.array([int(v) for v in values], np.int32))
 
     def reused_features(self, upstream):
@@ -103,7 +106,7 @@ class Block(nn.Cell):
         return ops.cat((ops.zeros_like(f[:, :1, :]), f), 1)
 
     def fused_forward(self, x, upstream, relation, path_masks):
-        """:meth:`construct` through the fused kernel (drop path on: ``path_masks`` given)."""
+        """:meth:`construct` through the fused kernel (drop path on: the exit's ``path_masks`` given)."""
         masked = self.training and self.fused_drop_path
         masks = path_masks if masked else self.placeholder
         rel = self.placeholder if relation is None else relation
@@ -127,8 +130,9 @@ class Block(nn.Cell):
         return x, logits
 
     def construct(self, x, upstream=None, relation=None, path_masks=None):
-        """``path_masks``: [B, 2] drop-path masks of the attention and MLP branches (see
-        :class:`~dvt_ms.models.layers.dropout.DropPathMasks`); without, ``drop_path`` draws its own."""
+        """``path_masks``: drop-path masks (see :class:`~dvt_ms.models.layers.dropout.DropPathMasks`): the exit's
+        [B, 2 depth] for the fused kernel (:attr:`fused` set), else [B, 2], the attention and MLP branches';
+        without, ``drop_path`` draws its own."""
         # The two paths are methods of their own: the compiler then parses only the one taken.
         if self.fused is not None and x.dtype == ms.float32:
             if path_masks is not None or not self.training or not self.fused_drop_path:
