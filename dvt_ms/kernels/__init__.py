@@ -39,9 +39,9 @@ from ..device import env_switch
 from .build import KernelBuildError, build_library, has_layer_kernels
 
 __all__ = ["BLOCK_WEIGHTS", "PERFORMER_WEIGHTS", "KernelBuildError", "StaticShapeKernels", "adamw_op", "all_finite_op",
-           "all_float32", "block_stack_op", "drop_kernels_if_dynamic", "gelu_op", "kernels_enabled", "layer_norm_op",
-           "sandwich_op", "stack_saved_floats", "token_performer_op", "train_update_op", "unfold_op", "use_fused",
-           "use_kernels"]
+           "all_float32", "block_stack_op", "drop_kernels_if_dynamic", "dropout_mask_op", "gelu_op", "kernels_enabled",
+           "layer_norm_op", "sandwich_op", "stack_saved_floats", "token_performer_op", "train_update_op", "unfold_op",
+           "use_fused", "use_kernels"]
 
 _LOG = logging.getLogger(__name__)
 _override: list[bool] = []
@@ -291,6 +291,13 @@ def token_performer_op(training: bool):
         return [x[0], x[1], kqv[0] // 3], [performer_saved_floats(x, kqv, features)]
 
     return _layer_custom("dvt_token_performer", shapes, lambda x, *_: (x, x), bprop)
+
+
+def dropout_mask_op():
+    """``op(x, words, table, config, scale)`` -> float32 dropout multipliers of ``x``'s shape, computed as
+    :meth:`dvt_ms.models.layers.Dropout.mask` computes them with graph ops (the same bits; see
+    ``dvt_dropout_mask`` in ``cpu_kernels.cc``), or ``None`` where the stock ops must be used."""
+    return _custom("dvt_dropout_mask", lambda x, *_: x, lambda x, *_: mstype.float32)
 
 
 def train_update_op():

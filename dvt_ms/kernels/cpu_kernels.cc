@@ -292,6 +292,50 @@ int dvt_adamw(int nparam, void **params, int *ndims, int64_t **shapes, const cha
   return 0;
 }
 
+// The multipliers of a dropout mask, exactly as dvt_ms.models.layers.dropout.Dropout.mask computes them in the
+// graph (same int32 arithmetic and table, so the same bits): for sample b at global position p = (b * ranks +
+// rank) mod 2^18 under the stream words (C, O, P, O2, P2, X), element f of a sample of F elements reads
+// TABLE[(O + p P + f C) mod 2^18] ^ TABLE[(O2 + p P2) mod 2^18] ^ X (samples above 2^18 elements in chunks r of
+// 2^18: offset r P2, stride (C + 2r) mod 2^11) and is kept when that is below keep_below. Inputs: x (its shape
+// only), words int32 [6, 1], table int32 [2^18], config int32 {rank, ranks, keep_below}, scale float32 [1]
+// (1 / keep). Output: float32 of x's shape, scale where kept, else 0.
+int dvt_dropout_mask(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+  return dvt::guarded([&]() -> int {
+    constexpr int64_t kTable = 1 << 18, kMask = kTable - 1;
+    if (nparam != 6 || ndims[0] < 1 || !(ndims[1] == 2 && shapes[1][0] == 6 && shapes[1][1] == 1) ||
+        !(ndims[2] == 1 && shapes[2][0] == kTable) || !(ndims[3] == 1 && shapes[3][0] == 3) ||
+        !(ndims[4] == 1 && shapes[4][0] == 1) || ndims[5] != ndims[0] ||
+        count(ndims[5], shapes[5]) != count(ndims[0], shapes[0]))
+      return dvt::kBadArguments;
+    const int32_t *w = static_cast<const int32_t *>(params[1]);
+    const int32_t *table = static_cast<const int32_t *>(params[2]);
+    const int32_t *cfg = static_cast<const int32_t *>(params[3]);
+    const float scale = *static_cast<const float *>(params[4]);
+    float *out = static_cast<float *>(params[5]);
+    const int64_t batch = shapes[0][0], size = count(ndims[0] - 1, shapes[0] + 1);
+    const int64_t rank = cfg[0], ranks = cfg[1], keep_below = cfg[2];
+    const int64_t c = w[0], o = w[1], p_stride = w[2], o2 = w[3], p2 = w[4], x_word = w[5];
+    parallel_for(batch, 4 * size, [&](int64_t first, int64_t last, int64_t) {
+      for (int64_t b = first; b < last; ++b) {
+        const int64_t position = (b * ranks + rank) & kMask;
+        const int64_t base = (o + position * p_stride) & kMask;
+        const int32_t xor_word = table[(o2 + position * p2) & kMask] ^ static_cast<int32_t>(x_word);
+        float *row = out + b * size;
+        for (int64_t start = 0, chunk = 0; start < size; start += kTable, ++chunk) {
+          const int64_t from = size <= kTable ? base : (base + chunk * p2) & kMask;
+          const int64_t stride = size <= kTable ? c : (c + 2 * chunk) & 0x7FF;
+          const int64_t n = std::min(kTable, size - start);
+          for (int64_t f = 0; f < n; ++f) {
+            const int32_t uniform = table[(from + f * stride) & kMask] ^ xor_word;
+            row[start + f] = uniform < keep_below ? scale : 0.0f;
+          }
+        }
+      }
+    });
+    return 0;
+  });
+}
+
 // The whole update of a CPU train step in one pass over every tensor, in place: the overflow check of the
 // scaled gradients, unscaling, AdamW (exactly as dvt_adamw) and the EMA of the updated weights. Inputs: hyper
 // float32 [12] = {lr, step_size, sqrt(bias correction 2), 1 - beta1, beta2, 1 - beta2, eps, weight_decay,

@@ -158,6 +158,23 @@ def test_dropout_of_samples_larger_than_the_table(graph_mode):
         assert (dots.max() / len(second) + 1) / 2 < 0.6
 
 
+@pytest.mark.parametrize("shape", [(5, 7, 9), (2, 2 ** TABLE_BITS + 1000)], ids=["one_chunk", "two_chunks"])
+@pytest.mark.parametrize("rank", [0, 1])
+def test_fused_dropout_masks_are_the_graph_ops_bits(shape, rank, graph_mode):
+    """On CPU the dropout kernel computes the masks the stock graph ops compute, bit for bit (ranks and samples
+    larger than the table included)."""
+    from dvt_ms import kernels
+
+    masks = []
+    for fused in (False, True):
+        with kernels.use_kernels(fused):
+            cell = _Twice(lambda: Dropout(0.3))
+        assert (cell.first.fused is not None) == fused
+        masks.append(_masks(cell, np.ones(shape, np.float32), step=77, seed=5, rank=rank, num_ranks=2))
+    for stock, got in zip(*masks, strict=True):
+        np.testing.assert_array_equal(got, stock)
+
+
 def test_drop_path_keep_rate_scaling_per_sample(graph_mode):
     x = np.ones((4096, 3, 2), np.float32)
     a, a1, b = _masks(_Twice(lambda: DropPath(0.2)), x, step=7)

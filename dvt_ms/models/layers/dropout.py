@@ -52,6 +52,8 @@ import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore import dtype as mstype
 
+from ... import kernels
+
 __all__ = ["MAX_DRAWS", "TABLE_BITS", "DropPath", "DropPathMasks", "Dropout", "MaskStreams", "bind_masks",
            "key_schedule", "mask_table", "philox4x16", "stream_key", "stream_words"]
 
@@ -261,10 +263,23 @@ class _RateCell(_MaskCell):
 
 class Dropout(_RateCell):
     """Element-wise dropout with rate ``p`` (kept elements scaled by ``1 / (1 - p)``), as ``nn.Dropout``;
-    ``construct(x, draw=0)``: calls of one cell within one forward pass give different ``draw`` indices."""
+    ``construct(x, draw=0)``: calls of one cell within one forward pass give different ``draw`` indices.
+
+    On CPU the masks of float32 inputs come from one fused kernel (:func:`dvt_ms.kernels.dropout_mask_op`, the
+    same int32 arithmetic and table, so the same bits) instead of some twenty graph nodes."""
 
     def __init__(self, p: float = 0.0) -> None:
         super().__init__(p)
+        self.fused = kernels.dropout_mask_op() if self.rate > 0.0 else None
+        self.mask_scale = Tensor(np.array([1.0 / self.keep], np.float32))
+        self.mask_config = self._mask_config()
+
+    def _mask_config(self) -> Tensor:
+        return Tensor(np.array([self.rank, self.num_ranks, self.keep_below], np.int32))
+
+    def bind(self, streams: MaskStreams, first: int) -> None:
+        super().bind(streams, first)
+        self.mask_config = self._mask_config()
 
     def construct(self, x, draw: int = 0):
         if self.rate == 0.0 or not self.training:
@@ -274,8 +289,10 @@ class Dropout(_RateCell):
     def mask(self, x, draw: int = 0):
         """The multipliers this cell applies to ``x`` (0 or ``1 / (1 - p)`` per element, ``x``'s shape and type),
         for a fused kernel that applies them itself; only in training with a rate above 0."""
-        flat, rest, size = _flatten(x)
         words = self.own_words(1, draw)
+        if self.fused is not None and x.dtype == mstype.float32:
+            return ops.stop_gradient(self.fused(x, words, self.table, self.mask_config, self.mask_scale))
+        flat, rest, size = _flatten(x)
         base, xor = self.row_uniforms(flat, words)  # [B, 1] each
         if size <= _TABLE_SIZE:
             index = ops.arange(size, dtype=mstype.int32).reshape(1, size)
