@@ -14,7 +14,7 @@ Each side runs in its own process; after the first step (its time includes MindS
 warm-up steps, the parent alternates the sides round by round and reports medians. Printed per model and
 batch: first step, median step, img/s, the ratio (official time / dvt_ms time, > 1: dvt_ms faster), the
 machine's fp32 GEMM rate in each framework and each side's achieved GMAC/s (3x the forward MACs of every
-exit: the usual forward + backward convention).
+exit: the usual forward + backward convention) and each process's peak resident memory.
 
     python benchmarks/bench_train_vs_official.py --official DIR [--models dvt_t2t_vit_12 dvt_deit_small]
         [--batches 8 32] [--rounds 5] [--repeats 2]
@@ -32,6 +32,7 @@ import csv
 import glob
 import json
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -68,7 +69,8 @@ def _serve(step, matmul, repeats: int, extra: dict) -> None:
         if line.strip() != "round":
             break
         times = [timed(step) for _ in range(repeats)]
-        answer({"times": times, "gemm": [timed(matmul) for _ in range(3)]})
+        answer({"times": times, "gemm": [timed(matmul) for _ in range(3)],
+                "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20})  # Linux: KiB
 
 
 def official_step(args):
@@ -196,12 +198,14 @@ def compare(args, model: str, batch: int) -> dict:
         info["dvt_ms"] = ours.read()
         times: dict[str, list[float]] = {"official": [], "dvt_ms": []}
         gemm: dict[str, list[float]] = {"official": [], "dvt_ms": []}
+        peak: dict[str, float] = {}
         try:
             for r in range(args.rounds):
                 for worker in ((official, ours) if r % 2 == 0 else (ours, official)):
                     reply = worker.round()
                     times[worker.side].extend(reply["times"])
                     gemm[worker.side].extend(reply["gemm"])
+                    peak[worker.side] = reply["peak_rss_gb"]
                 print(f"  {model} batch {batch} round {r + 1}/{args.rounds}: "
                       + ", ".join(f"{s} {statistics.median(t[-args.repeats:]):.3f} s" for s, t in times.items()),
                       file=sys.stderr, flush=True)
@@ -210,18 +214,18 @@ def compare(args, model: str, batch: int) -> dict:
             ours.close()
     return {"model": model, "batch": batch, "info": info, "median": {s: statistics.median(t) for s, t in times.items()},
             "gemm": {s: GEMM ** 3 / statistics.median(t) / 1e9 for s, t in gemm.items()},
-            "train_gmac": 3 * _forward_gmac(model) * batch}
+            "train_gmac": 3 * _forward_gmac(model) * batch, "peak_rss_gb": peak}
 
 
 def report(result: dict) -> str:
     b, med, info, gmac = result["batch"], result["median"], result["info"], result["train_gmac"]
     lines = [f"{result['model']}, batch {b}, fp32, drop path {DROP_PATH} (on this machine)",
-             "| | first step (s) | median step (s) | img/s | GMAC/s achieved | GEMM GMAC/s |",
-             "|---|---|---|---|---|---|"]
+             "| | first step (s) | median step (s) | img/s | GMAC/s achieved | GEMM GMAC/s | peak RSS (GB) |",
+             "|---|---|---|---|---|---|---|"]
     for side, label in (("official", "official PyTorch"), ("dvt_ms", "dvt_ms")):
         lines.append(f"| {label} | {info[side]['first']:.1f} | {med[side]:.3f} | {b / med[side]:.2f} | "
-                     f"{gmac / med[side]:.1f} | {result['gemm'][side]:.1f} |")
-    lines.append(f"| ratio (official / dvt_ms) | | {med['official'] / med['dvt_ms']:.2f}x | | | |")
+                     f"{gmac / med[side]:.1f} | {result['gemm'][side]:.1f} | {result['peak_rss_gb'][side]:.2f} |")
+    lines.append(f"| ratio (official / dvt_ms) | | {med['official'] / med['dvt_ms']:.2f}x | | | | |")
     return "\n".join(lines)
 
 

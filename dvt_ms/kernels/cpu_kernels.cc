@@ -14,6 +14,30 @@ using dvt::erf_approx;
 using dvt::exp_approx;
 using dvt::parallel_for;
 
+// The geometry of a soft split, checked against the shapes MindSpore hands over: x is an image [B, C, side,
+// side] (channels_last 0) or a square grid of tokens [B, side * side, C] (1); the unfolded tensor is
+// [B, out * out, C * kernel * kernel]. A geometry that disagrees with either shape is refused, so that no
+// kernel reads or writes outside its buffers.
+struct SoftSplit {
+  bool channels_last = false;
+  int64_t batch = 0, channels = 0, side = 0, k = 0, stride = 0, pad = 0, out = 0, features = 0;
+
+  // False when the geometry int32 [5] {channels_last, side, kernel, stride, padding} or the shapes disagree.
+  bool read(const int32_t *geometry, int x_ndim, const int64_t *x_shape, int cols_ndim, const int64_t *cols_shape) {
+    channels_last = geometry[0] != 0;
+    side = geometry[1], k = geometry[2], stride = geometry[3], pad = geometry[4];
+    if (side <= 0 || k <= 0 || stride <= 0 || pad < 0 || side + 2 * pad < k) return false;
+    out = (side + 2 * pad - k) / stride + 1;
+    if (channels_last ? !(x_ndim == 3 && x_shape[1] == side * side)
+                      : !(x_ndim == 4 && x_shape[2] == side && x_shape[3] == side))
+      return false;
+    batch = x_shape[0];
+    channels = channels_last ? x_shape[2] : x_shape[1];
+    features = channels * k * k;
+    return cols_ndim == 3 && cols_shape[0] == batch && cols_shape[1] == out * out && cols_shape[2] == features;
+  }
+};
+
 }  // namespace
 
 extern "C" {
@@ -56,53 +80,52 @@ int dvt_gelu(int nparam, void **params, int *ndims, int64_t **shapes, const char
   return 0;
 }
 
-// Soft split: torch's unfold with the tokens axis first. Inputs: x, geometry int32 [5] =
-// {channels_last, side, kernel, stride, padding}. x is an image [B, C, side, side] (channels_last 0)
-// or a square grid of tokens [B, side * side, C] (1). Output [B, L, C * kernel * kernel], L = out * out
-// with out = (side + 2 padding - kernel) / stride + 1, features ordered (c, ki, kj) as torch orders
-// them; zero padding.
+// Soft split: torch's unfold with the tokens axis first. Inputs: x, geometry int32 [5] (see SoftSplit).
+// Output [B, L, C * kernel * kernel], L = out * out with out = (side + 2 padding - kernel) / stride + 1,
+// features ordered (c, ki, kj) as torch orders them; zero padding.
 int dvt_unfold(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
-  if (nparam != 3 || ndims[1] != 1 || shapes[1][0] != 5) return 1;
+  SoftSplit g;
+  if (nparam != 3 || ndims[1] != 1 || shapes[1][0] != 5 ||
+      !g.read(static_cast<const int32_t *>(params[1]), ndims[0], shapes[0], ndims[2], shapes[2]))
+    return 1;
   const float *x = static_cast<const float *>(params[0]);
-  const int32_t *geometry = static_cast<const int32_t *>(params[1]);
   float *y = static_cast<float *>(params[2]);
-  const bool channels_last = geometry[0] != 0;
-  const int64_t side = geometry[1], k = geometry[2], stride = geometry[3], pad = geometry[4];
-  const int64_t batch = shapes[0][0];
-  const int64_t channels = channels_last ? shapes[0][2] : shapes[0][1];
-  const int64_t out = (side + 2 * pad - k) / stride + 1;
-  const int64_t features = channels * k * k;
-  parallel_for(batch * out, out * features, [&](int64_t first, int64_t last, int64_t) {
+  const int64_t side = g.side, k = g.k, stride = g.stride, pad = g.pad, out = g.out, channels = g.channels;
+  const int64_t features = g.features;
+  parallel_for(g.batch * out, out * features, [&](int64_t first, int64_t last, int64_t) {
     for (int64_t item = first; item < last; ++item) {
       const int64_t b = item / out, oy = item % out;
       const float *image = x + b * channels * side * side;
       for (int64_t ox = 0; ox < out; ++ox) {
         float *row = y + ((b * out + oy) * out + ox) * features;
-        if (channels_last) {  // gather C contiguous channels per pixel, scatter them k * k apart
+        const int64_t ix0 = ox * stride - pad;  // the window's columns inside the image: kj in [lo, hi)
+        const int64_t lo = std::min(k, std::max<int64_t>(0, -ix0)), hi = std::max(lo, std::min(k, side - ix0));
+        if (g.channels_last) {  // gather C contiguous channels per pixel, scatter them k * k apart
           for (int64_t ki = 0; ki < k; ++ki) {
             const int64_t iy = oy * stride - pad + ki;
             for (int64_t kj = 0; kj < k; ++kj) {
-              const int64_t ix = ox * stride - pad + kj;
               float *dst = row + ki * k + kj;  // feature (c, ki, kj) sits at c * k * k + ki * k + kj
-              if (iy < 0 || iy >= side || ix < 0 || ix >= side) {
+              if (iy < 0 || iy >= side || kj < lo || kj >= hi) {
                 for (int64_t c = 0; c < channels; ++c) dst[c * k * k] = 0.0f;
               } else {
-                const float *pixel = image + (iy * side + ix) * channels;
+                const float *pixel = image + (iy * side + ix0 + kj) * channels;
                 for (int64_t c = 0; c < channels; ++c) dst[c * k * k] = pixel[c];
               }
             }
           }
-        } else {  // copy one image row segment of k pixels per (c, ki)
+        } else {  // copy one image row segment of k pixels per (c, ki), zeros outside the image
           for (int64_t c = 0; c < channels; ++c) {
             const float *plane = image + c * side * side;
             for (int64_t ki = 0; ki < k; ++ki) {
               const int64_t iy = oy * stride - pad + ki;
               float *dst = row + (c * k + ki) * k;
-              for (int64_t kj = 0; kj < k; ++kj) {
-                const int64_t ix = ox * stride - pad + kj;
-                const bool inside = iy >= 0 && iy < side && ix >= 0 && ix < side;
-                dst[kj] = inside ? plane[iy * side + ix] : 0.0f;
+              if (iy < 0 || iy >= side) {
+                std::fill(dst, dst + k, 0.0f);
+                continue;
               }
+              std::fill(dst, dst + lo, 0.0f);
+              std::memcpy(dst + lo, plane + iy * side + ix0 + lo, (hi - lo) * sizeof(float));
+              std::fill(dst + hi, dst + k, 0.0f);
             }
           }
         }
@@ -208,17 +231,16 @@ int dvt_gelu_grad(int nparam, void **params, int *ndims, int64_t **shapes, const
 // from. Inputs: x (for its shape only), geometry as dvt_unfold, dy [B, L, C * kernel * kernel]. Output:
 // dx of x's shape. Each image is summed by one thread, in a fixed order.
 int dvt_unfold_grad(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
-  if (nparam != 4 || ndims[1] != 1 || shapes[1][0] != 5) return 1;
-  const int32_t *geometry = static_cast<const int32_t *>(params[1]);
+  SoftSplit g;
+  if (nparam != 4 || ndims[1] != 1 || shapes[1][0] != 5 ||
+      !g.read(static_cast<const int32_t *>(params[1]), ndims[0], shapes[0], ndims[2], shapes[2]) ||
+      ndims[3] != ndims[0] || count(ndims[3], shapes[3]) != count(ndims[0], shapes[0]))
+    return 1;
   const float *dy = static_cast<const float *>(params[2]);
   float *dx = static_cast<float *>(params[3]);
-  const bool channels_last = geometry[0] != 0;
-  const int64_t side = geometry[1], k = geometry[2], stride = geometry[3], pad = geometry[4];
-  const int64_t batch = shapes[0][0];
-  const int64_t channels = channels_last ? shapes[0][2] : shapes[0][1];
-  const int64_t out = (side + 2 * pad - k) / stride + 1;
-  const int64_t features = channels * k * k;
-  if (ndims[2] != 3 || shapes[2][0] != batch || shapes[2][1] != out * out || shapes[2][2] != features) return 1;
+  const bool channels_last = g.channels_last;
+  const int64_t side = g.side, k = g.k, stride = g.stride, pad = g.pad, out = g.out, channels = g.channels;
+  const int64_t batch = g.batch, features = g.features;
   const int64_t image_size = channels * side * side;
   parallel_for(batch, out * out * features, [&](int64_t first, int64_t last, int64_t) {
     for (int64_t b = first; b < last; ++b) {

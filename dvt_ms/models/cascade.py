@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from mindspore import Tensor, nn
+from mindspore import Tensor
 
 from .. import kernels
 from .exit import DVTExit, ExitStage
+from .graph_cell import GraphCell
 from .layers import bind_masks
 from .spec import CascadeSpec
 
@@ -21,7 +22,7 @@ class ReuseState:
     relations: Tensor | None = None
 
 
-class DVTCascade(kernels.StaticShapeKernels, nn.Cell):
+class DVTCascade(kernels.StaticShapeKernels, GraphCell):
     """A Dynamic Vision Transformer: ``construct(x)`` returns the logits of every exit (a tuple).
 
     Exits are attributes named ``spec.exit_names`` (``less_less_token``, ``less_token``,

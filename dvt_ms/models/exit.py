@@ -7,6 +7,7 @@ import numpy as np
 from mindspore import Parameter, nn, ops
 
 from .. import kernels
+from .graph_cell import GraphCell
 from .layers import Dropout, DropPathMasks, LayerNorm, PatchEmbed, RelationReuse, T2TStem, block_class
 from .layers.init import frozen, sinusoid_table, trunc_normal
 from .layers.mlp import dense
@@ -129,7 +130,7 @@ class DVTExit(nn.Cell):
         return self.forward_head(feature), tokens, out_rel
 
 
-class ExitStage(kernels.StaticShapeKernels, nn.Cell):
+class ExitStage(kernels.StaticShapeKernels, GraphCell):
     """Exit ``k`` as a stand-alone compiled stage ``(x, features, relations) -> (logits, tokens[, relations])``.
 
     The output tuple holds tensors only (``relations`` only when the exit emits them): a ``None`` among

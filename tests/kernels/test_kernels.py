@@ -201,6 +201,25 @@ def test_unfold_gradient_is_fold(side, kernel, stride, padding, channels_last, g
     assert relative_error(fused, stock) <= 1e-5
 
 
+@pytest.mark.parametrize("geometry", [[0, 16, 7, 4, 2], [0, 9, 3, 0, 1], [0, 9, 30, 2, 1], [1, 9, 3, 2, 1]],
+                         ids=["other_grid", "zero_stride", "kernel_larger_than_image", "tokens_for_an_image"])
+def test_unfold_and_fold_refuse_a_geometry_that_disagrees_with_the_shapes(geometry, graph_mode):
+    """A geometry tensor that does not give the declared shapes (another grid, a zero stride, a kernel larger
+    than the padded image, a token-grid layout for an image) makes the soft split and its backward return an
+    error code, which MindSpore raises, instead of reading or writing past their buffers."""
+    x, dy = ms.Tensor(np.ones((2, 3, 9, 9), np.float32)), ms.Tensor(np.ones((2, 25, 27), np.float32))
+    with kernels.use_kernels(True):
+        op = kernels.unfold_op(25, 27)
+        fold = kernels._custom("dvt_unfold_grad", lambda x, g, dy: x, lambda x, g, dy: x)
+    good = ms.Tensor(np.array([0, 9, 3, 2, 1], np.int32))
+    assert op(x, good).shape == (2, 25, 27) and fold(x, good, dy).shape == (2, 3, 9, 9)
+    bad = ms.Tensor(np.array(geometry, np.int32))
+    with pytest.raises(RuntimeError, match="dvt_unfold"):
+        op(x, bad).asnumpy()
+    with pytest.raises(RuntimeError, match="dvt_unfold_grad"):
+        fold(x, bad, dy).asnumpy()
+
+
 class Sandwich(nn.Cell):
     def __init__(self, op, p: np.ndarray) -> None:
         super().__init__()
