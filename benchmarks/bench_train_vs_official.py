@@ -70,7 +70,7 @@ def _serve(step, matmul, repeats: int, extra: dict) -> None:
             break
         times = [timed(step) for _ in range(repeats)]
         answer({"times": times, "gemm": [timed(matmul) for _ in range(3)],
-                "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20})  # Linux: KiB
+                "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20})  # Linux: KiB
 
 
 def official_step(args):
@@ -205,7 +205,7 @@ def compare(args, model: str, batch: int) -> dict:
                     reply = worker.round()
                     times[worker.side].extend(reply["times"])
                     gemm[worker.side].extend(reply["gemm"])
-                    peak[worker.side] = reply["peak_rss_gb"]
+                    peak[worker.side] = reply["peak_rss_gib"]
                 print(f"  {model} batch {batch} round {r + 1}/{args.rounds}: "
                       + ", ".join(f"{s} {statistics.median(t[-args.repeats:]):.3f} s" for s, t in times.items()),
                       file=sys.stderr, flush=True)
@@ -214,17 +214,17 @@ def compare(args, model: str, batch: int) -> dict:
             ours.close()
     return {"model": model, "batch": batch, "info": info, "median": {s: statistics.median(t) for s, t in times.items()},
             "gemm": {s: GEMM ** 3 / statistics.median(t) / 1e9 for s, t in gemm.items()},
-            "train_gmac": 3 * _forward_gmac(model) * batch, "peak_rss_gb": peak}
+            "train_gmac": 3 * _forward_gmac(model) * batch, "peak_rss_gib": peak}
 
 
 def report(result: dict) -> str:
     b, med, info, gmac = result["batch"], result["median"], result["info"], result["train_gmac"]
     lines = [f"{result['model']}, batch {b}, fp32, drop path {DROP_PATH} (on this machine)",
-             "| | first step (s) | median step (s) | img/s | GMAC/s achieved | GEMM GMAC/s | peak RSS (GB) |",
+             "| | first step (s) | median step (s) | img/s | GMAC/s achieved | GEMM GMAC/s | peak RSS (GiB) |",
              "|---|---|---|---|---|---|---|"]
     for side, label in (("official", "official PyTorch"), ("dvt_ms", "dvt_ms")):
         lines.append(f"| {label} | {info[side]['first']:.1f} | {med[side]:.3f} | {b / med[side]:.2f} | "
-                     f"{gmac / med[side]:.1f} | {result['gemm'][side]:.1f} | {result['peak_rss_gb'][side]:.2f} |")
+                     f"{gmac / med[side]:.1f} | {result['gemm'][side]:.1f} | {result['peak_rss_gib'][side]:.2f} |")
     lines.append(f"| ratio (official / dvt_ms) | | {med['official'] / med['dvt_ms']:.2f}x | | | | |")
     return "\n".join(lines)
 

@@ -293,10 +293,12 @@ def token_performer_op(training: bool):
     return _layer_custom("dvt_token_performer", shapes, lambda x, *_: (x, x), bprop)
 
 
+@_shared
 def dropout_mask_op():
     """``op(x, words, table, config, scale)`` -> float32 dropout multipliers of ``x``'s shape, computed as
     :meth:`dvt_ms.models.layers.Dropout.mask` computes them with graph ops (the same bits; see
-    ``dvt_dropout_mask`` in ``cpu_kernels.cc``), or ``None`` where the stock ops must be used."""
+    ``dvt_dropout_mask`` in ``cpu_kernels.cc``), or ``None`` where the stock ops must be used. It has no
+    backward: callers stop the gradient at the masks."""
     return _custom("dvt_dropout_mask", lambda x, *_: x, lambda x, *_: mstype.float32)
 
 

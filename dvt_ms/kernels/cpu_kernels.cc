@@ -1,9 +1,12 @@
-// Fused float32 CPU kernels for DVT (forward, and the backward of those training uses), called through mindspore.ops.Custom (func_type "aot").
+// Fused float32 CPU kernels for DVT (forward, and the backward of those training uses), called through
+// mindspore.ops.Custom (func_type "aot").
 //
 // Every entry point has MindSpore's AOT signature: params holds the inputs then the output, shapes and
-// ndims describe them. Large calls split their rows over the worker pool of kernel_common.h (parallel_for);
-// no OpenMP team: its idle threads spin against MindSpore's own (measured: slower than one thread). The
-// loops are written so that the compiler vectorises them (no branches, no libm calls).
+// ndims describe them. Every kernel checks the shapes it is handed and returns an error code instead of
+// reading or writing out of bounds; no C++ exception crosses the C boundary (dvt::guarded). Large calls
+// split their rows over the worker pool of kernel_common.h (parallel_for); no OpenMP team: its idle threads
+// spin against MindSpore's own (measured: slower than one thread). The loops are written so that the
+// compiler vectorises them (no branches, no libm calls).
 
 #include "kernel_common.h"
 
@@ -12,7 +15,9 @@ namespace {
 using dvt::count;
 using dvt::erf_approx;
 using dvt::exp_approx;
+using dvt::is_shape;
 using dvt::parallel_for;
+using dvt::same_shape;
 
 // The geometry of a soft split, checked against the shapes MindSpore hands over: x is an image [B, C, side,
 // side] (channels_last 0) or a square grid of tokens [B, side * side, C] (1); the unfolded tensor is
@@ -44,145 +49,160 @@ extern "C" {
 
 // LayerNorm over the last axis. Inputs: x [..., D], weight [D], bias [D], eps [1]. Output: [..., D].
 int dvt_layer_norm(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
-  if (nparam != 5) return 1;
-  const float *x = static_cast<const float *>(params[0]);
-  const float *w = static_cast<const float *>(params[1]);
-  const float *b = static_cast<const float *>(params[2]);
-  const float eps = *static_cast<const float *>(params[3]);
-  float *y = static_cast<float *>(params[4]);
-  const int64_t d = shapes[0][ndims[0] - 1];
-  const int64_t rows = count(ndims[0] - 1, shapes[0]);
-  parallel_for(rows, 4 * d, [&](int64_t first, int64_t last, int64_t) {
-    for (int64_t r = first; r < last; ++r) {
-      const float *xr = x + r * d;
-      float *yr = y + r * d;
-      float mean, rstd;
-      dvt::row_stats(xr, d, eps, &mean, &rstd);
+  return dvt::guarded([&]() -> int {
+    if (nparam != 5 || ndims[0] < 1) return dvt::kBadArguments;
+    const int64_t d = shapes[0][ndims[0] - 1];
+    if (!is_shape(ndims[1], shapes[1], {d}) || !is_shape(ndims[2], shapes[2], {d}) ||
+        !is_shape(ndims[3], shapes[3], {1}) || !same_shape(ndims, shapes, 4, 0))
+      return dvt::kBadArguments;
+    const float *x = static_cast<const float *>(params[0]);
+    const float *w = static_cast<const float *>(params[1]);
+    const float *b = static_cast<const float *>(params[2]);
+    const float eps = *static_cast<const float *>(params[3]);
+    float *y = static_cast<float *>(params[4]);
+    const int64_t rows = count(ndims[0] - 1, shapes[0]);
+    parallel_for(rows, 4 * d, [&](int64_t first, int64_t last, int64_t) {
+      for (int64_t r = first; r < last; ++r) {
+        const float *xr = x + r * d;
+        float *yr = y + r * d;
+        float mean, rstd;
+        dvt::row_stats(xr, d, eps, &mean, &rstd);
 #pragma omp simd
-      for (int64_t i = 0; i < d; ++i) yr[i] = (xr[i] - mean) * rstd * w[i] + b[i];
-    }
+        for (int64_t i = 0; i < d; ++i) yr[i] = (xr[i] - mean) * rstd * w[i] + b[i];
+      }
+    });
+    return 0;
   });
-  return 0;
 }
 
 // Exact (erf) GELU, element-wise: 0.5 x (1 + erf(x / sqrt 2)). Input x, output of the same shape.
 int dvt_gelu(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
-  if (nparam != 2) return 1;
-  const float *x = static_cast<const float *>(params[0]);
-  float *y = static_cast<float *>(params[1]);
-  const int64_t n = count(ndims[0], shapes[0]);
-  const int64_t block = 4096;
-  parallel_for((n + block - 1) / block, 16 * block, [&](int64_t first, int64_t last, int64_t) {
-    const int64_t end = std::min(n, last * block);
+  return dvt::guarded([&]() -> int {
+    if (nparam != 2 || !same_shape(ndims, shapes, 1, 0)) return dvt::kBadArguments;
+    const float *x = static_cast<const float *>(params[0]);
+    float *y = static_cast<float *>(params[1]);
+    const int64_t n = count(ndims[0], shapes[0]);
+    const int64_t block = 4096;
+    parallel_for((n + block - 1) / block, 16 * block, [&](int64_t first, int64_t last, int64_t) {
+      const int64_t end = std::min(n, last * block);
 #pragma omp simd
-    for (int64_t i = first * block; i < end; ++i) y[i] = 0.5f * x[i] * (1.0f + erf_approx(x[i] * 0.70710678118654752f));
+      for (int64_t i = first * block; i < end; ++i)
+        y[i] = 0.5f * x[i] * (1.0f + erf_approx(x[i] * 0.70710678118654752f));
+    });
+    return 0;
   });
-  return 0;
 }
 
 // Soft split: torch's unfold with the tokens axis first. Inputs: x, geometry int32 [5] (see SoftSplit).
 // Output [B, L, C * kernel * kernel], L = out * out with out = (side + 2 padding - kernel) / stride + 1,
 // features ordered (c, ki, kj) as torch orders them; zero padding.
 int dvt_unfold(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
-  SoftSplit g;
-  if (nparam != 3 || ndims[1] != 1 || shapes[1][0] != 5 ||
-      !g.read(static_cast<const int32_t *>(params[1]), ndims[0], shapes[0], ndims[2], shapes[2]))
-    return 1;
-  const float *x = static_cast<const float *>(params[0]);
-  float *y = static_cast<float *>(params[2]);
-  const int64_t side = g.side, k = g.k, stride = g.stride, pad = g.pad, out = g.out, channels = g.channels;
-  const int64_t features = g.features;
-  parallel_for(g.batch * out, out * features, [&](int64_t first, int64_t last, int64_t) {
-    for (int64_t item = first; item < last; ++item) {
-      const int64_t b = item / out, oy = item % out;
-      const float *image = x + b * channels * side * side;
-      for (int64_t ox = 0; ox < out; ++ox) {
-        float *row = y + ((b * out + oy) * out + ox) * features;
-        const int64_t ix0 = ox * stride - pad;  // the window's columns inside the image: kj in [lo, hi)
-        const int64_t lo = std::min(k, std::max<int64_t>(0, -ix0)), hi = std::max(lo, std::min(k, side - ix0));
-        if (g.channels_last) {  // gather C contiguous channels per pixel, scatter them k * k apart
-          for (int64_t ki = 0; ki < k; ++ki) {
-            const int64_t iy = oy * stride - pad + ki;
-            for (int64_t kj = 0; kj < k; ++kj) {
-              float *dst = row + ki * k + kj;  // feature (c, ki, kj) sits at c * k * k + ki * k + kj
-              if (iy < 0 || iy >= side || kj < lo || kj >= hi) {
-                for (int64_t c = 0; c < channels; ++c) dst[c * k * k] = 0.0f;
-              } else {
-                const float *pixel = image + (iy * side + ix0 + kj) * channels;
-                for (int64_t c = 0; c < channels; ++c) dst[c * k * k] = pixel[c];
-              }
-            }
-          }
-        } else {  // copy one image row segment of k pixels per (c, ki), zeros outside the image
-          for (int64_t c = 0; c < channels; ++c) {
-            const float *plane = image + c * side * side;
+  return dvt::guarded([&]() -> int {
+    SoftSplit g;
+    if (nparam != 3 || !is_shape(ndims[1], shapes[1], {5}) ||
+        !g.read(static_cast<const int32_t *>(params[1]), ndims[0], shapes[0], ndims[2], shapes[2]))
+      return dvt::kBadArguments;
+    const float *x = static_cast<const float *>(params[0]);
+    float *y = static_cast<float *>(params[2]);
+    const int64_t side = g.side, k = g.k, stride = g.stride, pad = g.pad, out = g.out, channels = g.channels;
+    const int64_t features = g.features;
+    parallel_for(g.batch * out, out * features, [&](int64_t first, int64_t last, int64_t) {
+      for (int64_t item = first; item < last; ++item) {
+        const int64_t b = item / out, oy = item % out;
+        const float *image = x + b * channels * side * side;
+        for (int64_t ox = 0; ox < out; ++ox) {
+          float *row = y + ((b * out + oy) * out + ox) * features;
+          const int64_t ix0 = ox * stride - pad;  // the window's columns inside the image: kj in [lo, hi)
+          const int64_t lo = std::min(k, std::max<int64_t>(0, -ix0)), hi = std::max(lo, std::min(k, side - ix0));
+          if (g.channels_last) {  // gather C contiguous channels per pixel, scatter them k * k apart
             for (int64_t ki = 0; ki < k; ++ki) {
               const int64_t iy = oy * stride - pad + ki;
-              float *dst = row + (c * k + ki) * k;
-              if (iy < 0 || iy >= side) {
-                std::fill(dst, dst + k, 0.0f);
-                continue;
+              for (int64_t kj = 0; kj < k; ++kj) {
+                float *dst = row + ki * k + kj;  // feature (c, ki, kj) sits at c * k * k + ki * k + kj
+                if (iy < 0 || iy >= side || kj < lo || kj >= hi) {
+                  for (int64_t c = 0; c < channels; ++c) dst[c * k * k] = 0.0f;
+                } else {
+                  const float *pixel = image + (iy * side + ix0 + kj) * channels;
+                  for (int64_t c = 0; c < channels; ++c) dst[c * k * k] = pixel[c];
+                }
               }
-              std::fill(dst, dst + lo, 0.0f);
-              std::memcpy(dst + lo, plane + iy * side + ix0 + lo, (hi - lo) * sizeof(float));
-              std::fill(dst + hi, dst + k, 0.0f);
+            }
+          } else {  // copy one image row segment of k pixels per (c, ki), zeros outside the image
+            for (int64_t c = 0; c < channels; ++c) {
+              const float *plane = image + c * side * side;
+              for (int64_t ki = 0; ki < k; ++ki) {
+                const int64_t iy = oy * stride - pad + ki;
+                float *dst = row + (c * k + ki) * k;
+                if (iy < 0 || iy >= side) {
+                  std::fill(dst, dst + k, 0.0f);
+                  continue;
+                }
+                std::fill(dst, dst + lo, 0.0f);
+                if (hi > lo) std::memcpy(dst + lo, plane + iy * side + ix0 + lo, (hi - lo) * sizeof(float));
+                std::fill(dst + hi, dst + k, 0.0f);
+              }
             }
           }
         }
       }
-    }
+    });
+    return 0;
   });
-  return 0;
 }
 
 // Resize both token axes of every plane: out[b, c] = P x[b, c] P^T. Inputs: x [B, C, n_in, n_in],
 // P [n_out, n_in] (a resize operator: a few non-zeros per row). Output [B, C, n_out, n_out]. P is read
 // as a sparse matrix, so the cost is proportional to its non-zeros, not to n_out * n_in.
 int dvt_sandwich(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
-  if (nparam != 3 || ndims[0] != 4 || ndims[1] != 2 || shapes[0][2] != shapes[1][1]) return 1;
-  const float *x = static_cast<const float *>(params[0]);
-  const float *p = static_cast<const float *>(params[1]);
-  float *y = static_cast<float *>(params[2]);
-  const int64_t planes = shapes[0][0] * shapes[0][1];
-  const int64_t n_in = shapes[1][1], n_out = shapes[1][0];
-  std::vector<int64_t> start(n_out + 1, 0), col;
-  std::vector<float> weight;
-  for (int64_t i = 0; i < n_out; ++i) {
-    for (int64_t j = 0; j < n_in; ++j) {
-      if (p[i * n_in + j] != 0.0f) {
-        col.push_back(j);
-        weight.push_back(p[i * n_in + j]);
+  return dvt::guarded([&]() -> int {
+    if (nparam != 3 || ndims[0] != 4 || ndims[1] != 2 || shapes[0][2] != shapes[1][1] || shapes[0][3] != shapes[1][1] ||
+        !(ndims[2] == 4 && shapes[2][0] == shapes[0][0] && shapes[2][1] == shapes[0][1] &&
+          shapes[2][2] == shapes[1][0] && shapes[2][3] == shapes[1][0]))
+      return dvt::kBadArguments;
+    const float *x = static_cast<const float *>(params[0]);
+    const float *p = static_cast<const float *>(params[1]);
+    float *y = static_cast<float *>(params[2]);
+    const int64_t planes = shapes[0][0] * shapes[0][1];
+    const int64_t n_in = shapes[1][1], n_out = shapes[1][0];
+    std::vector<int64_t> start(n_out + 1, 0), col;
+    std::vector<float> weight;
+    for (int64_t i = 0; i < n_out; ++i) {
+      for (int64_t j = 0; j < n_in; ++j) {
+        if (p[i * n_in + j] != 0.0f) {
+          col.push_back(j);
+          weight.push_back(p[i * n_in + j]);
+        }
       }
+      start[i + 1] = static_cast<int64_t>(col.size());
     }
-    start[i + 1] = static_cast<int64_t>(col.size());
-  }
-  parallel_for(planes, n_out * n_out * 4, [&](int64_t first, int64_t last, int64_t) {
-    std::vector<float> rows(n_in * n_out);  // x P^T for one plane: [n_in, n_out]
-    for (int64_t plane = first; plane < last; ++plane) {
-      const float *xp = x + plane * n_in * n_in;
-      float *yp = y + plane * n_out * n_out;
-      for (int64_t r = 0; r < n_in; ++r) {
-        const float *xr = xp + r * n_in;
-        float *tr = rows.data() + r * n_out;
+    parallel_for(planes, n_out * n_out * 4, [&](int64_t first, int64_t last, int64_t) {
+      std::vector<float> rows(n_in * n_out);  // x P^T for one plane: [n_in, n_out]
+      for (int64_t plane = first; plane < last; ++plane) {
+        const float *xp = x + plane * n_in * n_in;
+        float *yp = y + plane * n_out * n_out;
+        for (int64_t r = 0; r < n_in; ++r) {
+          const float *xr = xp + r * n_in;
+          float *tr = rows.data() + r * n_out;
+          for (int64_t o = 0; o < n_out; ++o) {
+            float acc = 0.0f;
+            for (int64_t e = start[o]; e < start[o + 1]; ++e) acc += weight[e] * xr[col[e]];
+            tr[o] = acc;
+          }
+        }
         for (int64_t o = 0; o < n_out; ++o) {
-          float acc = 0.0f;
-          for (int64_t e = start[o]; e < start[o + 1]; ++e) acc += weight[e] * xr[col[e]];
-          tr[o] = acc;
-        }
-      }
-      for (int64_t o = 0; o < n_out; ++o) {
-        float *yr = yp + o * n_out;
-        std::fill(yr, yr + n_out, 0.0f);
-        for (int64_t e = start[o]; e < start[o + 1]; ++e) {
-          const float w = weight[e];
-          const float *tr = rows.data() + col[e] * n_out;
+          float *yr = yp + o * n_out;
+          std::fill(yr, yr + n_out, 0.0f);
+          for (int64_t e = start[o]; e < start[o + 1]; ++e) {
+            const float w = weight[e];
+            const float *tr = rows.data() + col[e] * n_out;
 #pragma omp simd
-          for (int64_t q = 0; q < n_out; ++q) yr[q] += w * tr[q];
+            for (int64_t q = 0; q < n_out; ++q) yr[q] += w * tr[q];
+          }
         }
       }
-    }
+    });
+    return 0;
   });
-  return 0;
 }
 
 // Backward of dvt_layer_norm. Inputs: x [..., D], weight [D], dy [..., D], eps [1]. Outputs: dx [..., D],
@@ -191,84 +211,94 @@ int dvt_sandwich(int nparam, void **params, int *ndims, int64_t **shapes, const 
 // dweight = sum over rows of dy * x_hat, dbias = sum over rows of dy (partial sums over fixed chunks of rows,
 // added in order).
 int dvt_layer_norm_grad(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
-  if (nparam != 7) return 1;
-  const float *x = static_cast<const float *>(params[0]);
-  const float *w = static_cast<const float *>(params[1]);
-  const float *dy = static_cast<const float *>(params[2]);
-  const float eps = *static_cast<const float *>(params[3]);
-  float *dx = static_cast<float *>(params[4]);
-  float *dw = static_cast<float *>(params[5]);
-  float *db = static_cast<float *>(params[6]);
-  const int64_t d = shapes[0][ndims[0] - 1];
-  const int64_t rows = count(ndims[0] - 1, shapes[0]);
-  dvt::layer_norm_backward(rows, d, nullptr, eps, w, dy, dx, nullptr, 0, dw, db,
-                           [&](int64_t r, float *) { return x + r * d; });
-  return 0;
+  return dvt::guarded([&]() -> int {
+    if (nparam != 7 || ndims[0] < 1) return dvt::kBadArguments;
+    const int64_t d = shapes[0][ndims[0] - 1];
+    if (!is_shape(ndims[1], shapes[1], {d}) || !same_shape(ndims, shapes, 2, 0) ||
+        !is_shape(ndims[3], shapes[3], {1}) ||
+        !same_shape(ndims, shapes, 4, 0) || !is_shape(ndims[5], shapes[5], {d}) || !is_shape(ndims[6], shapes[6], {d}))
+      return dvt::kBadArguments;
+    const float *x = static_cast<const float *>(params[0]);
+    const float *w = static_cast<const float *>(params[1]);
+    const float *dy = static_cast<const float *>(params[2]);
+    const float eps = *static_cast<const float *>(params[3]);
+    float *dx = static_cast<float *>(params[4]);
+    float *dw = static_cast<float *>(params[5]);
+    float *db = static_cast<float *>(params[6]);
+    const int64_t rows = count(ndims[0] - 1, shapes[0]);
+    dvt::layer_norm_backward(rows, d, nullptr, eps, w, dy, dx, nullptr, 0, dw, db,
+                             [&](int64_t r, float *) { return x + r * d; });
+    return 0;
+  });
 }
 
 // Backward of dvt_gelu: dx = dy * (Phi(x) + x phi(x)), Phi the normal CDF, phi its density.
 int dvt_gelu_grad(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
-  if (nparam != 3) return 1;
-  const float *x = static_cast<const float *>(params[0]);
-  const float *dy = static_cast<const float *>(params[1]);
-  float *dx = static_cast<float *>(params[2]);
-  const int64_t n = count(ndims[0], shapes[0]);
-  const int64_t block = 4096;
-  parallel_for((n + block - 1) / block, 24 * block, [&](int64_t first, int64_t last, int64_t) {
-    const int64_t end = std::min(n, last * block);
+  return dvt::guarded([&]() -> int {
+    if (nparam != 3 || !same_shape(ndims, shapes, 1, 0) || !same_shape(ndims, shapes, 2, 0)) return dvt::kBadArguments;
+    const float *x = static_cast<const float *>(params[0]);
+    const float *dy = static_cast<const float *>(params[1]);
+    float *dx = static_cast<float *>(params[2]);
+    const int64_t n = count(ndims[0], shapes[0]);
+    const int64_t block = 4096;
+    parallel_for((n + block - 1) / block, 24 * block, [&](int64_t first, int64_t last, int64_t) {
+      const int64_t end = std::min(n, last * block);
 #pragma omp simd
-    for (int64_t i = first * block; i < end; ++i) {
-      const float v = x[i];
-      const float cdf = 0.5f * (1.0f + erf_approx(v * 0.70710678118654752f));
-      const float pdf = 0.39894228040143268f * exp_approx(-0.5f * v * v);
-      dx[i] = dy[i] * (cdf + v * pdf);
-    }
+      for (int64_t i = first * block; i < end; ++i) {
+        const float v = x[i];
+        const float cdf = 0.5f * (1.0f + erf_approx(v * 0.70710678118654752f));
+        const float pdf = 0.39894228040143268f * exp_approx(-0.5f * v * v);
+        dx[i] = dy[i] * (cdf + v * pdf);
+      }
+    });
+    return 0;
   });
-  return 0;
 }
 
 // Backward of dvt_unfold (torch's fold): every output feature adds its gradient to the pixel it was read
 // from. Inputs: x (for its shape only), geometry as dvt_unfold, dy [B, L, C * kernel * kernel]. Output:
 // dx of x's shape. Each image is summed by one thread, in a fixed order.
 int dvt_unfold_grad(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
-  SoftSplit g;
-  if (nparam != 4 || ndims[1] != 1 || shapes[1][0] != 5 ||
-      !g.read(static_cast<const int32_t *>(params[1]), ndims[0], shapes[0], ndims[2], shapes[2]) ||
-      ndims[3] != ndims[0] || count(ndims[3], shapes[3]) != count(ndims[0], shapes[0]))
-    return 1;
-  const float *dy = static_cast<const float *>(params[2]);
-  float *dx = static_cast<float *>(params[3]);
-  const bool channels_last = g.channels_last;
-  const int64_t side = g.side, k = g.k, stride = g.stride, pad = g.pad, out = g.out, channels = g.channels;
-  const int64_t batch = g.batch, features = g.features;
-  const int64_t image_size = channels * side * side;
-  parallel_for(batch, out * out * features, [&](int64_t first, int64_t last, int64_t) {
-    for (int64_t b = first; b < last; ++b) {
-      float *image = dx + b * image_size;
-      std::fill(image, image + image_size, 0.0f);
-      for (int64_t oy = 0; oy < out; ++oy) {
-        for (int64_t ox = 0; ox < out; ++ox) {
-          const float *row = dy + ((b * out + oy) * out + ox) * features;
-          for (int64_t ki = 0; ki < k; ++ki) {
-            const int64_t iy = oy * stride - pad + ki;
-            if (iy < 0 || iy >= side) continue;
-            for (int64_t kj = 0; kj < k; ++kj) {
-              const int64_t ix = ox * stride - pad + kj;
-              if (ix < 0 || ix >= side) continue;
-              const float *src = row + ki * k + kj;
-              if (channels_last) {
-                float *pixel = image + (iy * side + ix) * channels;
-                for (int64_t c = 0; c < channels; ++c) pixel[c] += src[c * k * k];
-              } else {
-                for (int64_t c = 0; c < channels; ++c) image[(c * side + iy) * side + ix] += src[c * k * k];
+  return dvt::guarded([&]() -> int {
+    SoftSplit g;
+    if (nparam != 4 || !is_shape(ndims[1], shapes[1], {5}) ||
+        !g.read(static_cast<const int32_t *>(params[1]), ndims[0], shapes[0], ndims[2], shapes[2]) ||
+        !same_shape(ndims, shapes, 3, 0))
+      return dvt::kBadArguments;
+    const float *dy = static_cast<const float *>(params[2]);
+    float *dx = static_cast<float *>(params[3]);
+    const bool channels_last = g.channels_last;
+    const int64_t side = g.side, k = g.k, stride = g.stride, pad = g.pad, out = g.out, channels = g.channels;
+    const int64_t batch = g.batch, features = g.features;
+    const int64_t image_size = channels * side * side;
+    parallel_for(batch, out * out * features, [&](int64_t first, int64_t last, int64_t) {
+      for (int64_t b = first; b < last; ++b) {
+        float *image = dx + b * image_size;
+        std::fill(image, image + image_size, 0.0f);
+        for (int64_t oy = 0; oy < out; ++oy) {
+          for (int64_t ox = 0; ox < out; ++ox) {
+            const float *row = dy + ((b * out + oy) * out + ox) * features;
+            for (int64_t ki = 0; ki < k; ++ki) {
+              const int64_t iy = oy * stride - pad + ki;
+              if (iy < 0 || iy >= side) continue;
+              for (int64_t kj = 0; kj < k; ++kj) {
+                const int64_t ix = ox * stride - pad + kj;
+                if (ix < 0 || ix >= side) continue;
+                const float *src = row + ki * k + kj;
+                if (channels_last) {
+                  float *pixel = image + (iy * side + ix) * channels;
+                  for (int64_t c = 0; c < channels; ++c) pixel[c] += src[c * k * k];
+                } else {
+                  for (int64_t c = 0; c < channels; ++c) image[(c * side + iy) * side + ix] += src[c * k * k];
+                }
               }
             }
           }
         }
       }
-    }
+    });
+    return 0;
   });
-  return 0;
 }
 
 // One AdamW update of a float32 tensor, as torch.optim.AdamW and dvt_ms.train.optimizer compute it, in one
@@ -278,40 +308,44 @@ int dvt_unfold_grad(int nparam, void **params, int *ndims, int64_t **shapes, con
 // Every operation is a separate float32 rounding, in the order of the stock ops (built with
 // -ffp-contract=off: no fused multiply-adds), so both paths give the same bits.
 int dvt_adamw(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
-  if (nparam != 8 || ndims[4] != 1 || shapes[4][0] != 9) return 1;
-  const float *p = static_cast<const float *>(params[0]);
-  const float *g = static_cast<const float *>(params[1]);
-  const float *m = static_cast<const float *>(params[2]);
-  const float *v = static_cast<const float *>(params[3]);
-  const float *hyper = static_cast<const float *>(params[4]);
-  float *p_out = static_cast<float *>(params[5]);
-  float *m_out = static_cast<float *>(params[6]);
-  float *v_out = static_cast<float *>(params[7]);
-  const float lr = hyper[0], step_size = hyper[1], bias2_sqrt = hyper[2], one_minus_beta1 = hyper[3];
-  const float beta2 = hyper[4], one_minus_beta2 = hyper[5], eps = hyper[6], weight_decay = hyper[7];
-  const int64_t n = count(ndims[0], shapes[0]);
-  if (hyper[8] == 0.0f) {
-    std::memcpy(p_out, p, n * sizeof(float));
-    std::memcpy(m_out, m, n * sizeof(float));
-    std::memcpy(v_out, v, n * sizeof(float));
-    return 0;
-  }
-  const float keep = weight_decay != 0.0f ? 1.0f - lr * weight_decay : 1.0f;
-  const int64_t block = 4096;
-  parallel_for((n + block - 1) / block, 12 * block, [&](int64_t first, int64_t last, int64_t) {
-    const int64_t end = std::min(n, last * block);
-#pragma omp simd
-    for (int64_t i = first * block; i < end; ++i) {
-      const float decayed = p[i] * keep;
-      const float m_new = m[i] + (g[i] - m[i]) * one_minus_beta1;
-      const float v_new = v[i] * beta2 + g[i] * g[i] * one_minus_beta2;
-      const float denom = std::sqrt(v_new) / bias2_sqrt + eps;
-      m_out[i] = m_new;
-      v_out[i] = v_new;
-      p_out[i] = decayed - step_size * (m_new / denom);
+  return dvt::guarded([&]() -> int {
+    if (nparam != 8 || !is_shape(ndims[4], shapes[4], {9})) return dvt::kBadArguments;
+    for (int t : {1, 2, 3, 5, 6, 7})
+      if (!same_shape(ndims, shapes, t, 0)) return dvt::kBadArguments;
+    const float *p = static_cast<const float *>(params[0]);
+    const float *g = static_cast<const float *>(params[1]);
+    const float *m = static_cast<const float *>(params[2]);
+    const float *v = static_cast<const float *>(params[3]);
+    const float *hyper = static_cast<const float *>(params[4]);
+    float *p_out = static_cast<float *>(params[5]);
+    float *m_out = static_cast<float *>(params[6]);
+    float *v_out = static_cast<float *>(params[7]);
+    const float lr = hyper[0], step_size = hyper[1], bias2_sqrt = hyper[2], one_minus_beta1 = hyper[3];
+    const float beta2 = hyper[4], one_minus_beta2 = hyper[5], eps = hyper[6], weight_decay = hyper[7];
+    const int64_t n = count(ndims[0], shapes[0]);
+    if (hyper[8] == 0.0f) {
+      std::memcpy(p_out, p, n * sizeof(float));
+      std::memcpy(m_out, m, n * sizeof(float));
+      std::memcpy(v_out, v, n * sizeof(float));
+      return 0;
     }
+    const float keep = weight_decay != 0.0f ? 1.0f - lr * weight_decay : 1.0f;
+    const int64_t block = 4096;
+    parallel_for((n + block - 1) / block, 12 * block, [&](int64_t first, int64_t last, int64_t) {
+      const int64_t end = std::min(n, last * block);
+#pragma omp simd
+      for (int64_t i = first * block; i < end; ++i) {
+        const float decayed = p[i] * keep;
+        const float m_new = m[i] + (g[i] - m[i]) * one_minus_beta1;
+        const float v_new = v[i] * beta2 + g[i] * g[i] * one_minus_beta2;
+        const float denom = std::sqrt(v_new) / bias2_sqrt + eps;
+        m_out[i] = m_new;
+        v_out[i] = v_new;
+        p_out[i] = decayed - step_size * (m_new / denom);
+      }
+    });
+    return 0;
   });
-  return 0;
 }
 
 // The multipliers of a dropout mask, exactly as dvt_ms.models.layers.dropout.Dropout.mask computes them in the
@@ -324,10 +358,9 @@ int dvt_adamw(int nparam, void **params, int *ndims, int64_t **shapes, const cha
 int dvt_dropout_mask(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
   return dvt::guarded([&]() -> int {
     constexpr int64_t kTable = 1 << 18, kMask = kTable - 1;
-    if (nparam != 6 || ndims[0] < 1 || !(ndims[1] == 2 && shapes[1][0] == 6 && shapes[1][1] == 1) ||
-        !(ndims[2] == 1 && shapes[2][0] == kTable) || !(ndims[3] == 1 && shapes[3][0] == 3) ||
-        !(ndims[4] == 1 && shapes[4][0] == 1) || ndims[5] != ndims[0] ||
-        count(ndims[5], shapes[5]) != count(ndims[0], shapes[0]))
+    if (nparam != 6 || ndims[0] < 1 || !is_shape(ndims[1], shapes[1], {6, 1}) ||
+        !is_shape(ndims[2], shapes[2], {kTable}) || !is_shape(ndims[3], shapes[3], {3}) ||
+        !is_shape(ndims[4], shapes[4], {1}) || !same_shape(ndims, shapes, 5, 0))
       return dvt::kBadArguments;
     const int32_t *w = static_cast<const int32_t *>(params[1]);
     const int32_t *table = static_cast<const int32_t *>(params[2]);
@@ -368,7 +401,7 @@ int dvt_dropout_mask(int nparam, void **params, int *ndims, int64_t **shapes, co
 // every later one).
 int dvt_train_update(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
   return dvt::guarded([&]() -> int {
-    if (nparam < 4 || !(ndims[0] == 1 && shapes[0][0] == 12) || ndims[1] != 1) return dvt::kBadArguments;
+    if (nparam < 4 || !is_shape(ndims[0], shapes[0], {12}) || ndims[1] != 1) return dvt::kBadArguments;
     const float *hyper = static_cast<const float *>(params[0]);
     const float *decayed = static_cast<const float *>(params[1]);
     const int64_t groups = hyper[11] != 0.0f ? 5 : 4, tensors = shapes[1][0];
@@ -444,22 +477,24 @@ int dvt_train_update(int nparam, void **params, int *ndims, int64_t **shapes, co
 // 1 when all are finite, else 0. x * 0 is 0 for a finite x and NaN for inf or NaN, so one vectorised sum per
 // tensor tells.
 int dvt_all_finite(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
-  if (nparam < 2) return 1;
-  const int64_t tensors = nparam - 1;
-  std::vector<unsigned char> finite(tensors, 1);
-  parallel_for(tensors, 1 << 16, [&](int64_t first, int64_t last, int64_t) {
-    for (int64_t t = first; t < last; ++t) {
-      const float *x = static_cast<const float *>(params[t]);
-      const int64_t n = count(ndims[t], shapes[t]);
-      float acc = 0.0f;
+  return dvt::guarded([&]() -> int {
+    if (nparam < 2 || count(ndims[nparam - 1], shapes[nparam - 1]) != 1) return dvt::kBadArguments;
+    const int64_t tensors = nparam - 1;
+    std::vector<unsigned char> finite(tensors, 1);
+    parallel_for(tensors, 1 << 16, [&](int64_t first, int64_t last, int64_t) {
+      for (int64_t t = first; t < last; ++t) {
+        const float *x = static_cast<const float *>(params[t]);
+        const int64_t n = count(ndims[t], shapes[t]);
+        float acc = 0.0f;
 #pragma omp simd reduction(+ : acc)
-      for (int64_t i = 0; i < n; ++i) acc += x[i] * 0.0f;
-      finite[t] = acc == 0.0f;
-    }
+        for (int64_t i = 0; i < n; ++i) acc += x[i] * 0.0f;
+        finite[t] = acc == 0.0f;
+      }
+    });
+    float *out = static_cast<float *>(params[nparam - 1]);
+    out[0] = std::all_of(finite.begin(), finite.end(), [](unsigned char f) { return f != 0; }) ? 1.0f : 0.0f;
+    return 0;
   });
-  float *out = static_cast<float *>(params[nparam - 1]);
-  out[0] = std::all_of(finite.begin(), finite.end(), [](unsigned char f) { return f != 0; }) ? 1.0f : 0.0f;
-  return 0;
 }
 
 }  // extern "C"

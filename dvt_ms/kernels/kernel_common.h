@@ -10,7 +10,9 @@
 #include <condition_variable>
 #include <cstdint>
 #include <cstring>
+#include <exception>
 #include <functional>
+#include <initializer_list>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -120,7 +122,8 @@ inline int64_t slots_for(int64_t n, int64_t work_per_item) {
 }
 
 // Runs body(begin, end, slot) over [0, n) in contiguous chunks, one per slot, chunk boundaries fixed by n and
-// the slot count (so results that depend on the split are reproducible on a machine).
+// the slot count (so results that depend on the split are reproducible on a machine). An exception thrown by
+// body on any thread is caught there and rethrown on the caller once every slot has finished.
 template <typename Body>
 void parallel_for(int64_t n, int64_t work_per_item, const Body &body) {
   const int64_t slots = slots_for(n, work_per_item);
@@ -129,13 +132,21 @@ void parallel_for(int64_t n, int64_t work_per_item, const Body &body) {
     return;
   }
   const int64_t chunk = (n + slots - 1) / slots;
+  std::mutex failure_mutex;
+  std::exception_ptr failure;
   const std::function<void(int64_t)> task = [&](int64_t slot) {
-    const int64_t begin = slot * chunk, end = std::min(n, begin + chunk);
-    if (begin < end) body(begin, end, slot);
+    try {
+      const int64_t begin = slot * chunk, end = std::min(n, begin + chunk);
+      if (begin < end) body(begin, end, slot);
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(failure_mutex);
+      if (!failure) failure = std::current_exception();
+    }
   };
   if (!Pool::instance().run(slots, task)) {
     for (int64_t slot = 0; slot < slots; ++slot) task(slot);
   }
+  if (failure) std::rethrow_exception(failure);
 }
 
 // Scratch memory of the calling thread, kept between calls (no page faults per call). A Scratch object
@@ -143,16 +154,19 @@ void parallel_for(int64_t n, int64_t work_per_item, const Body &body) {
 // taking scratch inside a kernel) use different buffers, one per nesting depth.
 class Scratch {
  public:
-  explicit Scratch(int64_t floats) : depth_(depth()++) {
+  // Throws std::bad_alloc, leaving this thread's scratch as it was (smaller buffers freed).
+  explicit Scratch(int64_t floats) : depth_(depth()) {
     std::vector<Buffer> &buffers = mine();
     if (static_cast<int64_t>(buffers.size()) <= depth_) buffers.resize(depth_ + 1);
     Buffer &buffer = buffers[depth_];
     if (buffer.size < floats) {
+      buffer.size = 0;
       buffer.data.reset();
       buffer.data.reset(new float[floats]);
       buffer.size = floats;
     }
     base_ = buffer.data.get();
+    ++depth();  // only once nothing can throw: the destructor, which lowers it, runs for built objects only
   }
   ~Scratch() { --depth(); }
   Scratch(const Scratch &) = delete;
@@ -181,6 +195,23 @@ class Scratch {
   float *base_ = nullptr;
   int64_t used_ = 0;
 };
+
+// Whether a tensor of ndim dimensions has exactly the expected shape.
+inline bool is_shape(int ndim, const int64_t *shape, std::initializer_list<int64_t> expected) {
+  if (ndim != static_cast<int>(expected.size())) return false;
+  int i = 0;
+  for (int64_t e : expected)
+    if (shape[i++] != e) return false;
+  return true;
+}
+
+// Whether inputs/outputs a and b of a kernel call have the same shape.
+inline bool same_shape(const int *ndims, int64_t *const *shapes, int a, int b) {
+  if (ndims[a] != ndims[b]) return false;
+  for (int i = 0; i < ndims[a]; ++i)
+    if (shapes[a][i] != shapes[b][i]) return false;
+  return true;
+}
 
 inline int64_t count(int ndim, const int64_t *shape) {
   int64_t n = 1;

@@ -23,6 +23,7 @@ extern "C" int dnnl_sgemm(char transa, char transb, int64_t m, int64_t n, int64_
 
 namespace {
 
+using dvt::is_shape;
 using dvt::kBadArguments;
 using dvt::parallel_for;
 
@@ -85,14 +86,6 @@ struct PathMask {
   const float *elements = nullptr;  // [rows, n], the branch's shape
   float of(int64_t b) const { return masks == nullptr ? 1.0f : masks[b * columns + column]; }
 };
-
-bool is_shape(int ndim, const int64_t *shape, std::initializer_list<int64_t> expected) {
-  if (ndim != static_cast<int>(expected.size())) return false;
-  int i = 0;
-  for (int64_t e : expected)
-    if (shape[i++] != e) return false;
-  return true;
-}
 
 bool is_placeholder(int ndim, const int64_t *shape) { return ndim == 1 && shape[0] == 1; }
 
@@ -461,7 +454,8 @@ struct Stack {
         return is_shape(ndims[k + i], shapes[k + i], shape);
       };
       auto absent = [&](int64_t i) { return is_placeholder(ndims[k + i], shapes[k + i]); };
-      if (!shaped(0, {c}) || !shaped(1, {c}) || !shaped(2, {3 * c, c}) || !(qkv_bias ? shaped(3, {3 * c}) : absent(3)) ||
+      if (!shaped(0, {c}) || !shaped(1, {c}) || !shaped(2, {3 * c, c}) ||
+          !(qkv_bias ? shaped(3, {3 * c}) : absent(3)) ||
           !shaped(4, {c, c}) || !shaped(5, {c}) || !shaped(6, {dim}) || !shaped(7, {dim}) ||
           !shaped(8, {hidden, dim}) || !shaped(9, {hidden}) || !shaped(10, {c, hidden}) || !shaped(11, {c}))
         return false;
@@ -610,10 +604,9 @@ struct Performer {
         !shaped(8, {emb}) || !shaped(9, {emb, emb}) || !shaped(10, {emb}) || !shaped(11, {emb, emb}) ||
         !shaped(12, {emb}))
       return false;
-    if (dropout ? !(is_shape(ndims[1], shapes[1], {batch, tokens, emb}) && is_shape(ndims[2], shapes[2], {batch, tokens, emb}))
-                : !(is_placeholder(ndims[1], shapes[1]) && is_placeholder(ndims[2], shapes[2])))
-      return false;
-    return true;
+    return dropout ? is_shape(ndims[1], shapes[1], {batch, tokens, emb}) &&
+                         is_shape(ndims[2], shapes[2], {batch, tokens, emb})
+                   : is_placeholder(ndims[1], shapes[1]) && is_placeholder(ndims[2], shapes[2]);
   }
 
   PathMask mask(int64_t i) const {

@@ -381,6 +381,19 @@ def test_concurrent_processes_build_once(fresh_library, tmp_path_factory):
     assert built_files(fresh_library) == [os.path.basename(paths[0])]
 
 
+def test_layer_norm_refuses_weights_that_do_not_match_the_last_axis(graph_mode):
+    """Weights shorter than the normalised axis make the kernel return an error code, which MindSpore raises,
+    instead of reading past them."""
+    with kernels.use_kernels(True):
+        op = kernels.layer_norm_op()
+    x, eps = ms.Tensor(np.ones((2, 5, 8), np.float32)), ms.Tensor(np.array([1e-6], np.float32))
+    w = ms.Tensor(np.ones(8, np.float32))
+    assert op(x, w, w, eps).shape == (2, 5, 8)
+    short = ms.Tensor(np.ones(7, np.float32))
+    with pytest.raises(RuntimeError, match="dvt_layer_norm"):
+        op(x, short, short, eps).asnumpy()
+
+
 def test_gelu_and_layer_norm_propagate_nan(graph_mode):
     """NaN and inf inputs give NaN / inf outputs where the stock ops give them, without undefined behaviour in
     the kernels' exp (a NaN exponent is never cast to an integer)."""

@@ -1,7 +1,8 @@
 """Dropout and stochastic depth whose masks are a pure function of explicit state, so that a resumed run
 draws exactly the masks the uninterrupted run would have drawn, built only from ops that every backend runs
 natively (int32 ``Mul``/``Add``/``Sub``/``BitwiseAnd``/``BitwiseXor``/``Less``/``CumSum``, ``Gather``, casts
-and a float32 ``Mul``; no shifts, no float64).
+and a float32 ``Mul``; no shifts, no float64). On CPU, :class:`Dropout` computes the same masks with one fused
+kernel (:func:`dvt_ms.kernels.dropout_mask_op`).
 
 Why not ``nn.Dropout``: its random state lives inside the kernel; it can be neither saved nor restored, so
 after a resume every mask differs from the straight run. MindSpore's Generator-based ops (whose state could
@@ -28,7 +29,8 @@ Design, in two levels:
   uniforms are the same with ``f = 0``.
 
 Cost: per element, an int32 multiply-add, an ``and``, a gather, an ``xor`` and a compare; per step, one
-Philox evaluation over (streams x 2) counters. Each mask cell adds some 20 nodes to the compiled graph.
+Philox evaluation over (streams x 2) counters. Each mask cell adds some 20 nodes to the compiled graph (one
+on CPU for :class:`Dropout`).
 
 Philox-4x16 is Philox4x32's round (Salmon et al., SC'11) on 16-bit words with 15-bit multipliers: every
 product is a non-negative int32 below 2**31, so nothing overflows. The high half of a product is taken
@@ -290,7 +292,7 @@ class Dropout(_RateCell):
         """The multipliers this cell applies to ``x`` (0 or ``1 / (1 - p)`` per element, ``x``'s shape and type),
         for a fused kernel that applies them itself; only in training with a rate above 0."""
         words = self.own_words(1, draw)
-        if self.fused is not None and x.dtype == mstype.float32:
+        if kernels.use_fused(self, x):
             return ops.stop_gradient(self.fused(x, words, self.table, self.mask_config, self.mask_scale))
         flat, rest, size = _flatten(x)
         base, xor = self.row_uniforms(flat, words)  # [B, 1] each
