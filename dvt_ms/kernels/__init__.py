@@ -26,6 +26,7 @@ stock ops before it is compiled for a dynamic batch dimension (``set_inputs`` wi
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import logging
 from collections.abc import Iterable, Iterator, Sequence
@@ -44,14 +45,14 @@ __all__ = ["BLOCK_WEIGHTS", "PERFORMER_WEIGHTS", "KernelBuildError", "StaticShap
            "use_fused", "use_kernels"]
 
 _LOG = logging.getLogger(__name__)
-_override: list[bool] = []
+# None: the environment decides; a context variable, so threads and asyncio tasks each see their own block
+_override: contextvars.ContextVar[bool | None] = contextvars.ContextVar("dvt_ms_kernels", default=None)
 
 
 def kernels_enabled() -> bool:
     """Whether cells built now take the fused CPU kernels: CPU device, not switched off."""
-    if _override:
-        wanted = _override[-1]
-    else:
+    wanted = _override.get()
+    if wanted is None:
         wanted = env_switch("DVT_MS_KERNELS")
     return wanted and ms.get_context("device_target") == "CPU"
 
@@ -59,11 +60,11 @@ def kernels_enabled() -> bool:
 @contextmanager
 def use_kernels(enabled: bool) -> Iterator[None]:
     """Build cells inside this block with (``True``) or without (``False``) the fused CPU kernels."""
-    _override.append(bool(enabled))
+    token = _override.set(bool(enabled))
     try:
         yield
     finally:
-        _override.pop()
+        _override.reset(token)
 
 
 @functools.lru_cache(maxsize=1)

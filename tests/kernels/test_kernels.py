@@ -314,6 +314,34 @@ def test_switch_by_environment(monkeypatch):
     assert kernels.kernels_enabled()
 
 
+def test_use_kernels_is_local_to_its_thread_and_nests(monkeypatch):
+    """``use_kernels`` is a context variable: a block in one thread does not switch another thread's cells, and
+    nested blocks restore the outer choice."""
+    import threading
+
+    monkeypatch.setenv("DVT_MS_KERNELS", "1")
+    inside, seen = threading.Event(), []
+    release = threading.Event()
+
+    def other_thread():
+        with kernels.use_kernels(False):
+            inside.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=other_thread)
+    thread.start()
+    inside.wait(10)
+    seen.append(kernels.kernels_enabled())  # this thread: still the environment's choice
+    release.set()
+    thread.join()
+    with kernels.use_kernels(False):
+        with kernels.use_kernels(True):
+            seen.append(kernels.kernels_enabled())
+        seen.append(kernels.kernels_enabled())
+    seen.append(kernels.kernels_enabled())
+    assert seen == [True, True, False, True]
+
+
 def test_library_is_built_once_and_cached(fresh_library):
     first = build.build_library()
     assert first.parent == fresh_library and first.is_file()
