@@ -19,16 +19,21 @@ using dvt::is_shape;
 using dvt::parallel_for;
 using dvt::same_shape;
 
-// The geometry of a soft split, checked against the shapes MindSpore hands over: x is an image [B, C, side,
-// side] (channels_last 0) or a square grid of tokens [B, side * side, C] (1); the unfolded tensor is
-// [B, out * out, C * kernel * kernel]. A geometry that disagrees with either shape is refused, so that no
+// The geometry of a soft split, checked against the shapes MindSpore hands over. Inputs 0, 1, 2 of both
+// kernels: x, an image [B, C, side, side] (channels_last 0) or a square grid of tokens [B, side * side, C] (1);
+// the geometry int32 [5]; the unfolded tensor [B, out * out, C * kernel * kernel] (the output of the unfold,
+// the incoming gradient of the fold). A geometry that disagrees with either shape is refused, so that no
 // kernel reads or writes outside its buffers.
 struct SoftSplit {
   bool channels_last = false;
   int64_t batch = 0, channels = 0, side = 0, k = 0, stride = 0, pad = 0, out = 0, features = 0;
 
-  // False when the geometry int32 [5] {channels_last, side, kernel, stride, padding} or the shapes disagree.
-  bool read(const int32_t *geometry, int x_ndim, const int64_t *x_shape, int cols_ndim, const int64_t *cols_shape) {
+  // False when the geometry {channels_last, side, kernel, stride, padding} or the shapes disagree.
+  bool read(void **params, const int *ndims, int64_t *const *shapes) {
+    if (!dvt::is_shape(ndims[1], shapes[1], {5})) return false;
+    const int32_t *geometry = static_cast<const int32_t *>(params[1]);
+    const int x_ndim = ndims[0];
+    const int64_t *x_shape = shapes[0];
     channels_last = geometry[0] != 0;
     side = geometry[1], k = geometry[2], stride = geometry[3], pad = geometry[4];
     if (side <= 0 || k <= 0 || stride <= 0 || pad < 0 || side + 2 * pad < k) return false;
@@ -39,7 +44,7 @@ struct SoftSplit {
     batch = x_shape[0];
     channels = channels_last ? x_shape[2] : x_shape[1];
     features = channels * k * k;
-    return cols_ndim == 3 && cols_shape[0] == batch && cols_shape[1] == out * out && cols_shape[2] == features;
+    return dvt::is_shape(ndims[2], shapes[2], {batch, out * out, features});
   }
 };
 
@@ -99,9 +104,7 @@ int dvt_gelu(int nparam, void **params, int *ndims, int64_t **shapes, const char
 int dvt_unfold(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
   return dvt::guarded([&]() -> int {
     SoftSplit g;
-    if (nparam != 3 || !is_shape(ndims[1], shapes[1], {5}) ||
-        !g.read(static_cast<const int32_t *>(params[1]), ndims[0], shapes[0], ndims[2], shapes[2]))
-      return dvt::kBadArguments;
+    if (nparam != 3 || !g.read(params, ndims, shapes)) return dvt::kBadArguments;
     const float *x = static_cast<const float *>(params[0]);
     float *y = static_cast<float *>(params[2]);
     const int64_t side = g.side, k = g.k, stride = g.stride, pad = g.pad, out = g.out, channels = g.channels;
@@ -261,9 +264,7 @@ int dvt_gelu_grad(int nparam, void **params, int *ndims, int64_t **shapes, const
 int dvt_unfold_grad(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
   return dvt::guarded([&]() -> int {
     SoftSplit g;
-    if (nparam != 4 || !is_shape(ndims[1], shapes[1], {5}) ||
-        !g.read(static_cast<const int32_t *>(params[1]), ndims[0], shapes[0], ndims[2], shapes[2]) ||
-        !same_shape(ndims, shapes, 3, 0))
+    if (nparam != 4 || !g.read(params, ndims, shapes) || !same_shape(ndims, shapes, 3, 0))
       return dvt::kBadArguments;
     const float *dy = static_cast<const float *>(params[2]);
     float *dx = static_cast<float *>(params[3]);
