@@ -9,7 +9,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["dvt_ms", "dvt_ms.*"]),
-    package_data={"dvt_ms.kernels": ["*.cc"]},  # compiled on first use (dvt_ms.kernels.build)
+    package_data={"dvt_ms.kernels": ["*.cc", "*.h"]},  # compiled on first use (dvt_ms.kernels.build)
     python_requires=">=3.10",
     install_requires=["mindspore>=2.6", "numpy<2", "pyyaml", "pillow", "safetensors", "tqdm"],
     extras_require={

@@ -71,11 +71,12 @@ def bare_step(args) -> list[float]:
 import json, sys, time
 import mindspore as ms, numpy as np
 sys.path.insert(0, {str(REPO)!r})
-from dvt_ms.train.cli import build_train_step, build_training_model, load_config
+from dvt_ms.train.cli import load_settings
+from dvt_ms.train.run import build_train_step, build_training_model
 from dvt_ms.train.distributed import Runtime
 import logging
 ms.set_context(mode=ms.GRAPH_MODE); ms.set_device("CPU")
-cfg = load_config(["-c", {args.config!r}, "--num_classes", "{CLASSES}", "--batch_size", "{args.batch}",
+cfg = load_settings(["-c", {args.config!r}, "--num_classes", "{CLASSES}", "--batch_size", "{args.batch}",
                    "--amp_level", "O0", "--warmup_epochs", "0"])
 runtime, log = Runtime("CPU", 0), logging.getLogger("bench")
 model = build_training_model(cfg, runtime, log)

@@ -54,12 +54,13 @@ def worker(model_name: str, batch: int, steps: int, masks: bool) -> dict:
     sys.path.insert(0, str(ROOT))
     from dvt_ms.flops import cumulative_gflops
     from dvt_ms.models.layers import Dropout, DropPath, DropPathMasks
-    from dvt_ms.train.cli import build_train_step, build_training_model, load_config
+    from dvt_ms.train.cli import load_settings
     from dvt_ms.train.distributed import Runtime
+    from dvt_ms.train.run import build_train_step, build_training_model
 
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_device("CPU")
-    cfg = load_config(["--model", model_name, "--batch_size", str(batch), "--drop_path_rate",
+    cfg = load_settings(["--model", model_name, "--batch_size", str(batch), "--drop_path_rate",
                        "0.1" if masks else "0.0"])
     runtime, log = Runtime("CPU", 0), logging.getLogger("bench")
     model = build_training_model(cfg, runtime, log)

@@ -5,7 +5,7 @@ in train mode built with ``drop_path_rate=0.1`` (the recipe; the T2T performers'
 the architecture), the sum of timm's ``SoftTargetCrossEntropy`` over the three exits, ``zero_grad``,
 ``loss.backward()`` and ``torch.optim.AdamW`` (lr 5e-4, weight decay 0.05) over the parameter groups of
 the repository's ``create_optimizer`` (no decay for 1-D tensors and biases). dvt_ms runs dvt-train's own
-step (:func:`dvt_ms.train.cli.build_train_step`: forward of every exit, summed soft-target loss, backward,
+step (:func:`dvt_ms.train.run.build_train_step`: forward of every exit, summed soft-target loss, backward,
 overflow check, AdamW, schedule) with ``--drop_path_rate 0.1``, fp32 (``--amp_level O0``). Both start from
 the same weights (the official model's initialisation, handed over as a file) and take the same images and
 soft targets.
@@ -109,12 +109,13 @@ def dvt_ms_step(args):
     import numpy as np
 
     sys.path.insert(0, str(REPO))
-    from dvt_ms.train.cli import build_train_step, build_training_model, load_config
+    from dvt_ms.train.cli import load_settings
     from dvt_ms.train.distributed import Runtime
+    from dvt_ms.train.run import build_train_step, build_training_model
 
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_device("CPU")
-    cfg = load_config(["--model", args.model, "--batch_size", str(args.batch), "--drop_path_rate", str(DROP_PATH),
+    cfg = load_settings(["--model", args.model, "--batch_size", str(args.batch), "--drop_path_rate", str(DROP_PATH),
                        "--amp_level", "O0", "--lr", str(LR), "--weight_decay", str(WEIGHT_DECAY),
                        "--warmup_epochs", "0"])
     runtime, log = Runtime("CPU", 0), logging.getLogger("bench")

@@ -12,21 +12,21 @@ Metadata is a JSON-serialisable dict: for converted checkpoints the model name a
 number of classes, the source file and its sha256, and the official evaluation fields (``flops``,
 ``anytime_classification``, ``dynamic_threshold``, ``budgeted_batch_classification``).
 
-Every writer goes through :func:`atomic_output`: the file appears complete under its final name or
-not at all.
+Every writer goes through :func:`dvt_ms.files.atomic_output`: the file appears complete under its final
+name or not at all.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from .files import atomic_output, require_file
 
 __all__ = [
     "METADATA_KEY",
@@ -34,13 +34,11 @@ __all__ = [
     "CheckpointError",
     "LoadResult",
     "StateMismatch",
-    "atomic_output",
     "checkpoint_format",
     "compare_shapes",
     "load_checkpoint",
     "read_checkpoint",
     "read_metadata",
-    "require_file",
     "save_checkpoint",
 ]
 
@@ -118,49 +116,6 @@ def checkpoint_format(path: str | os.PathLike) -> str:
     return FORMATS[suffix]
 
 
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[str]:
-    """Yield a temporary path next to ``path`` (same suffix); on success it is renamed to ``path``,
-    on any error it is removed, so ``path`` is never seen half-written."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise CheckpointError(f"cannot write {path}: directory {directory} does not exist")
-    base = os.path.basename(path)
-    suffix = os.path.splitext(base)[1]
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=f".partial{suffix}", dir=directory)
-    except OSError as err:
-        raise CheckpointError(f"cannot write {path}: {err.strerror or err}") from None
-    os.close(fd)
-    try:
-        yield tmp
-        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600 and MindSpore 0400: use the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
-
-
-def current_umask() -> int:
-    """The process's file-creation mask (read without changing it)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def require_file(path: str, what: str = "checkpoint", error: type[Exception] = CheckpointError,
-                 allow_empty: bool = True) -> None:
-    """Raise ``error`` naming ``what`` and ``path`` unless ``path`` is an existing (non-empty) file."""
-    if not os.path.exists(path):
-        raise error(f"{what} not found: {path}")
-    if not os.path.isfile(path):
-        raise error(f"{what} path is not a file: {path}")
-    if not allow_empty and os.path.getsize(path) == 0:
-        raise error(f"{what} {path} is empty (0 bytes): an interrupted download?")
-
-
 def _to_numpy(value: Any) -> np.ndarray:
     """A MindSpore Parameter/Tensor or array as a numpy array (bfloat16 widened to float32)."""
     if isinstance(value, np.ndarray):
@@ -203,7 +158,7 @@ def _open_safetensors(path: str):
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict | None]:
     """All tensors of a ``.ckpt`` / ``.safetensors`` file as numpy arrays (file order), and its metadata."""
     path = os.fspath(path)
-    require_file(path)
+    require_file(path, "checkpoint", CheckpointError)
     fmt = checkpoint_format(path)
     arrays: dict[str, np.ndarray] = {}
     metadata = None
@@ -229,7 +184,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dic
 def read_metadata(path: str | os.PathLike) -> dict | None:
     """The dvt_ms metadata embedded in a checkpoint, or ``None`` when it has none."""
     path = os.fspath(path)
-    require_file(path)
+    require_file(path, "checkpoint", CheckpointError)
     if checkpoint_format(path) == "safetensors":
         with _open_safetensors(path) as f:
             header = f.metadata() or {}
@@ -320,7 +275,7 @@ def save_checkpoint(model_or_params: Any, path: str | os.PathLike, metadata: Map
             text = json.dumps(dict(metadata))
         except (TypeError, ValueError) as err:
             raise CheckpointError(f"cannot write {path}: metadata is not JSON-serialisable ({err})") from None
-    with atomic_output(path) as tmp:
+    with atomic_output(path, CheckpointError) as tmp:
         if fmt == "ckpt":
             entries = [{"name": name, "data": value if isinstance(value, ms.Tensor) else ms.Tensor(np.asarray(value))}
                        for name, value in named.items()]

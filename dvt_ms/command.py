@@ -1,9 +1,11 @@
 """What every dvt_ms command does the same way: resolve its config, run, report, exit with a status.
 
 Exit status: 0 success; 1 the run could not go on (the message says why) or an internal error (its
-traceback goes to the command's log, or stderr, with a one-line summary); 2 bad usage found while
-reading the command line and config file (unknown flag or key, a value of the wrong type or out of
-range); 130 interrupted.
+traceback goes to the command's log, or stderr, with a one-line summary); 2 bad usage: an unknown flag
+or key, a value of the wrong type or out of range, settings that contradict each other, whether found
+while reading the command line and config file or once the run looks at them (``ConfigError``);
+130 interrupted. Every command runs through :func:`run_command`, so the same bad value gets the same
+status everywhere.
 """
 
 from __future__ import annotations
@@ -11,22 +13,26 @@ from __future__ import annotations
 import logging
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from importlib import import_module
 from typing import Any
 
 from .config import ConfigError
+from .files import FileError
 
-__all__ = ["run_command"]
+__all__ = ["COMMANDS", "dispatch", "run_command"]
 
 
 def run_command(prog: str, parse: Callable[[], Any], run: Callable[[Any], str | None],
                 failures: tuple[type[BaseException], ...], logger: str = "dvt_ms") -> int:
     """``run(parse())``, printing the text it returns, with the statuses of the module docstring.
 
-    ``parse`` reads the command line (usually :func:`~dvt_ms.config.resolve` and the command's own
-    checks): a :class:`ConfigError` or argparse's exit there is bad usage. ``failures`` are the
-    exceptions that end a run with a one-line message and status 1; anything else is a bug: its
-    traceback goes to ``logger`` (the command's log file, else stderr), then one line."""
+    ``parse`` reads the command line into the command's settings (:func:`dvt_ms.options.parse_command`,
+    which checks every value): a :class:`ConfigError` or argparse's exit there is bad usage. ``failures``
+    are the exceptions that end a run with a one-line message and status 1 (besides them, always
+    :class:`~dvt_ms.files.FileError`; a :class:`ConfigError` raised while running is bad usage, 2);
+    anything else is a bug: its traceback goes to ``logger`` (the command's log file, else stderr), then
+    one line."""
     try:
         cfg = parse()
     except ConfigError as err:
@@ -36,7 +42,10 @@ def run_command(prog: str, parse: Callable[[], Any], run: Callable[[Any], str | 
         return stop.code if isinstance(stop.code, int) else 2
     try:
         text = run(cfg)
-    except failures as err:
+    except ConfigError as err:  # a setting found unusable only once the run looked at it: still bad usage
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    except (*failures, FileError) as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -51,3 +60,37 @@ def run_command(prog: str, parse: Callable[[], Any], run: Callable[[Any], str | 
     if text:
         print(text)
     return 0
+
+
+#: command -> (module whose ``main(argv)`` runs it, console script, one line of help)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "train": ("dvt_ms.train.cli", "dvt-train", "train or fine-tune a cascade"),
+    "eval": ("dvt_ms.inference.cli", "dvt-eval", "evaluate a checkpoint: per-exit accuracy, curve, real early exit"),
+    "export": ("dvt_ms.serve.export", "dvt-export", "a checkpoint -> one graph per exit + manifest.json"),
+    "predict": ("dvt_ms.serve.predict", "dvt-predict", "classify image files with real early exit"),
+    "convert": ("dvt_ms.convert.cli", "dvt-convert", "official PyTorch checkpoints <-> MindSpore"),
+    "audit": ("dvt_ms.audit.cli", "dvt-audit", "check that every compiled graph is Ascend-clean"),
+    "stamp": ("dvt_ms.inference.stamp", "", "store calibrated thresholds in a checkpoint"),
+    "digits": ("dvt_ms.demo.digits", "", "write the handwritten-digits demo image folder"),
+}
+
+
+def _usage(prog: str, names: Sequence[str]) -> str:
+    width = max(map(len, names))
+    lines = [f"usage: {prog} COMMAND [flags]   ({prog} COMMAND --help shows its flags)", "", "commands:"]
+    lines += [f"  {n:<{width}}  {COMMANDS[n][2]}" + (f" ({COMMANDS[n][1]})" if COMMANDS[n][1] else "")
+              for n in names]
+    return "\n".join(lines)
+
+
+def dispatch(argv: Sequence[str], only: Sequence[str] | None = None, prog: str = "python -m dvt_ms") -> int:
+    """Run the command named by ``argv[0]`` with the rest of ``argv``; returns its exit status
+    (2 with the list of commands when the name is missing or unknown)."""
+    names = list(only or COMMANDS)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage(prog, names), file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else 2
+    if argv[0] not in names:
+        print(f"{prog}: error: unknown command {argv[0]!r}\n\n{_usage(prog, names)}", file=sys.stderr)
+        return 2
+    return import_module(COMMANDS[argv[0]][0]).main(list(argv[1:]))

@@ -1,8 +1,8 @@
 """Flat YAML configs whose keys are the command-line flags (mindcv style).
 
 A config file is a flat mapping loaded with ``yaml.safe_load``. Each command hands the loader its
-option tables (the model options here, its own flags, and the flags of the other commands that may
-share one config file); a key in none of them fails loading, naming the key.
+option table (its :class:`Settings` dataclass, see :mod:`dvt_ms.options`) and the keys of the other
+commands that may share one config file; a key in none of them fails loading, naming the key.
 On the command line every option is ``--key value``; values are parsed as YAML scalars or lists, so
 ``--exit_grids 4,6,8``, ``--exit_grids [4,6,8]`` and ``--distribute True`` all work. Precedence:
 built-in defaults < YAML file < command line.
@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import functools
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any
 
 import yaml
 
-from .checkpoint import atomic_output
+from .files import atomic_output
 
 
 class ConfigError(ValueError):
@@ -32,40 +33,18 @@ class Option:
 
     ``kind`` is one of ``str``, ``int``, ``float``, ``bool``, ``list`` (of numbers), ``int_or_list``,
     ``float_or_list``, ``paths`` (one or more strings: ``--images a.jpg b/``), ``any``. ``choices``
-    restricts a ``str`` option. A ``bool`` flag given without a value means True.
+    restricts a ``str`` or ``int`` option, ``minimum`` a number. A ``bool`` flag given without a value
+    means True. ``aliases`` are further spellings of the flag (``--to-torch`` for ``--to_torch``).
     """
 
     name: str
     kind: str
     default: Any = None
     help: str = ""
-    choices: tuple[str, ...] | None = None
+    choices: tuple[Any, ...] | None = None
+    minimum: float | None = None
+    aliases: tuple[str, ...] = ()
 
-
-MODEL_OPTIONS: tuple[Option, ...] = (
-    Option("model", "str", None, "registered model name, see dvt_ms.list_models()"),
-    Option("num_classes", "int", None, "classes of every exit head"),
-    Option("img_size", "int", None, "input side in pixels"),
-    Option("in_chans", "int", None, "input channels"),
-    Option("exit_grids", "list", None, "token grid side of each exit, e.g. 7,10,14"),
-    Option("embed_dim", "int_or_list", None, "embedding width (one value or one per exit)"),
-    Option("depth", "int_or_list", None, "blocks per exit (one value or one per exit)"),
-    Option("num_heads", "int_or_list", None, "attention heads (one value or one per exit)"),
-    Option("mlp_ratio", "float_or_list", None, "MLP width ratio (one value or one per exit)"),
-    Option("qkv_bias", "bool", None, "bias in the qkv projection"),
-    Option("norm_eps", "float", None, "LayerNorm epsilon of the transformer blocks"),
-    Option("patch_sizes", "list", None, "patch-embedding kernel per exit (patch stems)"),
-    Option("patch_paddings", "list", None, "patch-embedding padding per exit (patch stems)"),
-    Option("t2t_unfolds", "any", None, "per exit three [kernel, stride, padding] soft splits (T2T stems)"),
-    Option("t2t_variant", "str", None, "T2T token module", ("performer", "transformer")),
-    Option("token_dim", "int", None, "T2T token width"),
-    Option("drop_rate", "float", None, "dropout"),
-    Option("attn_drop_rate", "float", None, "attention dropout"),
-    Option("drop_path_rate", "float", None, "stochastic depth rate of the last block"),
-    Option("feature_reuse", "bool", None, "downstream exits reuse the previous exit's features"),
-    Option("relation_reuse", "bool", None, "downstream exits reuse the previous exit's attention logits"),
-    Option("exit_names", "any", None, "attribute names of the exits (parameter prefixes)"),
-)
 
 def merge_options(*tables: Iterable[Option]) -> list[Option]:
     """The options of several tables, each name once (the first table that has it wins)."""
@@ -123,7 +102,7 @@ def coerce(option: Option, value: Any, where: str) -> Any:
     if kind == "str":
         value = str(value)
         if option.choices and value not in option.choices:
-            raise fail("one of " + ", ".join(option.choices))
+            raise fail("one of " + ", ".join(map(str, option.choices)))
         return value
     if kind == "bool":
         if isinstance(value, bool):
@@ -132,10 +111,16 @@ def coerce(option: Option, value: Any, where: str) -> Any:
     if kind == "int":
         if isinstance(value, bool) or not isinstance(value, int):
             raise fail("an integer")
+        if option.choices and value not in option.choices:
+            raise fail("one of " + ", ".join(map(str, option.choices)))
+        if option.minimum is not None and value < option.minimum:
+            raise fail(f">= {option.minimum:g}")
         return value
     if kind == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise fail("a number")
+        if option.minimum is not None and value < option.minimum:
+            raise fail(f">= {option.minimum:g}")
         return float(value)
     if kind in ("list", "int_or_list", "float_or_list"):
         number = float if kind == "float_or_list" else (int, float)
@@ -184,15 +169,16 @@ def validate(data: dict[str, Any], options: Iterable[Option], where: str = "conf
 
 
 def build_parser(options: Iterable[Option], description: str = "", prog: str | None = None) -> argparse.ArgumentParser:
-    """An argparse parser with ``-c/--config`` and one ``--name`` flag per option (no defaults applied:
-    unset flags stay ``None`` so that YAML values are not overwritten)."""
-    parser = argparse.ArgumentParser(prog=prog, description=description,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    """An argparse parser with ``-c/--config`` and one ``--name`` flag per option. No defaults are applied
+    (unset flags stay ``None`` so that YAML values are not overwritten); the help shows each option's
+    default once."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("-c", "--config", default=None, help="flat YAML config whose keys are these flags")
     for o in options:
         shape = {"paths": {"nargs": "+"}, "bool": {"nargs": "?", "const": "True"}}.get(o.kind, {})
-        parser.add_argument(f"--{o.name}", default=None, **shape,
-                            help=o.help + (f" [default: {o.default}]" if o.default is not None else ""))
+        default = f" [default: {o.default}]" if o.default not in (None, False) else ""
+        parser.add_argument(f"--{o.name}", *(f"--{a}" for a in o.aliases), dest=o.name, default=None,
+                            metavar=o.name.upper() if o.kind != "bool" else "BOOL", **shape, help=o.help + default)
     return parser
 
 
@@ -221,65 +207,86 @@ def resolve(options: Iterable[Option], argv: Sequence[str] | None = None, descri
     return cfg
 
 
-def model_overrides(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The model arguments set in a resolved config (all model keys but ``model`` that are not None)."""
-    names = {o.name for o in MODEL_OPTIONS} - {"model"}
-    return {k: v for k, v in cfg.items() if k in names and v is not None}
-
-
-def named_model(cfg: dict[str, Any], recorded: dict | None) -> tuple[str, dict[str, Any], str] | None:
-    """``(name, arguments, where from)`` of the model a command should build: the config's ``model``
-    with its model keys, else the model recorded in a checkpoint's metadata (``model``, ``model_args``)
-    with the config's model keys on top; None when neither names a model."""
-    if cfg.get("model"):
-        return cfg["model"], model_overrides(cfg), "given"
-    if recorded and recorded.get("model"):
-        return recorded["model"], {**(recorded.get("model_args") or {}), **model_overrides(cfg)}, \
-            "recorded in the checkpoint"
-    return None
-
-
-def build_named_model(cfg: dict[str, Any], metadata: dict | None, source: str) -> tuple[Any, str, dict[str, Any]]:
-    """``(model, name, arguments)`` of :func:`named_model`, built (weights not loaded); ``source`` names the
-    checkpoint in the :class:`ConfigError` raised when nothing names a model or it cannot be built."""
-    from .models import create_model
-
-    chosen = named_model(cfg, metadata)
-    if chosen is None:
-        raise ConfigError(f"no model given and {source} does not name one: pass --config configs/<model>.yaml or "
-                          "--model NAME")
-    name, arguments, _ = chosen
-    try:
-        return create_model(name, **arguments), name, arguments
-    except (ValueError, TypeError) as err:
-        raise ConfigError(f"cannot build model {name!r}: {err}") from None
-
-
-def create_model_from_config(cfg: dict[str, Any], **extra: Any):
-    """``create_model(cfg['model'], **model keys of cfg, **extra)``."""
-    from .models import create_model
-
-    if not cfg.get("model"):
-        raise ConfigError("the config names no model: set 'model' (see dvt_ms.list_models())")
-    try:
-        return create_model(cfg["model"], **{**model_overrides(cfg), **extra})
-    except (ValueError, TypeError) as err:
-        raise ConfigError(f"cannot build model {cfg['model']!r}: {err}") from None
-
-
-def spec_from_config(cfg: dict[str, Any]):
-    """The :class:`CascadeSpec` of the config's model, without building the network."""
-    from .models import spec_for
-
-    if not cfg.get("model"):
-        raise ConfigError("the config names no model: set 'model' (see dvt_ms.list_models())")
-    try:
-        return spec_for(cfg["model"], **model_overrides(cfg))
-    except (ValueError, TypeError) as err:
-        raise ConfigError(f"cannot build model {cfg['model']!r}: {err}") from None
-
-
 def dump_yaml(cfg: dict[str, Any], path: str | os.PathLike) -> None:
-    """Write a resolved config atomically (temp file, then rename)."""
+    """Write a resolved config (or :meth:`Settings.to_dict`) atomically (temp file, then rename)."""
     with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         yaml.safe_dump({k: v for k, v in cfg.items() if k != "config"}, f, sort_keys=False)
+
+
+# ---- typed settings ------------------------------------------------------------------------------
+
+_KINDS = {"str": "str", "int": "int", "float": "float", "bool": "bool", "list[float]": "list", "list[int]": "list",
+          "list[str]": "paths"}
+
+
+def flag(default: Any = None, help: str = "", *, kind: str | None = None, choices: tuple[Any, ...] | None = None,
+         minimum: float | None = None, aliases: tuple[str, ...] = ()) -> Any:
+    """A field of a :class:`Settings` dataclass that is also a flag and a config key.
+
+    ``kind`` is read from the field's annotation (``int``, ``float | None``, ``list[float]``, ...) unless
+    given; a list default is copied for every instance."""
+    meta = {"help": help, "kind": kind, "choices": choices, "minimum": minimum, "aliases": aliases}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@functools.cache
+def options_of(cls: type) -> tuple[Option, ...]:
+    """The :class:`Option` of every field of a :class:`Settings` dataclass, in field order."""
+    table = []
+    for f in fields(cls):
+        kind = f.metadata.get("kind") or _KINDS.get(str(f.type).replace(" | None", "").strip())
+        if kind is None:
+            raise TypeError(f"{cls.__name__}.{f.name}: cannot tell the option kind of {f.type!r}; pass kind=")
+        default = f.default_factory() if f.default is MISSING else f.default
+        table.append(Option(f.name, kind, default, f.metadata.get("help", ""), f.metadata.get("choices"),
+                            f.metadata.get("minimum"), f.metadata.get("aliases", ())))
+    return tuple(table)
+
+
+@dataclass
+class Settings:
+    """Base of the typed settings of a command: a dataclass whose fields are its flags and config keys.
+
+    Building one checks and converts every value as a flag or YAML value would be (``ConfigError``
+    names the field), then runs :meth:`check` for rules that involve several fields."""
+
+    def __post_init__(self) -> None:
+        where = type(self).__name__
+        for option in options_of(type(self)):
+            setattr(self, option.name, coerce(option, getattr(self, option.name), where))
+        self.check()
+
+    def check(self) -> None:
+        """Rules between fields; raise :class:`ConfigError`. The base has none."""
+
+    @classmethod
+    def options(cls) -> tuple[Option, ...]:
+        """The option table of these settings (flags and config keys)."""
+        return options_of(cls)
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]):
+        """The settings from a resolved config (keys of other commands are left out)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in cfg.items() if k in names})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field and its value (what ``config.yaml`` of a run records)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def replace(self, **changes: Any):
+        """A copy with ``changes``, checked again."""
+        return replace(self, **changes)
+
+
+def parse_settings(cls: type, argv: Sequence[str] | None = None, description: str = "", prog: str | None = None,
+                   shared_with: Iterable[Option] = ()):
+    """``cls`` (a :class:`Settings` dataclass) from defaults < YAML (``-c``) < command line.
+
+    The ``config`` path, when given, is kept as the settings' ``config_file`` attribute."""
+    cfg = resolve(cls.options(), argv, description, prog, shared_with=shared_with)
+    settings = cls.from_config(cfg)
+    settings.config_file = cfg["config"]
+    return settings

@@ -11,17 +11,18 @@ set -euo pipefail
 
 # The run made when no argument is given: the shipped digits demo (real handwritten digits from
 # scikit-learn, a small three-exit DVT trained by scripts/train_demo.sh), calibrated (mode 2) and
-# evaluated with real early exit; everything goes to outputs/demo/.
-DEMO_ARGS=(-c configs/dvt_digits_demo.yaml --ckpt demo/dvt_digits_demo.ckpt --data_dir data/digits
-           --eval_mode 2 --output_dir outputs/demo)
-
+# evaluated with real early exit; the images go to data/digits/ and the results to outputs/demo/ under
+# DVT_DEMO_ROOT (default: the repository).
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$DVT_ROOT"
+DEMO_ROOT="${DVT_DEMO_ROOT:-.}"
+DEMO_ARGS=(-c configs/dvt_digits_demo.yaml --ckpt demo/dvt_digits_demo.ckpt --data_dir "$DEMO_ROOT/data/digits"
+           --eval_mode 2 --output_dir "$DEMO_ROOT/outputs/demo")
 if [ "$#" -eq 0 ]; then
     dvt_install demo
-    "$DVT_PY" -m dvt_ms.demo.digits --out data/digits
+    "$DVT_PY" -m dvt_ms digits --out "$DEMO_ROOT/data/digits"
     set -- "${DEMO_ARGS[@]}"
 else
     dvt_install
 fi
-exec "$DVT_PY" -m dvt_ms.inference "$@"
+exec "$DVT_PY" -m dvt_ms eval "$@"

@@ -35,10 +35,9 @@ from PIL import Image
 
 import dvt_ms
 from dvt_ms.checkpoint import read_checkpoint
-from dvt_ms.config import MODEL_OPTIONS, load_yaml, merge_options, spec_from_config
-from dvt_ms.inference.options import OPTIONS as EVAL_OPTIONS
+from dvt_ms.config import load_yaml
 from dvt_ms.models.spec import CascadeSpec
-from dvt_ms.train.options import OPTIONS as TRAIN_OPTIONS
+from dvt_ms.options import ALL_OPTIONS, ModelSettings
 
 if TYPE_CHECKING:
     import torch
@@ -87,9 +86,14 @@ def mindspore_mode(mode: int) -> Iterator[None]:
 # ---- configs ---------------------------------------------------------------------------------------
 
 def load_config(path: str | os.PathLike) -> dict[str, Any]:
-    """A flat YAML config validated against the options of every command (model, training, evaluation),
-    so that any shipped or written config file loads."""
-    return load_yaml(path, merge_options(MODEL_OPTIONS, TRAIN_OPTIONS, EVAL_OPTIONS))
+    """A flat YAML config validated against the options of every command, so that any shipped or
+    written config file loads."""
+    return load_yaml(path, ALL_OPTIONS)
+
+
+def model_from_config(cfg: dict[str, Any], **extra: Any):
+    """The model a config's model keys name (``extra``: further ``create_model`` arguments), weights not loaded."""
+    return ModelSettings.from_config(cfg).build_model(**extra)
 
 
 # ---- specs and the published models ----------------------------------------------------------------
@@ -100,7 +104,7 @@ PUBLISHED = ("dvt_t2t_vit_12", "dvt_t2t_vit_14", "dvt_deit_small")
 
 def tiny_spec() -> CascadeSpec:
     """``configs/dvt_tiny_cpu.yaml``: DeiT-style, 32px, exits 4/6/8, both reuses on, 10 classes."""
-    return spec_from_config(load_config(TINY_CONFIG))
+    return ModelSettings.from_config(load_config(TINY_CONFIG)).model_spec()
 
 
 def tiny_t2t_spec(**overrides: Any) -> CascadeSpec:

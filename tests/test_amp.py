@@ -56,6 +56,7 @@ def test_o2_runs_every_norm_softmax_and_relation_logit_in_float32(pynative_mode,
     assert all(o.dtype == ms.float16 for o in logits)  # heads are Dense layers
 
 
+@pytest.mark.exhaustive
 @pytest.mark.parametrize("name", ["dvt_vit", "dvt_t2t_vit"])
 def test_o2_logits_stay_close_to_float32(graph_mode, name):
     x = _images()

@@ -9,6 +9,7 @@ import mindspore as ms
 import pytest
 
 import dvt_ms
+import dvt_ms.options as options
 from dvt_ms.checkpoint import save_checkpoint
 from dvt_ms.command import run_command
 from dvt_ms.config import ConfigError, Option, resolve
@@ -125,6 +126,40 @@ def test_training_stops_after_too_many_nan_steps(tiny, tmp_path, capsys):
 def test_bad_training_settings_are_clean_errors(tiny, tmp_path, capsys):
     args = ["--model", "dvt_vit", *_flags(TINY), "--data_dir", tiny["data"], "--batch_size", "2", "--epoch_size", "1",
             "--warmup_epochs", "0", "--num_parallel_workers", "1", "--ckpt_save_dir", str(tmp_path / "run")]
-    assert train_main([*args, "--loss_scale", "0.5"]) == 1
+    assert train_main([*args, "--loss_scale", "0.5"]) == 2
     err = capsys.readouterr().err
-    assert "dvt-train: error: loss_scale must be >= 1, got 0.5" in err and "internal error" not in err
+    assert "dvt-train: error: --loss_scale: loss_scale must be >= 1, got 0.5" in err and "internal error" not in err
+    assert train_main([*args, "--auto_augment", "rand-nonsense"]) == 2  # found by the pipeline's builder
+    assert "internal error" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("flag", "value"), [("batch_size", "0"), ("num_parallel_workers", "-1"),
+                                             ("thresholds", "high"), ("device_target", "TPU"),
+                                             ("no_such_flag", "1")])
+def test_the_same_bad_value_gets_status_2_in_every_command(tiny, tmp_path, capsys, flag, value):
+    bases = {"dvt-train": ["--model", "dvt_vit", "--data_dir", tiny["data"]],
+             "dvt-eval": ["--ckpt", tiny["ckpt"], "--data_dir", tiny["data"]],
+             "dvt-export": ["--ckpt", tiny["ckpt"]],
+             "dvt-predict": ["--ckpt", tiny["ckpt"], "--images", tiny["data"]],
+             "dvt-convert": ["--src", tiny["ckpt"], "--dst", str(tmp_path / "x.pth")]}
+    settings = {"dvt-train": options.TrainSettings, "dvt-eval": options.EvalSettings,
+                "dvt-export": options.ExportSettings, "dvt-predict": options.PredictSettings,
+                "dvt-convert": options.ConvertSettings}
+    for command, base in bases.items():
+        if flag != "no_such_flag" and flag not in {o.name for o in settings[command].options()}:
+            continue  # not a flag of this command: an unknown flag, covered by the last case
+        assert MAINS[command]([*base, f"--{flag}", value]) == 2, command
+        assert "Traceback" not in capsys.readouterr().err
+
+
+def test_python_m_dvt_ms_runs_every_command_by_name(capsys):
+    from importlib import import_module
+
+    from dvt_ms.command import COMMANDS, dispatch
+
+    assert dispatch([]) == 2 and "commands:" in capsys.readouterr().err
+    assert dispatch(["evaluate"]) == 2 and "unknown command 'evaluate'" in capsys.readouterr().err
+    for name, (module, _, _) in COMMANDS.items():
+        assert callable(import_module(module).main), name
+        assert dispatch([name, "--help"]) == 0, name
+        assert "usage:" in capsys.readouterr().out

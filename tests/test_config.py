@@ -1,4 +1,4 @@
-"""Flat YAML configs: validation, CLI precedence, model creation."""
+"""Flat YAML configs and typed settings: validation, CLI precedence, model creation, one file for all commands."""
 
 from __future__ import annotations
 
@@ -8,10 +8,22 @@ import os
 import pytest
 
 import dvt_ms
-from dvt_ms.config import MODEL_OPTIONS, ConfigError, create_model_from_config, load_yaml, resolve, spec_from_config
-from dvt_ms.inference.options import OPTIONS as EVAL_OPTIONS
-from dvt_ms.train.options import OPTIONS as TRAIN_OPTIONS
+from dvt_ms.config import ConfigError, build_parser, load_yaml, resolve
+from dvt_ms.options import (
+    ALL_OPTIONS,
+    COMMAND_SETTINGS,
+    ConvertSettings,
+    EvalSettings,
+    ModelSettings,
+    PredictSettings,
+    TrainSettings,
+    parse_command,
+)
 from tests.helpers import load_config
+
+MODEL_OPTIONS = ModelSettings.options()
+EVAL_OPTIONS = EvalSettings.options()
+TRAIN_OPTIONS = TrainSettings.options()
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -19,13 +31,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "configs", "*.yaml"))))
 def test_shipped_configs_load_and_name_a_model(path):
     cfg = load_config(path)
-    spec = spec_from_config(cfg)
+    spec = ModelSettings.from_config(cfg).model_spec()
     assert cfg["model"] in dvt_ms.list_models()
     assert spec.num_exits >= 2
 
 
 def test_tiny_config_is_what_tests_rely_on():
-    spec = spec_from_config(load_config(os.path.join(REPO, "configs", "dvt_tiny_cpu.yaml")))
+    spec = ModelSettings.from_config(load_config(os.path.join(REPO, "configs", "dvt_tiny_cpu.yaml"))).model_spec()
     assert spec.img_size == 32 and spec.grids() == [4, 6, 8] and spec.num_classes == 10
     assert {(e.embed_dim, e.depth, e.num_heads) for e in spec.exits} == {(64, 4, 2)}
     assert all(e.feature_reuse and e.relation_reuse for e in spec.exits[1:])
@@ -58,7 +70,7 @@ def test_cli_overrides_yaml(tmp_path):
                                   "--feature_reuse", "False"])
     assert cfg["num_classes"] == 7 and cfg["exit_grids"] == [2, 4, 8] and cfg["feature_reuse"] is False
     assert cfg["img_size"] == 32
-    model = create_model_from_config({**cfg, "embed_dim": 32, "depth": 1, "num_heads": 2})
+    model = ModelSettings.from_config({**cfg, "embed_dim": 32, "depth": 1, "num_heads": 2}).build_model()
     assert model.num_exits == 3
 
 
@@ -84,12 +96,62 @@ def test_exponent_numbers_from_yaml_and_cli(tmp_path):
 def test_each_command_accepts_the_keys_of_the_commands_sharing_its_config(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("model: dvt_vit\nlr: 1e-3\ncalib_size: 100\n")
-    cfg = resolve((*MODEL_OPTIONS, *EVAL_OPTIONS), ["-c", str(path)], shared_with=TRAIN_OPTIONS)
+    cfg = resolve(EVAL_OPTIONS, ["-c", str(path)], shared_with=TRAIN_OPTIONS)
     assert cfg["lr"] == 1e-3 and cfg["calib_size"] == 100
     with pytest.raises(SystemExit):  # a training key is not a flag of the evaluation command
-        resolve((*MODEL_OPTIONS, *EVAL_OPTIONS), ["--lr", "1e-3"], shared_with=TRAIN_OPTIONS)
+        resolve(EVAL_OPTIONS, ["--lr", "1e-3"], shared_with=TRAIN_OPTIONS)
     with pytest.raises(ConfigError, match="unknown config key 'lr'"):  # nor a key when nobody shares it
-        resolve((*MODEL_OPTIONS, *EVAL_OPTIONS), ["-c", str(path)])
+        resolve(EVAL_OPTIONS, ["-c", str(path)])
     path.write_text("model: dvt_vit\nlr: fast\n")
     with pytest.raises(ConfigError, match="lr must be a number"):  # shared keys are still validated
-        resolve((*MODEL_OPTIONS, *EVAL_OPTIONS), ["-c", str(path)], shared_with=TRAIN_OPTIONS)
+        resolve(EVAL_OPTIONS, ["-c", str(path)], shared_with=TRAIN_OPTIONS)
+
+
+def test_one_config_file_serves_every_command(tmp_path):
+    path = tmp_path / "all.yaml"  # keys of training, evaluation, export and prediction in one file
+    path.write_text("model: dvt_vit\nlr: 1e-3\ncalib_size: 100\nimages: [a.png]\ntop_k: 3\nexported: out/x\n"
+                    "class_names: names.txt\nckpt: m.ckpt\noutput_dir: out/o\ndata_dir: d\n")
+    for cls in COMMAND_SETTINGS:
+        extra = {ConvertSettings: ["--src", "s.pth", "--dst", "d.ckpt"],
+                 PredictSettings: ["--exported", ""]}.get(cls, [])
+        settings = parse_command(cls, ["-c", str(path), *extra], "", "test")
+        assert settings.model == "dvt_vit" and settings.config_file == str(path)
+    assert parse_command(EvalSettings, ["-c", str(path)], "", "t").calib_size == 100
+    assert parse_command(PredictSettings, ["-c", str(path), "--exported", ""], "", "t").top_k == 3
+
+
+def test_options_of_the_same_name_agree_between_commands():
+    kinds: dict[str, tuple] = {}
+    for cls in COMMAND_SETTINGS:
+        for option in cls.options():
+            seen = kinds.setdefault(option.name, (option.kind, option.choices, cls.__name__))
+            assert seen[:2] == (option.kind, option.choices), f"{option.name}: {cls.__name__} vs {seen[2]}"
+    assert {o.name for o in ALL_OPTIONS} == set(kinds)
+
+
+def test_settings_check_values_as_flags_do():
+    with pytest.raises(ConfigError, match="batch_size must be >= 1, got 0"):
+        EvalSettings(ckpt="m.ckpt", eval_mode=0, batch_size=0)
+    with pytest.raises(ConfigError, match="eval_mode must be one of 0, 1, 2, got 3"):
+        EvalSettings(ckpt="m.ckpt", eval_mode=3)
+    with pytest.raises(ConfigError, match="either --thresholds or --budget"):
+        EvalSettings(ckpt="m.ckpt", eval_mode=0, thresholds=[0.5, 0.6], budget=1.0)
+    with pytest.raises(ConfigError, match="needs --data_dir"):
+        EvalSettings(ckpt="m.ckpt", eval_mode=2)
+    with pytest.raises(ConfigError, match="--warmup_epochs must lie in"):
+        TrainSettings(model="dvt_vit", epoch_size=2, warmup_epochs=5)
+    settings = EvalSettings(ckpt="m.ckpt", eval_mode=0, batch_size="8")  # converted like a flag value
+    assert settings.batch_size == 8 and settings.replace(batch_size=16).batch_size == 16
+    with pytest.raises(ConfigError, match="batch_size must be >= 1"):
+        settings.replace(batch_size=-1)
+    assert TrainSettings(model="a").betas is not TrainSettings(model="b").betas  # list defaults are copied
+
+
+def test_help_shows_each_default_once_and_aliases_work(capsys):
+    with pytest.raises(SystemExit):
+        build_parser(TRAIN_OPTIONS, prog="t").parse_args(["--help"])
+    text = capsys.readouterr().out
+    assert "(default: None)" not in text and "[default: 128]" in text
+    assert text.count("default: 128") == 1
+    settings = parse_command(ConvertSettings, ["--src", "a.pth", "--dst", "b.ckpt", "--to-torch"], "", "t")
+    assert settings.to_torch is True

@@ -29,52 +29,36 @@ from dataclasses import asdict
 from typing import Any
 
 from ..command import run_command
-from ..config import MODEL_OPTIONS, ConfigError, Option, resolve
-from ..inference.options import OPTIONS as EVAL_OPTIONS
-from ..train.options import OPTIONS as TRAIN_OPTIONS
+from ..options import AuditSettings, parse_command
 
 PROG = "dvt-audit"
-
-OPTIONS: tuple[Option, ...] = (
-    Option("graphs", "str", "all", "which graphs: all, train (the steps at O0 and O2) or inference "
-                                   "(validation, stages, exports)", ("all", "train", "inference")),
-    Option("audit_dir", "str", "outputs/audit", "where audit.json (and, with --keep_dumps, the IR dumps) go"),
-    Option("keep_dumps", "bool", False, "keep MindSpore's IR files of every graph under <audit_dir>/ir"),
-)
 
 
 class AuditFailed(RuntimeError):
     """A graph breaks a rule: the message lists every finding."""
 
 
-def load_config(argv: Sequence[str] | None) -> dict[str, Any]:
+def load_settings(argv: Sequence[str] | None) -> AuditSettings:
     """Defaults < YAML < command line (the YAML of dvt-train: its keys are this command's flags too)."""
-    train_options = [o for o in TRAIN_OPTIONS if o.name != "device_target"]
-    cfg = resolve((*MODEL_OPTIONS, *train_options, *OPTIONS), argv, description=__doc__.split("\n\n")[0],
-                  prog=PROG, shared_with=EVAL_OPTIONS)
-    if not cfg.get("model"):
-        raise ConfigError("no model: pass -c configs/<model>.yaml or --model <name>")
-    if cfg["batch_size"] < 1:
-        raise ConfigError(f"--batch_size must be >= 1, got {cfg['batch_size']}")
-    return cfg
+    return parse_command(AuditSettings, argv, __doc__.split("\n\n")[0], PROG)
 
 
-def audit(cfg: dict[str, Any]) -> tuple[list[str], list[Any], dict[str, Any]]:
-    """Compile and check the graphs of ``cfg``: ``(tables, findings, report)``."""
+def audit(settings: AuditSettings) -> tuple[list[str], list[Any], dict[str, Any]]:
+    """Compile and check the graphs of ``settings``: ``(tables, findings, report)``."""
     from ..train.distributed import init_runtime
     from .graphs import audit_config, inference_graphs, train_graph
     from .ir import capture, read_graphs
     from .rules import check_graphs, format_table, primitive_table
 
-    cfg = audit_config(cfg)
-    runtime = init_runtime("CPU", 0, cfg["distribute"], cfg["seed"])
+    settings = audit_config(settings)
+    runtime = init_runtime("CPU", 0, settings.distribute, settings.seed)
     graphs = []
-    if cfg["graphs"] in ("all", "train"):
-        graphs += [train_graph(cfg, runtime, level) for level in ("O0", "O2")]
-    if cfg["graphs"] in ("all", "inference"):
-        graphs += inference_graphs(cfg, cfg["batch_size"])
-    dump_root = os.path.join(cfg["audit_dir"], "ir") if cfg["keep_dumps"] else tempfile.mkdtemp(prefix="dvt_audit_")
-    tables, findings, report = [], [], {"model": cfg["model"], "graphs": {}}
+    if settings.graphs in ("all", "train"):
+        graphs += [train_graph(settings, runtime, level) for level in ("O0", "O2")]
+    if settings.graphs in ("all", "inference"):
+        graphs += inference_graphs(settings, settings.batch_size)
+    dump_root = os.path.join(settings.audit_dir, "ir") if settings.keep_dumps else tempfile.mkdtemp(prefix="dvt_audit_")
+    tables, findings, report = [], [], {"model": settings.model, "graphs": {}}
     try:
         for graph in graphs:
             start = time.perf_counter()
@@ -97,20 +81,20 @@ def audit(cfg: dict[str, Any]) -> tuple[list[str], list[Any], dict[str, Any]]:
                 "primitives": [{"primitive": p, "dtypes": d, "count": n} for p, d, n in rows],
                 "findings": [asdict(f) for f in found]}
     finally:
-        if not cfg["keep_dumps"]:
+        if not settings.keep_dumps:
             shutil.rmtree(dump_root, ignore_errors=True)
     return tables, findings, report
 
 
-def run(cfg: dict[str, Any]) -> str:
+def run(settings: AuditSettings) -> str:
     """Audit, print every table, write ``audit.json``; raise :class:`AuditFailed` listing the findings."""
-    from ..checkpoint import atomic_output
+    from ..files import atomic_output
 
-    tables, findings, report = audit(cfg)
+    tables, findings, report = audit(settings)
     print("\n\n".join(tables), flush=True)
     report["passed"] = not findings
-    os.makedirs(cfg["audit_dir"], exist_ok=True)
-    path = os.path.join(cfg["audit_dir"], "audit.json")
+    os.makedirs(settings.audit_dir, exist_ok=True)
+    path = os.path.join(settings.audit_dir, "audit.json")
     with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         json.dump(report, f, indent=1)
     if findings:
@@ -124,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ..checkpoint import CheckpointError
     from ..train.distributed import LaunchError
 
-    return run_command(PROG, lambda: load_config(argv), run, (AuditFailed, LaunchError, CheckpointError, ValueError))
+    return run_command(PROG, lambda: load_settings(argv), run, (AuditFailed, LaunchError, CheckpointError))
 
 
 if __name__ == "__main__":

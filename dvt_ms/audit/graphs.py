@@ -1,6 +1,6 @@
 """The graphs the audit compiles, each built by the code that builds it for real.
 
-* ``train_O0`` / ``train_O2``: dvt-train's step (:func:`dvt_ms.train.cli.build_train_step`) with dropout,
+* ``train_O0`` / ``train_O2``: dvt-train's step (:func:`dvt_ms.train.run.build_train_step`) with dropout,
   attention dropout and drop path on (0.1 where the config has 0), soft (mixup) targets, EMA, gradient
   clipping, the dynamic loss scaler under O2 and, in a data-parallel launch, the gradient all-reduce;
 * ``validation``: the model in inference mode at the training batch, as validation runs it (static);
@@ -13,10 +13,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..options import AuditSettings
 from .rules import GraphKind
 
 if TYPE_CHECKING:
@@ -36,59 +37,53 @@ class AuditGraph:
     run: Callable[[], None]
 
 
-def audit_config(cfg: dict[str, Any]) -> dict[str, Any]:
-    """``cfg`` with every mask on and every training feature the audit must see."""
-    cfg = dict(cfg)
-    for key in ("drop_rate", "attn_drop_rate", "drop_path_rate"):
-        cfg[key] = cfg.get(key) or MASK_RATE
+def audit_config(settings: AuditSettings) -> AuditSettings:
+    """``settings`` with every mask on and every training feature the audit must see."""
+    masks = {key: getattr(settings, key) or MASK_RATE for key in ("drop_rate", "attn_drop_rate", "drop_path_rate")}
     # the recipe's lr is quoted per lr_base_batch images: not scaled to the audit's small batch
-    cfg.update(ema=True, clip_grad=cfg.get("clip_grad") or 1.0, pretrained=None, lr_base_batch=None)
-    return cfg
+    return settings.replace(**masks, ema=True, clip_grad=settings.clip_grad or 1.0, pretrained=None,
+                            lr_base_batch=None)
 
 
-def _inputs(cfg: dict[str, Any], batch: int) -> tuple[np.ndarray, np.ndarray]:
-    from ..config import spec_from_config
-
-    spec = spec_from_config(cfg)
+def _inputs(settings: AuditSettings, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    spec = settings.model_spec()
     images = np.random.default_rng(0).standard_normal((batch, spec.in_chans, spec.img_size, spec.img_size))
     targets = np.full((batch, spec.num_classes), 1.0 / spec.num_classes)  # soft targets, as mixup gives
     return images.astype(np.float32), targets.astype(np.float32)
 
 
-def train_graph(cfg: dict[str, Any], runtime: Runtime, amp_level: str) -> AuditGraph:
+def train_graph(settings: AuditSettings, runtime: Runtime, amp_level: str) -> AuditGraph:
     """dvt-train's compiled step at ``amp_level`` (dynamic loss scale under O2/O3)."""
 
     def run() -> None:
         from mindspore import Tensor
 
         from .. import kernels
-        from ..train.cli import build_train_step, build_training_model
+        from ..train.run import build_train_step, build_training_model
 
-        run_cfg = {**cfg, "amp_level": amp_level,
-                   "loss_scale_type": "dynamic" if amp_level != "O0" else "fixed"}
+        run_cfg = settings.replace(amp_level=amp_level, loss_scale_type="dynamic" if amp_level != "O0" else "fixed")
         log = logging.getLogger("dvt_ms.audit")
         with kernels.use_kernels(False):  # what Ascend compiles: MindSpore's own ops (CPU trains with kernels)
             model = build_training_model(run_cfg, runtime, log)
             step, _ = build_train_step(run_cfg, model, 10, runtime, log)
         step.set_train(True)
-        images, targets = _inputs(cfg, cfg["batch_size"])
+        images, targets = _inputs(settings, settings.batch_size)
         step(Tensor(images), Tensor(targets))
 
     return AuditGraph(f"train_{amp_level}", TRAIN, run)
 
 
-def inference_graphs(cfg: dict[str, Any], batch: int) -> list[AuditGraph]:
+def inference_graphs(settings: AuditSettings, batch: int) -> list[AuditGraph]:
     """Validation, every early-exit stage and every export graph of the config's model (stock ops)."""
     from mindspore import Tensor
 
     from .. import kernels
-    from ..config import create_model_from_config
     from ..models.cascade import ReuseState
 
     with kernels.use_kernels(False):  # what Ascend compiles: MindSpore's own ops
-        model = create_model_from_config({**cfg, "pretrained": None})
+        model = settings.build_model()
     model.set_train(False)
-    images = Tensor(_inputs(cfg, batch)[0])
+    images = Tensor(_inputs(settings, batch)[0])
     states: dict[int, ReuseState] = {}
 
     def validation() -> None:
@@ -101,7 +96,7 @@ def inference_graphs(cfg: dict[str, Any], batch: int) -> list[AuditGraph]:
 
     def export(k: int) -> Callable[[], None]:
         def run() -> None:
-            from ..serve.export import export_graph
+            from ..serve.graphs import export_graph
 
             graph, _ = export_graph(model, k)
             state = states.get(k - 1) or ReuseState()

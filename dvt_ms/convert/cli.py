@@ -14,76 +14,32 @@ Exit status: 0 on success, 1 when the conversion or the verification fails (noth
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
 from ..checkpoint import checkpoint_format
 from ..command import run_command
-from ..config import (
-    MODEL_OPTIONS,
-    build_parser,
-    coerce,
-    load_yaml,
-    merge_options,
-    model_overrides,
-    named_model,
-)
-from ..inference.options import OPTIONS as EVAL_OPTIONS
-from ..train.options import OPTIONS as TRAIN_OPTIONS
+from ..options import ConvertSettings, parse_command
 from .errors import ConvertError
 
 PROG = "dvt-convert"
 METADATA_VERSION = 1
+DESCRIPTION = ("Convert official PyTorch DVT checkpoints (.pth.tar, .pth, .safetensors) to MindSpore checkpoints "
+               "(.ckpt or .safetensors) with their evaluation metadata; --to_torch converts back; --backbone "
+               "initialises a cascade from a standalone DeiT / T2T-ViT checkpoint.")
 
 
-def build_argument_parser():
-    """The parser: conversion flags, ``-c/--config`` and the model flags shared with other commands."""
-    parser = build_parser(MODEL_OPTIONS, description=(
-        "Convert official PyTorch DVT checkpoints (.pth.tar, .pth, .safetensors) to MindSpore checkpoints "
-        "(.ckpt or .safetensors) with their evaluation metadata; --to-torch converts back; --backbone "
-        "initialises a cascade from a standalone DeiT / T2T-ViT checkpoint."), prog=PROG)
-    group = parser.add_argument_group("conversion")
-    group.add_argument("--src", required=True, help="source checkpoint")
-    group.add_argument("--dst", required=True, help="output file (.ckpt or .safetensors; with --to-torch "
-                                                     ".pth/.pth.tar or .safetensors)")
-    group.add_argument("--format", choices=("ckpt", "safetensors"), default=None,
-                       help="output format of a MindSpore checkpoint; must agree with the --dst suffix")
-    group.add_argument("--to-torch", "--to_torch", dest="to_torch", action="store_true",
-                       help="MindSpore checkpoint -> PyTorch state dict with the official key names")
-    group.add_argument("--backbone", action="store_true",
-                       help="--src is a standalone DeiT-small / T2T-ViT checkpoint: initialise every exit from it")
-    group.add_argument("--verify", action="store_true",
-                       help="compare logits with the PyTorch reference on a random batch (needs torch)")
-    group.add_argument("--verify-batch", "--verify_batch", dest="verify_batch", type=int, default=2,
-                       help="batch size of --verify")
-    group.add_argument("--seed", type=int, default=0, help="seed of the --verify batch")
-    group.add_argument("--class_names", "--class-names", dest="class_names", default=None,
-                       help="text file with one class name per line, stored with the weights (dvt-predict and "
-                            "dvt-export show them)")
-    return parser
-
-
-def _model_config(args) -> dict[str, Any]:
-    cfg: dict[str, Any] = {}
-    if args.config:
-        # a config of dvt-train / dvt-eval is read for its model keys
-        cfg.update(load_yaml(args.config, merge_options(MODEL_OPTIONS, TRAIN_OPTIONS, EVAL_OPTIONS)))
-    for option in MODEL_OPTIONS:
-        raw = getattr(args, option.name)
-        if raw is not None:
-            cfg[option.name] = coerce(option, raw, f"--{option.name}")
-    return cfg
-
-
-def resolve_model(cfg: dict[str, Any], shapes: dict[str, tuple], info: dict | None) -> tuple[str, dict, Any, str]:
+def resolve_model(settings: ConvertSettings, shapes: dict[str, tuple],
+                  info: dict | None) -> tuple[str, dict, Any, str]:
     """(model name, model arguments, spec, how it was chosen) from the flags/config, the file's own
     record, or the tensor shapes."""
     from ..models import spec_for
     from .mapping import identify_model, infer_num_classes
 
-    chosen = named_model(cfg, info)
+    chosen = settings.choose_model(info)
     if chosen is None:
-        if model_overrides(cfg):
+        if settings.model_args():
             raise ConvertError("model flags were given without --model: name the model they apply to")
         found = identify_model(shapes)
         return found.name, found.overrides, found.spec, "identified from the checkpoint keys"
@@ -126,15 +82,15 @@ def _class_names(path: str, num_classes: int) -> list[str]:
         raise ConvertError(str(err)) from None
 
 
-def _verify(spec, torch_state, ms_path: str, args) -> None:
+def _verify(spec, torch_state, ms_path: str, settings: ConvertSettings) -> None:
     from .verify import TOLERANCE, format_differences, verify_against_torch
 
-    diffs = verify_against_torch(spec, torch_state, ms_path, batch=args.verify_batch, seed=args.seed)
+    diffs = verify_against_torch(spec, torch_state, ms_path, batch=settings.verify_batch, seed=settings.seed)
     print(format_differences(diffs))
     worst = max(d.max_rel for d in diffs)
     if worst > TOLERANCE:
         raise ConvertError(f"verification failed: max relative logit difference {worst:.3e} is above {TOLERANCE:g}; "
-                           f"{args.dst} was not written")
+                           f"{settings.dst} was not written")
     print(f"verified: max relative difference {worst:.3e} <= {TOLERANCE:g} at every exit")
 
 
@@ -145,120 +101,115 @@ def _misfit(path: str, name: str, how: str, state: dict, err) -> ConvertError:
                         f"has {describe_layout({k: v.shape for k, v in state.items()})}; is --model (or -c) right?")
 
 
-def _output_format(args) -> str:
-    fmt = checkpoint_format(args.dst)
-    if args.format and args.format != fmt:
-        raise ConvertError(f"--format {args.format} does not agree with the output name {args.dst} "
-                           f"(a {fmt} file); use a .{args.format} name")
+def _output_format(settings: ConvertSettings) -> str:
+    fmt = checkpoint_format(settings.dst)
+    if settings.format and settings.format != fmt:
+        raise ConvertError(f"--format {settings.format} does not agree with the output name {settings.dst} "
+                           f"(a {fmt} file); use a .{settings.format} name")
     return fmt
 
 
-def _to_mindspore(args, cfg) -> None:
-    from ..checkpoint import atomic_output, save_checkpoint
+def _to_mindspore(settings: ConvertSettings) -> None:
+    from ..checkpoint import save_checkpoint
+    from ..files import atomic_output
     from .mapping import MappingError, expected_state_shapes, map_state_dict, strip_wrapper_prefixes
     from .torch_io import read_source
 
-    fmt = _output_format(args)
-    source = read_source(args.src)
+    fmt = _output_format(settings)
+    source = read_source(settings.src)
     state, stripped = strip_wrapper_prefixes(source.state)
-    name, overrides, spec, how = resolve_model(cfg, {k: v.shape for k, v in state.items()}, source.info)
+    name, overrides, spec, how = resolve_model(settings, {k: v.shape for k, v in state.items()}, source.info)
     try:
         params = map_state_dict(state, expected_state_shapes(spec))
     except MappingError as err:
-        raise _misfit(args.src, name, how, state, err) from None
+        raise _misfit(settings.src, name, how, state, err) from None
     meta = _metadata(name, overrides, spec, source, {"source_prefix_stripped": "".join(stripped)} if stripped else None)
-    if args.class_names:
-        meta["class_names"] = _class_names(args.class_names, spec.num_classes)
-    with atomic_output(args.dst) as staged:
+    if settings.class_names:
+        meta["class_names"] = _class_names(settings.class_names, spec.num_classes)
+    with atomic_output(settings.dst) as staged:
         save_checkpoint(params, staged, metadata=meta)
-        if args.verify:
-            _verify(spec, params, staged, args)
+        if settings.verify:
+            _verify(spec, params, staged, settings)
     values = sum(int(v.size) for v in params.values())
     kept = [k for k in ("flops", "anytime_classification", "dynamic_threshold", "budgeted_batch_classification")
             if k in meta]
     print(f"{PROG}: {name} ({how}; {spec.num_classes} classes), {len(params)} tensors, {values:,} values "
-          f"from {source.container!r} of {args.src}" + (f", prefix {''.join(stripped)!r} stripped" if stripped else ""))
+          f"from {source.container!r} of {settings.src}"
+          + (f", prefix {''.join(stripped)!r} stripped" if stripped else ""))
     print(f"{PROG}: metadata kept: {', '.join(kept) if kept else 'none in the source'}"
           + (f"; ignored top-level keys: {', '.join(source.ignored)}" if source.ignored else ""))
-    print(f"{PROG}: wrote {args.dst} ({fmt})")
+    print(f"{PROG}: wrote {settings.dst} ({fmt})")
 
 
-def _to_torch(args, cfg) -> None:
+def _to_torch(settings: ConvertSettings) -> None:
     from ..checkpoint import read_checkpoint
     from .mapping import MappingError, expected_state_shapes, to_torch_state_dict
     from .torch_io import sha256_file, write_torch_checkpoint
 
-    if args.format:
+    if settings.format:
         raise ConvertError("--format applies to MindSpore outputs; with --to-torch the --dst suffix decides "
                            "(.safetensors or a torch.save file)")
-    if args.dst.lower().endswith((".ckpt",)):
-        raise ConvertError(f"--to-torch writes a PyTorch file, but {args.dst} is named like a MindSpore checkpoint")
-    params, metadata = read_checkpoint(args.src)
-    name, overrides, spec, how = resolve_model(cfg, {k: v.shape for k, v in params.items()}, metadata)
+    if settings.dst.lower().endswith((".ckpt",)):
+        raise ConvertError(f"--to-torch writes a PyTorch file, but {settings.dst} is named like a MindSpore checkpoint")
+    params, metadata = read_checkpoint(settings.src)
+    name, overrides, spec, how = resolve_model(settings, {k: v.shape for k, v in params.items()}, metadata)
     try:
         state = to_torch_state_dict(params, expected_state_shapes(spec))
     except MappingError as err:
-        raise _misfit(args.src, name, how, params, err) from None
+        raise _misfit(settings.src, name, how, params, err) from None
     meta = dict(metadata or {})
-    if args.class_names:
-        meta["class_names"] = _class_names(args.class_names, spec.num_classes)
+    if settings.class_names:
+        meta["class_names"] = _class_names(settings.class_names, spec.num_classes)
     meta.update({"model": name, "model_args": overrides, "num_classes": spec.num_classes,
-                 "source": {"file": os.path.basename(args.src), "sha256": sha256_file(args.src),
-                            "container": checkpoint_format(args.src)}})
-    if args.verify:
-        _verify(spec, state, args.src, args)
-    write_torch_checkpoint(state, args.dst, meta)
-    print(f"{PROG}: {name} ({how}; {spec.num_classes} classes), {len(state)} tensors -> {args.dst} (PyTorch, "
+                 "source": {"file": os.path.basename(settings.src), "sha256": sha256_file(settings.src),
+                            "container": checkpoint_format(settings.src)}})
+    if settings.verify:
+        _verify(spec, state, settings.src, settings)
+    write_torch_checkpoint(state, settings.dst, meta)
+    print(f"{PROG}: {name} ({how}; {spec.num_classes} classes), {len(state)} tensors -> {settings.dst} (PyTorch, "
           "official key names)")
 
 
-def _from_backbone(args, cfg) -> None:
-    from ..checkpoint import atomic_output, save_checkpoint
+def _from_backbone(settings: ConvertSettings) -> None:
+    from ..checkpoint import save_checkpoint
+    from ..files import atomic_output
     from ..models import DVTCascade, spec_for
     from .backbone import init_from_backbone
     from .torch_io import read_source
 
-    fmt = _output_format(args)
-    if not cfg.get("model"):
+    fmt = _output_format(settings)
+    if not settings.model:
         raise ConvertError("--backbone needs the DVT model to build: pass --model NAME (or -c CONFIG)")
-    name, overrides = cfg["model"], model_overrides(cfg)
+    name, overrides = settings.model, settings.model_args()
     spec = spec_for(name, **overrides)
-    source = read_source(args.src)
+    source = read_source(settings.src)
     model = DVTCascade(spec)
-    params, report = init_from_backbone(model, source.state, os.path.basename(args.src))
+    params, report = init_from_backbone(model, source.state, os.path.basename(settings.src))
     counts = report.counts()
     meta = _metadata(name, overrides, spec, source, {"backbone_init": counts})
     for key in ("flops", "anytime_classification", "dynamic_threshold", "budgeted_batch_classification",
                 "tensor_fields"):
         meta.pop(key, None)  # a backbone's figures do not describe the cascade
-    with atomic_output(args.dst) as staged:
+    with atomic_output(settings.dst) as staged:
         save_checkpoint(params, staged, metadata=meta)
-        if args.verify:
-            _verify(spec, params, staged, args)
+        if settings.verify:
+            _verify(spec, params, staged, settings)
     print(report.summary())
-    print(f"{PROG}: wrote {args.dst} ({fmt}): {name}, " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    print(f"{PROG}: wrote {settings.dst} ({fmt}): {name}, " + ", ".join(f"{v} {k}" for k, v in counts.items()))
 
 
-def _parse(argv: Sequence[str] | None):
-    args = build_argument_parser().parse_args(argv)
-    return args, _model_config(args)
-
-
-def _convert(parsed) -> None:
-    args, cfg = parsed
-    if args.class_names and args.backbone:
-        raise ConvertError("--class_names does not apply to --backbone (a backbone's heads are re-initialised)")
-    if args.to_torch and args.backbone:
-        raise ConvertError("--to-torch and --backbone cannot be combined")
-    if os.path.abspath(args.src) == os.path.abspath(args.dst):
-        raise ConvertError(f"--src and --dst are the same file ({args.src})")
+def convert(settings: ConvertSettings) -> None:
+    """Convert as ``settings`` say (to MindSpore, ``to_torch`` back, or ``backbone`` initialisation);
+    nothing is written when any step fails (:class:`ConvertError`)."""
+    if os.path.abspath(settings.src) == os.path.abspath(settings.dst):
+        raise ConvertError(f"--src and --dst are the same file ({settings.src})")
     try:
-        if args.to_torch:
-            _to_torch(args, cfg)
-        elif args.backbone:
-            _from_backbone(args, cfg)
+        if settings.to_torch:
+            _to_torch(settings)
+        elif settings.backbone:
+            _from_backbone(settings)
         else:
-            _to_mindspore(args, cfg)
+            _to_mindspore(settings)
     except (ValueError, OSError) as err:  # CheckpointError, a bad model, the file system: nothing was written
         text = str(err).strip()
         raise ConvertError(f"{text}{'' if text.endswith(('.', '?')) else '.'} Nothing was written.") from err
@@ -266,4 +217,9 @@ def _convert(parsed) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``dvt-convert``; returns the exit status (see :mod:`dvt_ms.command`)."""
-    return run_command(PROG, lambda: _parse(argv), _convert, (ConvertError,))
+    return run_command(PROG, lambda: parse_command(ConvertSettings, argv, DESCRIPTION, PROG), convert,
+                       (ConvertError,))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

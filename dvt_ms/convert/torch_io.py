@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from ..checkpoint import SAFETENSORS_METADATA_KEY, CheckpointError, atomic_output, require_file
+from ..checkpoint import SAFETENSORS_METADATA_KEY
+from ..files import FileError, atomic_output, require_file
 from .errors import ConvertError
 
 __all__ = [
@@ -259,6 +260,6 @@ def write_torch_checkpoint(state: Mapping[str, np.ndarray], path: str | os.PathL
                 save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, tmp, metadata=header)
             else:
                 _import_torch().save(_torch_payload(state, metadata), tmp)
-    except CheckpointError as err:
+    except FileError as err:
         raise ConvertError(str(err)) from None
     return path

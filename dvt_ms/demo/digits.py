@@ -4,28 +4,35 @@ The 1,797 real 8x8 grey images (10 classes) ship inside scikit-learn, so nothing
 are split into ``train/`` and ``val/`` with a fixed seed (stratified per class), upsampled with PIL
 bicubic to ``img_size`` and written as RGB PNGs under ``<out>/{train,val}/<digit>/<index>.png``.
 
-    python -m dvt_ms.demo.digits --out data/digits [--img_size 32] [--val_fraction 0.25] [--seed 0]
+    python -m dvt_ms digits --out data/digits [--img_size 32] [--val_fraction 0.25] [--seed 0]
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
 
+from ..command import run_command
+from ..options import DigitsSettings, parse_command
+
 MARKER = ".dvt_digits"
+
+
+class DemoError(RuntimeError):
+    """The demo folder cannot be built; the message says what to do."""
 
 
 def _load_digits():
     try:
         from sklearn.datasets import load_digits
     except ModuleNotFoundError:
-        raise SystemExit("the digits demo needs scikit-learn: pip install 'dvt_ms[demo]' (or scikit-learn)") from None
+        raise DemoError("the digits demo needs scikit-learn: pip install 'dvt_ms[demo]' (or scikit-learn)") from None
     return load_digits()
 
 
@@ -62,7 +69,7 @@ def build_digits_folder(out: str, img_size: int = 32, val_fraction: float = 0.25
                         for split in ("train", "val")}
     if os.path.exists(out) and not os.path.isfile(marker):
         if os.listdir(out):
-            raise SystemExit(f"{out} exists and is not a digits folder made by this script; choose another --out")
+            raise DemoError(f"{out} exists and is not a digits folder made by this script; choose another --out")
     digits = _load_digits()
     train, val = split_indices(digits.target, val_fraction, seed)
     parent = os.path.dirname(os.path.abspath(out))
@@ -86,16 +93,15 @@ def build_digits_folder(out: str, img_size: int = 32, val_fraction: float = 0.25
     return {"train": len(train), "val": len(val)}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Build the handwritten-digits demo folder.")
-    parser.add_argument("--out", default="data/digits", help="output folder (gets train/ and val/)")
-    parser.add_argument("--img_size", type=int, default=32, help="side of the written images")
-    parser.add_argument("--val_fraction", type=float, default=0.25, help="share of each class kept for val/")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the split")
-    args = parser.parse_args(argv)
-    counts = build_digits_folder(args.out, args.img_size, args.val_fraction, args.seed)
-    print(f"digits folder {args.out}: {counts['train']} train / {counts['val']} val images, 10 classes")
-    return 0
+def main(argv: Sequence[str] | None = None) -> int:
+    """Build the digits folder from the command line; returns the exit status (see :mod:`dvt_ms.command`)."""
+    def build(settings: DigitsSettings) -> str:
+        counts = build_digits_folder(settings.out, settings.img_size, settings.val_fraction, settings.seed)
+        return f"digits folder {settings.out}: {counts['train']} train / {counts['val']} val images, 10 classes"
+
+    return run_command("python -m dvt_ms digits", lambda: parse_command(
+        DigitsSettings, argv, "Build the handwritten-digits demo folder.", "python -m dvt_ms digits"),
+        build, (DemoError,))
 
 
 if __name__ == "__main__":

@@ -3,11 +3,12 @@
 * :class:`EarlyExitEngine`: runs later exits only on the images earlier exits could not decide;
 * :mod:`~dvt_ms.inference.thresholds`: the exit rule, the official budgeted-batch threshold rule and
   the offline simulation the engine agrees with;
-* :func:`~dvt_ms.inference.evaluate.evaluate` / ``dvt-eval``: the three official evaluation modes
+* :func:`dvt_ms.inference.evaluate.evaluate` (``from dvt_ms.inference.evaluate import evaluate``) /
+  ``dvt-eval``: the three official evaluation modes
   with outputs (JSON, CSV, plot) and the wall-clock comparison.
 
-Importing this package only loads the option table (:mod:`~dvt_ms.inference.options`); the engine
-and the evaluation are imported on first use.
+Importing this package loads nothing else; the engine and the evaluation are imported on first use.
+The evaluation's settings are :class:`dvt_ms.options.EvalSettings`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 _LAZY = {
     "EarlyExitEngine": "engine",
     "EarlyExitResult": "engine",
-    "evaluate": "evaluate",
+    "EvalResults": "evaluate",
     "main": "cli",
 }
 

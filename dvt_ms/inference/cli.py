@@ -1,4 +1,4 @@
-"""``dvt-eval`` (``python -m dvt_ms.inference``, ``scripts/run_eval.sh``): evaluate a DVT checkpoint.
+"""``dvt-eval`` (``python -m dvt_ms eval``, ``scripts/run_eval.sh``): evaluate a DVT checkpoint.
 
     dvt-eval -c configs/dvt_t2t_vit_12.yaml --ckpt dvt_t2t_vit_12.ckpt --data_dir /data/imagenet --eval_mode 1
     dvt-eval --ckpt X.ckpt --data_dir /data/imagenet --eval_mode 2 --calib_size 50000 --budget 1.0
@@ -10,14 +10,13 @@ command-line usage or config files.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 from ..checkpoint import CheckpointError
 from ..command import run_command
-from ..config import MODEL_OPTIONS, ConfigError, resolve
 from ..data import DataError
-from ..train.options import OPTIONS as TRAIN_OPTIONS
-from .options import OPTIONS
+from ..options import EvalSettings, parse_command
 
 PROG = "dvt-eval"
 DESCRIPTION = ("Evaluate a Dynamic Vision Transformer with real early exit: anytime accuracy of every exit, "
@@ -25,10 +24,10 @@ DESCRIPTION = ("Evaluate a Dynamic Vision Transformer with real early exit: anyt
                "measured vs FLOPs-predicted speed-up.")
 
 
-def _evaluate(cfg: dict) -> str:
+def _evaluate(settings: EvalSettings) -> str:
     from .evaluate import evaluate, summary
 
-    return summary(evaluate(cfg))
+    return summary(evaluate(settings))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -36,6 +35,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .evaluate import EvalError
     from .operating_point import ThresholdError
 
-    return run_command(PROG, lambda: resolve((*MODEL_OPTIONS, *OPTIONS), argv, DESCRIPTION, PROG,
-                                             shared_with=TRAIN_OPTIONS),
-                       _evaluate, (EvalError, ThresholdError, DataError, CheckpointError, ConfigError))
+    return run_command(PROG, lambda: parse_command(EvalSettings, argv, DESCRIPTION, PROG), _evaluate,
+                       (EvalError, ThresholdError, DataError, CheckpointError))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

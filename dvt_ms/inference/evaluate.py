@@ -18,16 +18,16 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ..amp import apply_precision
-from ..checkpoint import load_checkpoint, read_metadata
-from ..config import build_named_model
+from ..checkpoint import read_metadata
 from ..data import DataError, build_eval_dataset, iterate_batches
 from ..flops import cumulative_gflops, stage_macs
+from ..options import EvalSettings
 from .engine import EarlyExitEngine, default_buckets
 from .exit_examples import EXAMPLES_NAME, write_exit_examples
 from .operating_point import choose_operating_point, explicit_thresholds, stored_threshold_table
@@ -44,7 +44,7 @@ from .thresholds import (
 )
 from .throughput import speed_report
 
-__all__ = ["EvalError", "ExitOutputs", "collect_exit_outputs", "evaluate", "run_early_exit", "summary"]
+__all__ = ["EvalError", "EvalResults", "ExitOutputs", "collect_exit_outputs", "evaluate", "run_early_exit", "summary"]
 
 METADATA_FIELDS = ("flops", "anytime_classification", "budgeted_batch_classification", "dynamic_threshold")
 
@@ -53,41 +53,54 @@ class EvalError(ValueError):
     """An evaluation that cannot run as asked; the message says what to change."""
 
 
+@dataclass
+class EvalResults:
+    """What :func:`evaluate` found (``eval_results.json``). Mode 0 fills only what a checkpoint stores:
+    the model, ``flops``, ``anytime_classification``, the curve and ``dynamic_threshold``."""
+
+    model: str | None
+    checkpoint: str
+    eval_mode: int
+    num_classes: int | None = None
+    model_args: dict[str, Any] | None = None
+    dataset: str | None = None
+    data_dir: str | None = None
+    num_val_images: int | None = None
+    num_calibration_images: int | None = None
+    flops: list[float] | None = None  # cumulative GFLOPs (multiply-accumulates) of each exit
+    stage_gflops: list[float] | None = None
+    anytime_classification: list[float] | None = None  # top-1 % of each exit on every image
+    anytime_top5: list[float] | None = None
+    budgeted_batch_classification: list[list[float]] = field(default_factory=lambda: [[], []])  # [GFLOPs], [top-1]
+    budgeted_batch_exit_shares: list[list[float]] | None = None
+    budget_target_shares: list[list[float]] | None = None
+    dynamic_threshold: list[list[float]] | None = None
+    operating_point: dict[str, Any] | None = None  # the point run for real: thresholds, accuracy, exits, ...
+    exit_shares: list[float] | None = None
+    throughput: dict[str, Any] | None = None
+    outputs: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
 # ---- set-up -------------------------------------------------------------------------------------
 
-def _check_flags(cfg: dict[str, Any]) -> None:
-    if cfg["eval_mode"] not in (0, 1, 2):
-        raise EvalError(f"--eval_mode must be 0, 1 or 2, got {cfg['eval_mode']}")
-    for name in ("batch_size", "calib_size"):
-        if cfg[name] is None or cfg[name] < 1:
-            raise EvalError(f"--{name} must be a positive integer, got {cfg[name]}")
-    for name in ("throughput_batches", "throughput_rounds", "num_parallel_workers", "examples_per_exit"):
-        if cfg[name] is None or cfg[name] < 0:
-            raise EvalError(f"--{name} must be >= 0, got {cfg[name]}")
-    if cfg.get("thresholds") is not None and cfg.get("budget") is not None:
-        raise EvalError("give either --thresholds or --budget, not both")
-    if not cfg.get("ckpt"):
-        raise EvalError("no checkpoint: pass --ckpt PATH (a .ckpt or .safetensors file)")
-    if cfg["eval_mode"] > 0 and not cfg.get("data_dir"):
-        raise EvalError(f"--eval_mode {cfg['eval_mode']} needs --data_dir (the folder holding val/"
-                        f"{' and train/' if cfg['eval_mode'] == 2 else ''}, or the CIFAR binary files)")
-
-
-def _set_device(cfg: dict[str, Any]) -> None:
+def _set_device(settings: EvalSettings) -> None:
     import mindspore as ms
 
     from ..device import DeviceError, device_id_from_env, prepare_device
 
-    target = cfg["device_target"]
+    target = settings.device_target
     if ms.get_context("device_target") == target and target != "Ascend":
         return
     try:
         prepare_device(target, 0 if ms.get_context("mode") == ms.GRAPH_MODE else 1, device_id_from_env(None),
-                       amp_level=cfg["amp_level"], amp_dtype=cfg["amp_dtype"])
+                       amp_level=settings.amp_level, amp_dtype=settings.amp_dtype)
     except DeviceError as err:
         raise EvalError(f"--device_target {target}: {err}") from None
 
@@ -167,42 +180,35 @@ def _first_batches(dataset: Any, batch_size: int, count: int, workers: int) -> l
 
 # ---- the modes ------------------------------------------------------------------------------------
 
-def _metadata_results(cfg: dict[str, Any], metadata: dict | None) -> dict[str, Any]:
+def _metadata_results(settings: EvalSettings, metadata: dict | None) -> EvalResults:
     if metadata is None or not any(k in metadata for k in METADATA_FIELDS):
-        raise EvalError(f"{cfg['ckpt']} carries no evaluation metadata (flops, anytime_classification, "
+        raise EvalError(f"{settings.ckpt} carries no evaluation metadata (flops, anytime_classification, "
                         "budgeted_batch_classification, dynamic_threshold): --eval_mode 0 only prints what a "
                         "converted official checkpoint stores; use --eval_mode 2 to compute it")
     curve = metadata.get("budgeted_batch_classification") or [[], []]
-    return {
-        "model": metadata.get("model"),
-        "num_classes": metadata.get("num_classes"),
-        "checkpoint": cfg["ckpt"],
-        "eval_mode": 0,
-        "flops": metadata.get("flops"),
-        "anytime_classification": metadata.get("anytime_classification"),
-        "budgeted_batch_classification": [list(curve[0]), list(curve[1])],
-        "dynamic_threshold": metadata.get("dynamic_threshold"),
-        "exit_shares": None,
-        "throughput": None,
-    }
+    return EvalResults(model=metadata.get("model"), num_classes=metadata.get("num_classes"), checkpoint=settings.ckpt,
+                       eval_mode=0, flops=metadata.get("flops"),
+                       anytime_classification=metadata.get("anytime_classification"),
+                       budgeted_batch_classification=[list(curve[0]), list(curve[1])],
+                       dynamic_threshold=metadata.get("dynamic_threshold"))
 
 
-def _buckets(cfg: dict, batch_size: int) -> list[int] | str | None:
+def _buckets(settings: EvalSettings, batch_size: int) -> list[int] | str | None:
     """The engine's ``buckets`` from --pad_to_buckets / --buckets: unset -> the device's fastest shapes."""
-    pad = cfg.get("pad_to_buckets")
+    pad = settings.pad_to_buckets
     if pad is None:
-        return [int(b) for b in cfg["buckets"]] if cfg.get("buckets") else "auto"
+        return [int(b) for b in settings.buckets] if settings.buckets else "auto"
     if not pad:
         return None
-    return [int(b) for b in (cfg.get("buckets") or default_buckets(batch_size))]
+    return [int(b) for b in (settings.buckets or default_buckets(batch_size))]
 
 
-def _stored_rows(cfg: dict[str, Any], metadata: dict | None, num_exits: int,
+def _stored_rows(settings: EvalSettings, metadata: dict | None, num_exits: int,
                  explicit: np.ndarray | None) -> np.ndarray | None:
     """Mode 1: the threshold table stored with the checkpoint (None in mode 2 or when none is stored)."""
-    rows = None if cfg["eval_mode"] == 2 else stored_threshold_table(metadata, num_exits, cfg["ckpt"])
-    if rows is None and explicit is None and cfg["eval_mode"] == 1:
-        raise EvalError(f"{cfg['ckpt']} stores no thresholds (dynamic_threshold): pass --thresholds, or use "
+    rows = None if settings.eval_mode == 2 else stored_threshold_table(metadata, num_exits, settings.ckpt)
+    if rows is None and explicit is None and settings.eval_mode == 1:
+        raise EvalError(f"{settings.ckpt} stores no thresholds (dynamic_threshold): pass --thresholds, or use "
                         "--eval_mode 2 to calibrate them on training images")
     return rows
 
@@ -225,45 +231,42 @@ class EvalSetup:
         return self.model.spec
 
 
-def _setup(cfg: dict[str, Any], metadata: dict | None) -> EvalSetup:
+def _setup(settings: EvalSettings, metadata: dict | None) -> EvalSetup:
     """Device, model with the checkpoint's weights, validation set and the engine (no thresholds yet)."""
-    _set_device(cfg)
-    model, name, overrides = build_named_model(cfg, metadata, cfg["ckpt"])
-    load_checkpoint(model, cfg["ckpt"])
-    apply_precision(model, cfg["amp_level"], cfg["amp_dtype"])
+    _set_device(settings)
+    loaded = settings.load_model(settings.ckpt)
+    model, name, overrides = loaded.model, loaded.name, loaded.model_args
+    apply_precision(model, settings.amp_level, settings.amp_dtype)
     spec = model.spec
-    crop_pct = cfg.get("crop_pct") or (metadata or {}).get("crop_pct")  # else the data set's default
-    val = build_eval_dataset(cfg["dataset"], cfg["data_dir"], "val", spec.img_size, crop_pct)
-    _check_labels(val, spec.num_classes, f"validation set {getattr(val, 'root', cfg['data_dir'])}")
-    buckets = _buckets(cfg, cfg["batch_size"])
-    if isinstance(buckets, list) and (min(buckets) < 1 or max(buckets) < cfg["batch_size"]):
-        raise EvalError(f"--buckets {buckets} must be positive sizes and include one of at least --batch_size "
-                        f"{cfg['batch_size']}")
+    crop_pct = settings.crop_pct or (metadata or {}).get("crop_pct")  # else the data set's default
+    val = build_eval_dataset(settings.dataset, settings.data_dir, "val", spec.img_size, crop_pct)
+    _check_labels(val, spec.num_classes, f"validation set {getattr(val, 'root', settings.data_dir)}")
+    buckets = _buckets(settings, settings.batch_size)  # checked with the settings
     engine = EarlyExitEngine(model, [NEVER] * (spec.num_exits - 1), buckets=buckets)
     return EvalSetup(model, name, overrides, engine, buckets, val, cumulative_gflops(spec), crop_pct)
 
 
-def _calibrated_thresholds(cfg: dict[str, Any], run: EvalSetup) -> tuple[np.ndarray, int]:
+def _calibrated_thresholds(settings: EvalSettings, run: EvalSetup) -> tuple[np.ndarray, int]:
     """Mode 2: the threshold table of the budget points, calibrated on a random training subset."""
-    train = build_eval_dataset(cfg["dataset"], cfg["data_dir"], "train", run.spec.img_size, run.crop_pct)
+    train = build_eval_dataset(settings.dataset, settings.data_dir, "train", run.spec.img_size, run.crop_pct)
     if getattr(train, "classes", None) != getattr(run.val, "classes", None):
-        raise DataError(f"the training and validation sets of {cfg['data_dir']} have different classes "
+        raise DataError(f"the training and validation sets of {settings.data_dir} have different classes "
                         f"({len(train.classes)} vs {len(run.val.classes)}); they must match for calibration")
-    subset = np.sort(np.random.default_rng(cfg["seed"]).permutation(len(train))[: cfg["calib_size"]])
-    if subset.size < cfg["calib_size"]:
-        _log(f"note: the training set has {len(train)} images, fewer than --calib_size {cfg['calib_size']}: "
+    subset = np.sort(np.random.default_rng(settings.seed).permutation(len(train))[: settings.calib_size])
+    if subset.size < settings.calib_size:
+        _log(f"note: the training set has {len(train)} images, fewer than --calib_size {settings.calib_size}: "
              "all of them calibrate the thresholds")
-    calib = collect_exit_outputs(run.engine, train, cfg["batch_size"], subset, cfg["num_parallel_workers"],
+    calib = collect_exit_outputs(run.engine, train, settings.batch_size, subset, settings.num_parallel_workers,
                                  "calibration")
     return calibrate(calib.confidences), int(subset.size)
 
 
-def _run_operating_point(cfg: dict[str, Any], run: EvalSetup, outputs: ExitOutputs,
+def _run_operating_point(settings: EvalSettings, run: EvalSetup, outputs: ExitOutputs,
                          thresholds: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Real early exit over the validation set at ``thresholds``, checked against the simulation: the
     per-image results and the operating point's figures."""
     run.engine.set_thresholds(thresholds)
-    real = run_early_exit(run.engine, run.val, cfg["batch_size"], cfg["num_parallel_workers"],
+    real = run_early_exit(run.engine, run.val, settings.batch_size, settings.num_parallel_workers,
                           "validation, early exit")
     simulated = simulate_exits(outputs.confidences, thresholds)
     n = len(real["exits"])
@@ -280,89 +283,77 @@ def _run_operating_point(cfg: dict[str, Any], run: EvalSetup, outputs: ExitOutpu
     }
 
 
-def _write_exit_examples(cfg: dict[str, Any], run: EvalSetup, real: dict[str, np.ndarray]) -> str | None:
+def _write_exit_examples(settings: EvalSettings, run: EvalSetup, real: dict[str, np.ndarray]) -> str | None:
     """``exit_examples.png`` for an image folder (CIFAR has no image files to show); returns its path."""
     samples = getattr(run.val, "samples", None)
-    if not samples or cfg["examples_per_exit"] == 0:
+    if not samples or settings.examples_per_exit == 0:
         return None
     names = getattr(run.val, "classes", None) or []
     captions = [f"{names[p] if p < len(names) else p} {c:.2f}" for p, c in zip(real["predictions"],
                                                                              real["confidences"], strict=True)]
-    os.makedirs(cfg["output_dir"], exist_ok=True)
-    return write_exit_examples(os.path.join(cfg["output_dir"], EXAMPLES_NAME), [p for p, _ in samples],
-                               real["exits"], captions, run.spec.grids(), cfg["examples_per_exit"])
+    os.makedirs(settings.output_dir, exist_ok=True)
+    return write_exit_examples(os.path.join(settings.output_dir, EXAMPLES_NAME), [p for p, _ in samples],
+                               real["exits"], captions, run.spec.grids(), settings.examples_per_exit)
 
 
-def _throughput(cfg: dict[str, Any], run: EvalSetup) -> dict[str, Any] | None:
+def _throughput(settings: EvalSettings, run: EvalSetup) -> dict[str, Any] | None:
     """Early exit vs every exit vs the last exit alone, timed on the first ``--throughput_batches``."""
-    if cfg["throughput_batches"] == 0:
+    if settings.throughput_batches == 0:
         return None
-    batches = _first_batches(run.val, cfg["batch_size"], cfg["throughput_batches"], cfg["num_parallel_workers"])
+    batches = _first_batches(run.val, settings.batch_size, settings.throughput_batches, settings.num_parallel_workers)
     _log(f"timing early exit / all exits / last exit alone on {sum(len(b) for b in batches)} images ...")
-    report = speed_report(run.engine, batches, cfg["throughput_rounds"], run.buckets)
-    report["device_target"] = cfg["device_target"]
+    report = speed_report(run.engine, batches, settings.throughput_rounds, run.buckets)
+    report["device_target"] = settings.device_target
     return report
 
 
-def _results(cfg: dict[str, Any], run: EvalSetup, outputs: ExitOutputs, curve, rows: np.ndarray | None,
-             calib_count: int | None, point: dict[str, Any], throughput: dict[str, Any] | None) -> dict[str, Any]:
+def _results(settings: EvalSettings, run: EvalSetup, outputs: ExitOutputs, curve, rows: np.ndarray | None,
+             calib_count: int | None, point: dict[str, Any], throughput: dict[str, Any] | None) -> EvalResults:
     spec, n = run.spec, len(outputs.targets)
-    return {
-        "model": run.name,
-        "model_args": run.model_args,
-        "num_classes": spec.num_classes,
-        "checkpoint": cfg["ckpt"],
-        "eval_mode": cfg["eval_mode"],
-        "dataset": cfg["dataset"],
-        "data_dir": cfg["data_dir"],
-        "num_val_images": n,
-        "num_calibration_images": calib_count,
-        "flops": run.cumulative,
-        "stage_gflops": [m / 1e9 for m in stage_macs(spec)],
-        "anytime_classification": outputs.top1_accuracy,
-        "anytime_top5": outputs.top5_accuracy,
-        "budgeted_batch_classification": [[p.expected_gflops for p in curve], [p.accuracy for p in curve]],
-        "budgeted_batch_exit_shares": [p.exit_shares for p in curve],
-        "budget_target_shares": [budget_shares(p, spec.num_exits).tolist() for p in range(1, len(curve) + 1)],
-        "dynamic_threshold": rows.tolist() if rows is not None else None,
-        "operating_point": point,
-        "exit_shares": (np.asarray(point["exit_counts"]) / n).tolist(),
-        "throughput": throughput,
-    }
+    return EvalResults(
+        model=run.name, model_args=run.model_args, num_classes=spec.num_classes, checkpoint=settings.ckpt,
+        eval_mode=settings.eval_mode, dataset=settings.dataset, data_dir=settings.data_dir, num_val_images=n,
+        num_calibration_images=calib_count, flops=run.cumulative, stage_gflops=[m / 1e9 for m in stage_macs(spec)],
+        anytime_classification=outputs.top1_accuracy, anytime_top5=outputs.top5_accuracy,
+        budgeted_batch_classification=[[p.expected_gflops for p in curve], [p.accuracy for p in curve]],
+        budgeted_batch_exit_shares=[p.exit_shares for p in curve],
+        budget_target_shares=[budget_shares(p, spec.num_exits).tolist() for p in range(1, len(curve) + 1)],
+        dynamic_threshold=rows.tolist() if rows is not None else None, operating_point=point,
+        exit_shares=(np.asarray(point["exit_counts"]) / n).tolist(), throughput=throughput)
 
 
-def evaluate(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Run the evaluation a resolved ``dvt-eval`` config asks for, write the outputs, return the results."""
-    _check_flags(cfg)
-    metadata = read_metadata(cfg["ckpt"])
+def evaluate(settings: EvalSettings) -> EvalResults:
+    """Run the evaluation ``settings`` ask for, write the outputs into ``settings.output_dir``, return the
+    results."""
+    metadata = read_metadata(settings.ckpt)
     examples = None
-    if cfg["eval_mode"] == 0:
-        results = _metadata_results(cfg, metadata)
+    if settings.eval_mode == 0:
+        results = _metadata_results(settings, metadata)
     else:
-        run = _setup(cfg, metadata)
+        run = _setup(settings, metadata)
         num_exits = run.spec.num_exits
-        explicit = explicit_thresholds(cfg.get("thresholds"), num_exits)  # checked before any image is read
-        rows, calib_count = _stored_rows(cfg, metadata, num_exits, explicit), None
-        if cfg["eval_mode"] == 2:
-            rows, calib_count = _calibrated_thresholds(cfg, run)
-        outputs = collect_exit_outputs(run.engine, run.val, cfg["batch_size"], None, cfg["num_parallel_workers"],
+        explicit = explicit_thresholds(settings.thresholds, num_exits)  # checked before any image is read
+        rows, calib_count = _stored_rows(settings, metadata, num_exits, explicit), None
+        if settings.eval_mode == 2:
+            rows, calib_count = _calibrated_thresholds(settings, run)
+        outputs = collect_exit_outputs(run.engine, run.val, settings.batch_size, None, settings.num_parallel_workers,
                                        "validation, all exits")
         curve = [] if rows is None else budgeted_batch_curve(outputs.confidences, outputs.predictions,
                                                              outputs.targets, run.cumulative, rows)
-        chosen = choose_operating_point(num_exits, thresholds=cfg.get("thresholds"), budget=cfg.get("budget"),
+        chosen = choose_operating_point(num_exits, thresholds=settings.thresholds, budget=settings.budget,
                                         rows=rows, curve=curve)
-        real, measured = _run_operating_point(cfg, run, outputs, chosen.thresholds)
+        real, measured = _run_operating_point(settings, run, outputs, chosen.thresholds)
         point = {"chosen_by": chosen.chosen_by, "curve_point": chosen.curve_point, **measured}
-        examples = _write_exit_examples(cfg, run, real)
-        results = _results(cfg, run, outputs, curve, rows, calib_count, point, _throughput(cfg, run))
-    results["outputs"] = write_outputs(cfg["output_dir"], results)
+        examples = _write_exit_examples(settings, run, real)
+        results = _results(settings, run, outputs, curve, rows, calib_count, point, _throughput(settings, run))
+    results.outputs = write_outputs(settings.output_dir, {k: v for k, v in results.to_dict().items() if k != "outputs"})
     if examples:
-        results["outputs"].append(examples)
-    mismatches = (results.get("operating_point") or {}).get("mismatches")
+        results.outputs.append(examples)
+    mismatches = (results.operating_point or {}).get("mismatches")
     if mismatches:
         raise EvalError(f"the early-exit engine and the simulation from the full logits disagree on {mismatches} "
-                        f"of {results['num_val_images']} images (a bug: the results are in "
-                        f"{cfg['output_dir']} for inspection)")
+                        f"of {results.num_val_images} images (a bug: the results are in "
+                        f"{settings.output_dir} for inspection)")
     return results
 
 
@@ -372,8 +363,10 @@ def _fmt(values: Sequence[float] | None, digits: int = 2) -> str:
     return ", ".join(f"{v:.{digits}f}" for v in values)
 
 
-def summary(results: dict[str, Any]) -> str:
+def summary(results: EvalResults | dict[str, Any]) -> str:
     """A short human-readable report of :func:`evaluate`'s results."""
+    if isinstance(results, EvalResults):
+        results = results.to_dict()
     lines = [f"model: {results.get('model')}   checkpoint: {results.get('checkpoint')}"]
     lines.append(f"cumulative GFLOPs per exit: {_fmt(results.get('flops'), 4)}")
     lines.append(f"anytime top-1 per exit (%): {_fmt(results.get('anytime_classification'))}")

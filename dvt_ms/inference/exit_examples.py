@@ -46,7 +46,7 @@ def _thumbnail(path: str) -> Image.Image:
 def write_exit_examples(path: str, image_paths: Sequence[str], exits: np.ndarray, captions: Sequence[str],
                         grids: Sequence[int], per_exit: int = 8, title: str = "") -> str:
     """Write the figure to ``path`` (atomically); ``exits`` (0-based) and ``captions`` are per image."""
-    from ..checkpoint import atomic_output
+    from ..files import atomic_output
 
     exits = np.asarray(exits)
     n, num_exits = max(len(exits), 1), len(grids)

@@ -8,7 +8,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from ..checkpoint import atomic_output
+from ..files import atomic_output
 from .plot import plot_accuracy_vs_gflops
 
 __all__ = ["CSV_NAME", "JSON_NAME", "PLOT_NAME", "write_outputs"]

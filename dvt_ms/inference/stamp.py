@@ -6,17 +6,23 @@ their weights (``flops``, ``anytime_classification``, ``dynamic_threshold``,
 that ``dvt-eval --eval_mode 0`` prints them and ``--eval_mode 1`` reuses the thresholds without
 calibrating again. The weights are copied unchanged; the output is written atomically.
 
-    python -m dvt_ms.inference.stamp --ckpt X.ckpt --results outputs/eval/eval_results.json [--dst Y.ckpt]
+    python -m dvt_ms stamp --ckpt X.ckpt --results outputs/eval/eval_results.json [--dst Y.ckpt]
+
+Exit status: 0 stamped, 1 the files cannot be used (the message says why), 2 bad usage.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
+from collections.abc import Sequence
 
 from ..checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from ..command import run_command
+from ..options import StampSettings, parse_command
+
+PROG = "python -m dvt_ms stamp"
 
 STAMPED_FIELDS = ("model", "flops", "anytime_classification", "dynamic_threshold", "budgeted_batch_classification")
 
@@ -40,21 +46,18 @@ def stamp_checkpoint(ckpt: str, results_path: str, dst: str | None = None) -> di
     return metadata
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Store calibrated thresholds and evaluation figures in a checkpoint.")
-    parser.add_argument("--ckpt", required=True, help="checkpoint whose weights are kept")
-    parser.add_argument("--results", required=True, help="eval_results.json written by dvt-eval")
-    parser.add_argument("--dst", default=None, help="output checkpoint (default: overwrite --ckpt)")
-    args = parser.parse_args(argv)
-    try:
-        meta = stamp_checkpoint(args.ckpt, args.results, args.dst)
-    except CheckpointError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+def _stamp(settings: StampSettings) -> str:
+    meta = stamp_checkpoint(settings.ckpt, settings.results, settings.dst)
     points = len(meta["dynamic_threshold"])
-    print(f"stamped {args.dst or args.ckpt}: {points} threshold sets, anytime top-1 "
-          f"{', '.join(f'{a:.2f}' for a in meta['anytime_classification'])} ({os.path.basename(args.results)})")
-    return 0
+    return (f"stamped {settings.dst or settings.ckpt}: {points} threshold sets, anytime top-1 "
+            f"{', '.join(f'{a:.2f}' for a in meta['anytime_classification'])} ({os.path.basename(settings.results)})")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the stamp command; returns the exit status (see :mod:`dvt_ms.command`)."""
+    return run_command(PROG, lambda: parse_command(StampSettings, argv, "Store calibrated thresholds and "
+                                                   "evaluation figures in a checkpoint.", PROG),
+                       _stamp, (CheckpointError,))
 
 
 if __name__ == "__main__":

@@ -60,11 +60,9 @@ int dvt_layer_norm(int nparam, void **params, int *ndims, int64_t **shapes, cons
     if (!is_shape(ndims[1], shapes[1], {d}) || !is_shape(ndims[2], shapes[2], {d}) ||
         !is_shape(ndims[3], shapes[3], {1}) || !same_shape(ndims, shapes, 4, 0))
       return dvt::kBadArguments;
-    const float *x = static_cast<const float *>(params[0]);
-    const float *w = static_cast<const float *>(params[1]);
-    const float *b = static_cast<const float *>(params[2]);
-    const float eps = *static_cast<const float *>(params[3]);
-    float *y = static_cast<float *>(params[4]);
+    const dvt::Tensors t{params};
+    const float *x = t.in(0), *w = t.in(1), *b = t.in(2), eps = *t.in(3);
+    float *y = t.out(4);
     const int64_t rows = count(ndims[0] - 1, shapes[0]);
     parallel_for(rows, 4 * d, [&](int64_t first, int64_t last, int64_t) {
       for (int64_t r = first; r < last; ++r) {
@@ -84,15 +82,10 @@ int dvt_layer_norm(int nparam, void **params, int *ndims, int64_t **shapes, cons
 int dvt_gelu(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
   return dvt::guarded([&]() -> int {
     if (nparam != 2 || !same_shape(ndims, shapes, 1, 0)) return dvt::kBadArguments;
-    const float *x = static_cast<const float *>(params[0]);
-    float *y = static_cast<float *>(params[1]);
-    const int64_t n = count(ndims[0], shapes[0]);
-    const int64_t block = 4096;
-    parallel_for((n + block - 1) / block, 16 * block, [&](int64_t first, int64_t last, int64_t) {
-      const int64_t end = std::min(n, last * block);
-#pragma omp simd
-      for (int64_t i = first * block; i < end; ++i)
-        y[i] = 0.5f * x[i] * (1.0f + erf_approx(x[i] * 0.70710678118654752f));
+    const float *x = dvt::Tensors{params}.in(0);
+    float *y = dvt::Tensors{params}.out(1);
+    dvt::for_each_element(count(ndims[0], shapes[0]), 16, [&](int64_t i) {
+      y[i] = 0.5f * x[i] * (1.0f + erf_approx(x[i] * 0.70710678118654752f));
     });
     return 0;
   });
@@ -239,20 +232,14 @@ int dvt_layer_norm_grad(int nparam, void **params, int *ndims, int64_t **shapes,
 int dvt_gelu_grad(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
   return dvt::guarded([&]() -> int {
     if (nparam != 3 || !same_shape(ndims, shapes, 1, 0) || !same_shape(ndims, shapes, 2, 0)) return dvt::kBadArguments;
-    const float *x = static_cast<const float *>(params[0]);
-    const float *dy = static_cast<const float *>(params[1]);
-    float *dx = static_cast<float *>(params[2]);
-    const int64_t n = count(ndims[0], shapes[0]);
-    const int64_t block = 4096;
-    parallel_for((n + block - 1) / block, 24 * block, [&](int64_t first, int64_t last, int64_t) {
-      const int64_t end = std::min(n, last * block);
-#pragma omp simd
-      for (int64_t i = first * block; i < end; ++i) {
-        const float v = x[i];
-        const float cdf = 0.5f * (1.0f + erf_approx(v * 0.70710678118654752f));
-        const float pdf = 0.39894228040143268f * exp_approx(-0.5f * v * v);
-        dx[i] = dy[i] * (cdf + v * pdf);
-      }
+    const dvt::Tensors t{params};
+    const float *x = t.in(0), *dy = t.in(1);
+    float *dx = t.out(2);
+    dvt::for_each_element(count(ndims[0], shapes[0]), 24, [&](int64_t i) {
+      const float v = x[i];
+      const float cdf = 0.5f * (1.0f + erf_approx(v * 0.70710678118654752f));
+      const float pdf = 0.39894228040143268f * exp_approx(-0.5f * v * v);
+      dx[i] = dy[i] * (cdf + v * pdf);
     });
     return 0;
   });
@@ -363,11 +350,10 @@ int dvt_dropout_mask(int nparam, void **params, int *ndims, int64_t **shapes, co
         !is_shape(ndims[2], shapes[2], {kTable}) || !is_shape(ndims[3], shapes[3], {3}) ||
         !is_shape(ndims[4], shapes[4], {1}) || !same_shape(ndims, shapes, 5, 0))
       return dvt::kBadArguments;
-    const int32_t *w = static_cast<const int32_t *>(params[1]);
-    const int32_t *table = static_cast<const int32_t *>(params[2]);
-    const int32_t *cfg = static_cast<const int32_t *>(params[3]);
-    const float scale = *static_cast<const float *>(params[4]);
-    float *out = static_cast<float *>(params[5]);
+    const dvt::Tensors t{params};
+    const int32_t *w = t.in<int32_t>(1), *table = t.in<int32_t>(2), *cfg = t.in<int32_t>(3);
+    const float scale = *t.in(4);
+    float *out = t.out(5);
     const int64_t batch = shapes[0][0], size = count(ndims[0] - 1, shapes[0] + 1);
     const int64_t rank = cfg[0], ranks = cfg[1], keep_below = cfg[2];
     const int64_t c = w[0], o = w[1], p_stride = w[2], o2 = w[3], p2 = w[4], x_word = w[5];

@@ -352,6 +352,28 @@ void layer_norm_backward(int64_t rows, int64_t d, const float *stats, float eps,
 }
 
 
+// Runs body(i) for every i in [0, n): blocks of 4096 elements spread over the pool, each block one SIMD loop;
+// cost is the work of one element (what parallel_for splits by).
+template <typename Body>
+void for_each_element(int64_t n, int64_t cost, const Body &body) {
+  constexpr int64_t block = 4096;
+  parallel_for((n + block - 1) / block, cost * block, [&](int64_t first, int64_t last, int64_t) {
+    const int64_t end = std::min(n, last * block);
+#pragma omp simd
+    for (int64_t i = first * block; i < end; ++i) body(i);
+  });
+}
+
+// The tensors MindSpore hands a kernel (void pointers), read as typed pointers: in<T>(i) for inputs,
+// out<T>(i) for outputs.
+struct Tensors {
+  void **params;
+  template <typename T = float>
+  const T *in(int i) const { return static_cast<const T *>(params[i]); }
+  template <typename T = float>
+  T *out(int i) const { return static_cast<T *>(params[i]); }
+};
+
 // Calls body() and turns a C++ exception (allocation, thread start) into an error code: none crosses the
 // C boundary into MindSpore.
 template <typename Body>

@@ -379,6 +379,17 @@ void mlp_backward(const MlpDims &m, const MlpWeights &w, const float *x, const f
 
 // ---- the stack of one exit ----------------------------------------------------------------------------------
 
+// What a fused layer's arguments start with: x [B, T, C] first, the int32 flags at args[flags] (``size`` values)
+// and the LayerNorm eps [1] at args[eps], all before the weights at first_weight. Returns the flags, or nullptr
+// when any of that disagrees.
+const int32_t *read_flags(int nparam, void **args, int *ndims, int64_t **shapes, int64_t first_weight, int flags,
+                          int64_t size, int eps) {
+  if (nparam < first_weight || ndims[0] != 3 || !is_shape(ndims[flags], shapes[flags], {size}) ||
+      !is_shape(ndims[eps], shapes[eps], {1}))
+    return nullptr;
+  return static_cast<const int32_t *>(args[flags]);
+}
+
 // The stack's inputs and outputs, read from MindSpore's arguments and checked against each other.
 // Inputs: 0 x [B, N, C], 1 upstream tokens [B, Nr, Cu] (or [1]), 2 relation terms [B, depth * heads, N, N]
 // (or [1]), 3 grid resize P [N - 1, Nr - 1] (or [1]), 4 drop-path masks [B, M] (or [1]; block i's attention
@@ -410,13 +421,12 @@ struct Stack {
     return floats;
   }
 
-  // Reads and checks the arguments (``after`` of them follow the weights); false when anything disagrees.
-  bool read(int nparam, void **args, int *ndims, int64_t **shapes, int after) {
+  // Reads and checks the arguments: ``after`` of them follow the weights (``after_training`` instead, when not
+  // negative and the flags say training); false when anything disagrees.
+  bool read(int nparam, void **args, int *ndims, int64_t **shapes, int after, int after_training = -1) {
     params = args;
-    if (nparam < kFirstWeight || ndims[0] != 3 || !is_shape(ndims[5], shapes[5], {9}) ||
-        !is_shape(ndims[6], shapes[6], {1}))
-      return false;
-    const int32_t *cfg = static_cast<const int32_t *>(args[5]);
+    const int32_t *cfg = read_flags(nparam, args, ndims, shapes, kFirstWeight, 5, 9, 6);
+    if (cfg == nullptr) return false;
     depth = cfg[0];
     qkv_bias = cfg[2] != 0;
     relation = cfg[3] != 0;
@@ -425,6 +435,7 @@ struct Stack {
     emit = cfg[6] != 0;
     training = cfg[7] != 0;
     first_mask_column = cfg[8];
+    if (training && after_training >= 0) after = after_training;
     if (depth < 1 || nparam != kFirstWeight + depth * kPerBlock + after) return false;
     const int64_t b = shapes[0][0], n = shapes[0][1], c = shapes[0][2], heads = cfg[1];
     if (heads <= 0 || c % heads != 0 || n < 1) return false;
@@ -533,26 +544,16 @@ BlockSaved carve(const Stack &st, float *base, bool keep_probs) {
   return s;
 }
 
-// u = [0; P @ r[b, 1:]] per image: the reuse MLP's output resized to this grid with a zero class row.
-void resize_reused(const Stack &st, const float *resize, const float *r, float *u) {
+// Forward: u = [0; P @ r[b, 1:]] per image, the reuse MLP's output r resized to this grid with a zero class
+// row. Backward (the same product transposed): dr[b, 0] = 0 (the class row is constant), dr[b, 1:] = P^T @ du[b, 1:].
+void resize_reused(const Stack &st, const float *resize, bool backward, const float *src, float *dst) {
   const int64_t n = st.dm.tokens, nr = st.up_tokens, cr = st.reuse_width;
+  const int64_t rows_out = backward ? nr : n, rows_in = backward ? n : nr;
   parallel_for(st.dm.batch, (n - 1) * (nr - 1) * cr, [&](int64_t first, int64_t last, int64_t) {
     for (int64_t b = first; b < last; ++b) {
-      std::fill(u + b * n * cr, u + b * n * cr + cr, 0.0f);
-      gemm_serial(false, false, n - 1, cr, nr - 1, 1.0f, resize, nr - 1, r + (b * nr + 1) * cr, cr, 0.0f,
-                  u + (b * n + 1) * cr, cr);
-    }
-  });
-}
-
-// Backward of resize_reused: dr[b, 0] = 0 (the class row is constant), dr[b, 1:] = P^T @ du[b, 1:].
-void resize_reused_backward(const Stack &st, const float *resize, const float *du, float *dr) {
-  const int64_t n = st.dm.tokens, nr = st.up_tokens, cr = st.reuse_width;
-  parallel_for(st.dm.batch, (n - 1) * (nr - 1) * cr, [&](int64_t first, int64_t last, int64_t) {
-    for (int64_t b = first; b < last; ++b) {
-      std::fill(dr + b * nr * cr, dr + b * nr * cr + cr, 0.0f);
-      gemm_serial(true, false, nr - 1, cr, n - 1, 1.0f, resize, nr - 1, du + (b * n + 1) * cr, cr, 0.0f,
-                  dr + (b * nr + 1) * cr, cr);
+      std::fill(dst + b * rows_out * cr, dst + b * rows_out * cr + cr, 0.0f);
+      gemm_serial(backward, false, rows_out - 1, cr, rows_in - 1, 1.0f, resize, nr - 1, src + (b * rows_in + 1) * cr,
+                  cr, 0.0f, dst + (b * rows_out + 1) * cr, cr);
     }
   });
 }
@@ -579,14 +580,15 @@ struct Performer {
     return rows * (dim + 2 + 3 * emb + 2 * features + emb + 1 + emb + emb + 2 + emb) + batch * (emb + 1) * features;
   }
 
-  bool read(int nparam, void **args, int *ndims, int64_t **shapes, int after) {
+  // Reads and checks the arguments, as Stack::read.
+  bool read(int nparam, void **args, int *ndims, int64_t **shapes, int after, int after_training = -1) {
     params = args;
-    if (nparam != kFirstWeight + kWeights + after || ndims[0] != 3 || !is_shape(ndims[3], shapes[3], {2}) ||
-        !is_shape(ndims[4], shapes[4], {1}))
-      return false;
-    const int32_t *cfg = static_cast<const int32_t *>(args[3]);
+    const int32_t *cfg = read_flags(nparam, args, ndims, shapes, kFirstWeight, 3, 2, 4);
+    if (cfg == nullptr) return false;
     training = cfg[0] != 0;
     dropout = cfg[1] != 0;
+    if (training && after_training >= 0) after = after_training;
+    if (nparam != kFirstWeight + kWeights + after) return false;
     batch = shapes[0][0];
     tokens = shapes[0][1];
     dim = shapes[0][2];
@@ -706,9 +708,8 @@ extern "C" {
 int dvt_token_performer(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
   return dvt::guarded([&]() -> int {
     Performer pf;
-    if (nparam < Performer::kFirstWeight || !is_shape(ndims[3], shapes[3], {2})) return kBadArguments;
-    const bool training = static_cast<const int32_t *>(params[3])[0] != 0;
-    if (!pf.read(nparam, params, ndims, shapes, training ? 2 : 1)) return kBadArguments;
+    if (!pf.read(nparam, params, ndims, shapes, 1, 2)) return kBadArguments;  // training: also "saved"
+    const bool training = pf.training;
     const int64_t out_index = Performer::kFirstWeight + Performer::kWeights;
     if (!is_shape(ndims[out_index], shapes[out_index], {pf.batch, pf.tokens, pf.emb}) ||
         (training && !is_shape(ndims[out_index + 1], shapes[out_index + 1], {pf.saved()})))
@@ -876,9 +877,8 @@ int dvt_token_performer_grad(int nparam, void **params, int *ndims, int64_t **sh
 int dvt_block_stack(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
   return dvt::guarded([&]() -> int {
     Stack st;
-    if (nparam < Stack::kFirstWeight || !is_shape(ndims[5], shapes[5], {9})) return kBadArguments;
-    const bool training = static_cast<const int32_t *>(params[5])[7] != 0;
-    if (!st.read(nparam, params, ndims, shapes, training ? 3 : 2)) return kBadArguments;
+    if (!st.read(nparam, params, ndims, shapes, 2, 3)) return kBadArguments;  // training: also "saved"
+    const bool training = st.training;
     const int64_t out = Stack::kFirstWeight + st.weights();
     const Dims &dm = st.dm;
     const int64_t per_block = st.saved_per_block();
@@ -906,7 +906,7 @@ int dvt_block_stack(int nparam, void **params, int *ndims, int64_t **shapes, con
       if (st.reuse) {
         mlp_forward(st.reuse_dims(), st.eps, st.reuse_mlp(blk), st.input(1), nullptr, false, PathMask{}, s.reuse,
                     s.reused);
-        resize_reused(st, st.input(3), s.reused, s.resized);
+        resize_reused(st, st.input(3), false, s.reused, s.resized);
         extra = s.resized;
       }
       mlp_forward(st.mlp_dims(), st.eps, st.mlp(blk), s.x_mlp, extra, true, st.mask(2 * blk + 1), s.mlp, y);
@@ -987,7 +987,7 @@ int dvt_block_stack_grad(int nparam, void **params, int *ndims, int64_t **shapes
         const int64_t r0 = Stack::kReuse;
         const MlpGrads reuse_grads{grad(blk, r0), grad(blk, r0 + 1), grad(blk, r0 + 2), grad(blk, r0 + 3),
                                    grad(blk, r0 + 4), grad(blk, r0 + 5)};
-        resize_reused_backward(st, st.input(3), d_resized, d_reused);
+        resize_reused(st, st.input(3), true, d_resized, d_reused);
         mlp_backward(st.reuse_dims(), st.reuse_mlp(blk), st.input(1), nullptr, false, PathMask{}, s.reuse, d_reused,
                      reuse_grads, d_up_block, nullptr);
         parallel_for(up_size, 1, [&](int64_t first, int64_t last, int64_t) {

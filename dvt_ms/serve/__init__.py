@@ -3,10 +3,24 @@
 * :mod:`~dvt_ms.serve.manifest`: ``manifest.json`` of an export folder, written and verified;
 * :mod:`~dvt_ms.serve.graphs`: the cell exported per exit and :class:`ExportedStages`, the early-exit
   engine's stages loaded back from the MindIR files;
-* :mod:`~dvt_ms.serve.export` / :mod:`~dvt_ms.serve.predict`: the two commands.
+* :mod:`~dvt_ms.serve.export` / :mod:`~dvt_ms.serve.predict`: the two commands, and their library
+  functions ``export(ExportSettings)`` and ``predict(PredictSettings)``.
+
+Importing this package loads nothing else; the names below load their modules on first use.
 """
 
-from .graphs import ExportedStages
-from .manifest import Manifest, ManifestError, read_manifest
+from __future__ import annotations
 
-__all__ = ["ExportedStages", "Manifest", "ManifestError", "read_manifest"]
+from importlib import import_module
+from typing import Any
+
+_LAZY = {"ExportedStages": "graphs", "Manifest": "manifest", "ManifestError": "manifest",
+         "read_manifest": "manifest"}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""``dvt-export`` (``python -m dvt_ms.export``): a checkpoint -> one MindIR graph per exit + ``manifest.json``.
+"""``dvt-export`` (``python -m dvt_ms export``): a checkpoint -> one MindIR graph per exit + ``manifest.json``.
 
     dvt-export --ckpt demo/dvt_digits_demo.ckpt -c configs/dvt_digits_demo.yaml --output_dir outputs/export
     dvt-export --ckpt X.ckpt --output_dir DIR --budget 1.5 --class_names classes.txt
@@ -12,74 +12,27 @@ Exit status: 0 on success, 1 when the export cannot run (the message says why), 
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator, Sequence
+import sys
+from collections.abc import Sequence
 from typing import Any
 
-from ..checkpoint import CheckpointError, current_umask
+from ..checkpoint import CheckpointError
 from ..command import run_command
-from ..config import MODEL_OPTIONS, ConfigError, Option, resolve
 from ..data import DataError
 from ..data.transforms import EvalTransform
+from ..device import DeviceError, select_device
+from ..files import atomic_directory, usual_mode
 from ..flops import cumulative_gflops
 from ..inference.operating_point import OperatingPoint, ThresholdError
-from ..inference.options import OPTIONS as EVAL_OPTIONS
-from ..train.options import OPTIONS as TRAIN_OPTIONS
-from .checkpoint_model import OPERATING_OPTIONS, ServeError, load_checkpoint_model
-from .graphs import ExitGraph
+from ..options import ExportSettings, parse_command
+from .checkpoint_model import ServedCheckpoint, ServeError
+from .graphs import export_graph
 from .manifest import MANIFEST_NAME, ExportedExit, Manifest, sha256_of, write_manifest
 
+__all__ = ["export", "export_model", "main"]
+
 PROG = "dvt-export"
-
-OPTIONS: tuple[Option, ...] = (
-    Option("ckpt", "str", None, "MindSpore checkpoint (.ckpt / .safetensors) to export"),
-    Option("output_dir", "str", "outputs/export", "folder for the per-exit MindIR files and manifest.json"),
-    *OPERATING_OPTIONS,
-    Option("device_target", "str", "CPU", "MindSpore device used to trace the graphs", ("Ascend", "GPU", "CPU")),
-)
-
-
-@contextlib.contextmanager
-def _atomic_directory(path: str) -> Iterator[str]:
-    """Yield a staging folder beside ``path``; on success it replaces ``path`` (a previous export) whole."""
-    path = os.path.abspath(path)
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise ServeError(f"--output_dir {path} exists and is not a folder")
-    if os.path.isdir(path) and os.listdir(path) and not os.path.isfile(os.path.join(path, MANIFEST_NAME)):
-        raise ServeError(f"--output_dir {path} is a non-empty folder that holds no earlier export: choose "
-                          "another folder")
-    parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", dir=parent)
-    os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes 0700: give the folder the usual mode
-    retired = staging + ".old"
-    try:
-        yield staging
-        if os.path.exists(path):
-            os.rename(path, retired)
-        os.rename(staging, path)
-    except BaseException:
-        if os.path.exists(retired) and not os.path.exists(path):
-            os.rename(retired, path)  # the earlier export comes back
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    shutil.rmtree(retired, ignore_errors=True)
-
-
-def export_graph(model: Any, k: int) -> tuple[Any, list[Any]]:
-    """Exit ``k`` of ``model`` as the graph dvt-export writes: ``(graph, placeholders)``, the graph's inputs
-    declared with a dynamic batch (so it runs MindSpore's portable stock ops, not the CPU kernels)."""
-    import mindspore as ms
-    from mindspore import Tensor
-
-    features, relations = model.needs_state(k)
-    graph = ExitGraph(model.exit(k), features, relations)
-    placeholders = [Tensor(shape=[None, *shape[1:]], dtype=ms.float32) for _, shape in model.stage_inputs(k)]
-    graph.set_inputs(*placeholders)
-    return graph, placeholders
 
 
 def export_model(model, output_dir: str, *, model_name: str, model_args: dict[str, Any], point: OperatingPoint,
@@ -95,7 +48,7 @@ def export_model(model, output_dir: str, *, model_name: str, model_args: dict[st
     model.set_train(False)
     spec, cumulative = model.spec, cumulative_gflops(model.spec)
     exits = []
-    with _atomic_directory(output_dir) as staging:
+    with atomic_directory(output_dir, MANIFEST_NAME) as staging:
         for k, name in enumerate(spec.exit_names):
             inputs = model.stage_inputs(k)
             features, relations = model.needs_state(k)
@@ -103,7 +56,7 @@ def export_model(model, output_dir: str, *, model_name: str, model_args: dict[st
             stem = f"exit_{k + 1}_{name}"
             ms.export(graph, *placeholders, file_name=os.path.join(staging, stem), file_format="MINDIR")
             file = f"{stem}.mindir"
-            os.chmod(os.path.join(staging, file), 0o666 & ~current_umask())  # MindSpore writes 0400
+            os.chmod(os.path.join(staging, file), usual_mode())  # MindSpore writes 0400
             outputs = ["logits", "tokens"] + (["relations"] if model.exit(k).emit_relations else [])
             exits.append(ExportedExit(name, spec.exits[k].grid(spec.img_size), file,
                                       sha256_of(os.path.join(staging, file)),
@@ -123,29 +76,30 @@ def export_model(model, output_dir: str, *, model_name: str, model_args: dict[st
     return manifest
 
 
-def run(cfg: dict[str, Any]) -> Manifest:
-    """Export the checkpoint a resolved ``dvt-export`` config names."""
+def export(settings: ExportSettings) -> Manifest:
+    """Export the checkpoint ``settings.ckpt`` names: one graph per exit and the manifest, atomically."""
     import mindspore as ms
 
     ms.set_context(mode=ms.GRAPH_MODE)
-    ms.set_device(cfg["device_target"])
-    loaded = load_checkpoint_model(cfg)
-    return export_model(loaded.model, cfg["output_dir"], model_name=loaded.name, model_args=loaded.model_args,
+    select_device(settings.device_target)
+    loaded = ServedCheckpoint.load(settings)
+    return export_model(loaded.model, settings.output_dir, model_name=loaded.name, model_args=loaded.model_args,
                         point=loaded.point, transform=loaded.transform, class_names=loaded.class_names,
                         metadata=loaded.metadata)
 
 
-def _export(cfg: dict[str, Any]) -> str:
-    manifest = run(cfg)
+def _export(settings: ExportSettings) -> str:
+    manifest = export(settings)
     return (f"{PROG}: {manifest.model}, {manifest.num_exits} exits -> {manifest.directory} (thresholds: "
             f"{manifest.thresholds_chosen_by}; cumulative GFLOPs "
             f"{', '.join(f'{g:.4f}' for g in manifest.cumulative_gflops)})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``dvt-export``; returns the exit status."""
-    def parse() -> dict[str, Any]:
-        return resolve((*MODEL_OPTIONS, *OPTIONS), argv, __doc__.split("\n\n")[0], PROG,
-                       shared_with=(*TRAIN_OPTIONS, *EVAL_OPTIONS))
+    """Run ``dvt-export``; returns the exit status (see :mod:`dvt_ms.command`)."""
+    return run_command(PROG, lambda: parse_command(ExportSettings, argv, __doc__.split("\n\n")[0], PROG),
+                       _export, (ServeError, ThresholdError, CheckpointError, DataError, DeviceError))
 
-    return run_command(PROG, parse, _export, (ServeError, ThresholdError, CheckpointError, DataError, ConfigError))
+
+if __name__ == "__main__":
+    sys.exit(main())

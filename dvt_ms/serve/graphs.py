@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import Any
 
 import mindspore as ms
 from mindspore import Tensor, nn
@@ -11,7 +12,7 @@ from mindspore import Tensor, nn
 from ..models.exit import ExitStage
 from .manifest import Manifest
 
-__all__ = ["ExitGraph", "ExportedStages"]
+__all__ = ["ExitGraph", "ExportedStages", "export_graph"]
 
 
 class ExitGraph(ExitStage):
@@ -26,6 +27,16 @@ class ExitGraph(ExitStage):
         features = state[0] if self.takes_features else None
         relations = state[-1] if self.takes_relations else None
         return super().construct(x, features, relations)
+
+
+def export_graph(model: Any, k: int) -> tuple[Any, list[Any]]:
+    """Exit ``k`` of ``model`` as the graph dvt-export writes: ``(graph, placeholders)``, the graph's inputs
+    declared with a dynamic batch (so it runs MindSpore's portable stock ops, not the CPU kernels)."""
+    features, relations = model.needs_state(k)
+    graph = ExitGraph(model.exit(k), features, relations)
+    placeholders = [Tensor(shape=[None, *shape[1:]], dtype=ms.float32) for _, shape in model.stage_inputs(k)]
+    graph.set_inputs(*placeholders)
+    return graph, placeholders
 
 
 class ExportedStages:

@@ -1,4 +1,4 @@
-"""``dvt-predict`` (``python -m dvt_ms.predict``): classify your own images with real early exit.
+"""``dvt-predict`` (``python -m dvt_ms predict``): classify your own images with real early exit.
 
     dvt-predict --exported outputs/export --images photos/ --output_dir outputs/predict
     dvt-predict --ckpt demo/dvt_digits_demo.ckpt -c configs/dvt_digits_demo.yaml --images a.png list.txt
@@ -19,48 +19,35 @@ from __future__ import annotations
 import csv
 import json
 import os
+import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ..checkpoint import CheckpointError, atomic_output
+from ..checkpoint import CheckpointError
 from ..command import run_command
-from ..config import MODEL_OPTIONS, ConfigError, Option, resolve
 from ..data import DataError, iterate_batches
 from ..data.folder import IMG_EXTENSIONS, is_image_file, list_image_files, load_image
 from ..data.transforms import EvalTransform
+from ..device import DeviceError, select_device
+from ..files import atomic_output
 from ..flops import cumulative_gflops
 from ..inference.engine import EarlyExitEngine
 from ..inference.exit_examples import EXAMPLES_NAME, write_exit_examples
 from ..inference.operating_point import ThresholdError, choose_operating_point
-from ..inference.options import OPTIONS as EVAL_OPTIONS
 from ..inference.progress import progress_bar
-from ..train.options import OPTIONS as TRAIN_OPTIONS
-from .checkpoint_model import OPERATING_OPTIONS, ServeError, load_checkpoint_model, override_class_names
+from ..options import PredictSettings, parse_command
+from .checkpoint_model import ServedCheckpoint, ServeError, override_class_names
 from .manifest import ManifestError, read_manifest
+
+__all__ = ["PredictionSummary", "Predictor", "build_predictor", "collect_images", "format_summary", "main",
+           "predict"]
 
 PROG = "dvt-predict"
 LIST_SUFFIXES = (".txt", ".lst", ".list")
 CSV_NAME, JSONL_NAME, SUMMARY_NAME = "predictions.csv", "predictions.jsonl", "summary.json"
-
-OPTIONS: tuple[Option, ...] = (
-    Option("exported", "str", None, "export folder written by dvt-export (manifest.json + per-exit MindIR)"),
-    Option("ckpt", "str", None, "or a MindSpore checkpoint (.ckpt / .safetensors), with -c CONFIG or --model"),
-    Option("images", "paths", None, "image files, folders (recursive) and list files (.txt: one path per line)"),
-    *OPERATING_OPTIONS,
-    Option("batch_size", "int", 64, "images per batch"),
-    Option("top_k", "int", 5, "classes reported per image"),
-    Option("output_dir", "str", "outputs/predict", "where predictions.csv/.jsonl, summary.json and "
-                                                   "exit_examples.png go"),
-    Option("strict", "bool", False, "stop at the first unreadable image (default: report it and go on)"),
-    Option("examples_per_exit", "int", 8, "images per exit in exit_examples.png"),
-    Option("device_target", "str", "CPU", "MindSpore device", ("Ascend", "GPU", "CPU")),
-    Option("num_parallel_workers", "int", 4, "threads decoding images"),
-)
-
 
 # ---- inputs -------------------------------------------------------------------------------------------
 
@@ -134,72 +121,59 @@ class Predictor:
     num_classes: int
 
 
-def _from_export(cfg: dict[str, Any]) -> Predictor:
+def _from_export(settings: PredictSettings) -> Predictor:
     from .graphs import ExportedStages
 
-    manifest = read_manifest(cfg["exported"])
+    manifest = read_manifest(settings.exported)
     stored = {"dynamic_threshold": manifest.dynamic_threshold,
               "budgeted_batch_classification": manifest.budgeted_batch_classification}
-    if cfg.get("thresholds") is None and cfg.get("budget") is None:
+    if settings.thresholds is None and settings.budget is None:
         thresholds, chosen_by = manifest.thresholds, f"stored in the export ({manifest.thresholds_chosen_by})"
     else:
-        point = choose_operating_point(manifest.num_exits, thresholds=cfg.get("thresholds"),
-                                       budget=cfg.get("budget"), metadata=stored, source=manifest.directory)
+        point = choose_operating_point(manifest.num_exits, thresholds=settings.thresholds,
+                                       budget=settings.budget, metadata=stored, source=manifest.directory)
         thresholds, chosen_by = point.thresholds, point.chosen_by
     try:
         transform = EvalTransform.from_description(manifest.preprocessing)
     except (KeyError, ValueError) as err:
         raise ManifestError(f"{manifest.directory}: unusable preprocessing ({err})") from None
-    names = override_class_names(cfg.get("class_names"), manifest.class_names, manifest.num_classes)
+    names = override_class_names(settings.class_names, manifest.class_names, manifest.num_classes)
     engine = EarlyExitEngine(ExportedStages(manifest), thresholds)
     return Predictor(engine, transform, manifest.cumulative_gflops, [e.grid for e in manifest.exits], names,
                      chosen_by, manifest.directory, manifest.model, manifest.num_classes)
 
 
-def _from_checkpoint(cfg: dict[str, Any]) -> Predictor:
-    loaded = load_checkpoint_model(cfg)
+def _from_checkpoint(settings: PredictSettings) -> Predictor:
+    loaded = ServedCheckpoint.load(settings)
     spec = loaded.model.spec
     return Predictor(EarlyExitEngine(loaded.model, loaded.point.thresholds), loaded.transform,
-                     cumulative_gflops(spec), spec.grids(), loaded.class_names, loaded.point.chosen_by, cfg["ckpt"],
-                     loaded.name, spec.num_classes)
+                     cumulative_gflops(spec), spec.grids(), loaded.class_names, loaded.point.chosen_by,
+                     settings.ckpt, loaded.name, spec.num_classes)
 
 
-def build_predictor(cfg: dict[str, Any]) -> Predictor:
-    """The engine from ``--exported`` or ``--ckpt``, with ``--class_names`` applied."""
+def build_predictor(settings: PredictSettings) -> Predictor:
+    """The engine from ``exported`` or ``ckpt``, with ``class_names`` applied."""
     import mindspore as ms
 
-    if bool(cfg.get("exported")) == bool(cfg.get("ckpt")):
-        raise ServeError("pass exactly one of --exported DIR (a dvt-export folder) and --ckpt FILE")
     ms.set_context(mode=ms.GRAPH_MODE)
-    ms.set_device(cfg["device_target"])
-    return _from_export(cfg) if cfg.get("exported") else _from_checkpoint(cfg)
+    select_device(settings.device_target)
+    return _from_export(settings) if settings.exported else _from_checkpoint(settings)
 
 
 # ---- running ------------------------------------------------------------------------------------------
 
-def _check_flags(cfg: dict[str, Any]) -> None:
-    for name in ("batch_size", "top_k"):
-        if cfg[name] is None or cfg[name] < 1:
-            raise ServeError(f"--{name} must be a positive integer, got {cfg[name]}")
-    if cfg["examples_per_exit"] < 0 or cfg["num_parallel_workers"] < 0:
-        raise ServeError("--examples_per_exit and --num_parallel_workers must be >= 0")
-    if not cfg.get("images"):
-        raise ServeError("no images: pass --images with image files, folders or list files")
-
-
-def predict(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Run a resolved ``dvt-predict`` config: predict every image, write the outputs, return the summary."""
-    _check_flags(cfg)
-    paths = collect_images(cfg["images"])
-    predictor = build_predictor(cfg)
-    images = ImageFiles(paths, predictor.transform, cfg["strict"])
-    n, k = len(paths), min(cfg["top_k"], predictor.num_classes)  # no more classes than the model has
+def predict(settings: PredictSettings) -> PredictionSummary:
+    """Predict every image ``settings.images`` names, write the outputs, return the summary."""
+    paths = collect_images(settings.images)
+    predictor = build_predictor(settings)
+    images = ImageFiles(paths, predictor.transform, settings.strict)
+    n, k = len(paths), min(settings.top_k, predictor.num_classes)  # no more classes than the model has
     exits = np.full(n, -1, np.int64)
     classes = np.zeros((n, k), np.int64)
     probabilities = np.zeros((n, k), np.float32)
     start = time.perf_counter()
     with progress_bar(n, "predicting") as bar:
-        for batch, flags, rows in iterate_batches(images, cfg["batch_size"], None, cfg["num_parallel_workers"]):
+        for batch, flags, rows in iterate_batches(images, settings.batch_size, None, settings.num_parallel_workers):
             ok = flags >= 0
             if ok.any():
                 result = predictor.engine(batch[ok], top_k=k)
@@ -209,8 +183,33 @@ def predict(cfg: dict[str, Any]) -> dict[str, Any]:
                 classes[done, :width], probabilities[done, :width] = result.top_classes, result.top_probabilities
             bar.update(len(rows))
     seconds = time.perf_counter() - start
-    return write_predictions(cfg["output_dir"], predictor, paths, exits, classes, probabilities, images.errors,
-                             seconds, cfg["examples_per_exit"])
+    return write_predictions(settings.output_dir, predictor, paths, exits, classes, probabilities, images.errors,
+                             seconds, settings.examples_per_exit)
+
+
+@dataclass
+class PredictionSummary:
+    """What a prediction run did (``summary.json``): images, exits taken, GFLOPs spent, speed, files."""
+
+    model: str
+    source: str
+    thresholds: list[float]
+    thresholds_chosen_by: str
+    images: int
+    predicted: int
+    failed: int
+    exit_counts: list[int]
+    exit_shares: list[float]
+    cumulative_gflops: list[float]
+    mean_gflops: float
+    last_exit_gflops: float
+    gflops_vs_last_exit: float
+    seconds: float
+    img_per_s: float | None
+    outputs: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 def _name(names: list[str] | None, c: int) -> str:
@@ -219,7 +218,7 @@ def _name(names: list[str] | None, c: int) -> str:
 
 def write_predictions(output_dir: str, predictor: Predictor, paths: Sequence[str], exits: np.ndarray,
                       classes: np.ndarray, probabilities: np.ndarray, errors: dict[int, str], seconds: float,
-                      examples_per_exit: int = 8) -> dict[str, Any]:
+                      examples_per_exit: int = 8) -> PredictionSummary:
     """Write the CSV, JSONL, summary and exit-examples figure (each atomically); returns the summary."""
     os.makedirs(output_dir, exist_ok=True)
     names, cumulative = predictor.class_names, predictor.cumulative_gflops
@@ -228,23 +227,15 @@ def write_predictions(output_dir: str, predictor: Predictor, paths: Sequence[str
     num_exits = len(cumulative)
     counts = np.bincount(exits[ok], minlength=num_exits)
     predicted = int(ok.sum())
-    summary = {
-        "model": predictor.model,
-        "source": predictor.source,
-        "thresholds": [float(t) for t in predictor.engine.thresholds],
-        "thresholds_chosen_by": predictor.thresholds_chosen_by,
-        "images": len(paths),
-        "predicted": predicted,
-        "failed": len(paths) - predicted,
-        "exit_counts": counts.tolist(),
-        "exit_shares": (counts / max(predicted, 1)).tolist(),
-        "cumulative_gflops": list(cumulative),
-        "mean_gflops": float(np.dot(counts, cumulative) / max(predicted, 1)),
-        "last_exit_gflops": float(cumulative[-1]),
-        "seconds": seconds,
-        "img_per_s": len(paths) / seconds if seconds > 0 else None,
-    }
-    summary["gflops_vs_last_exit"] = summary["mean_gflops"] / summary["last_exit_gflops"]
+    mean_gflops = float(np.dot(counts, cumulative) / max(predicted, 1))
+    summary = PredictionSummary(
+        model=predictor.model, source=predictor.source,
+        thresholds=[float(t) for t in predictor.engine.thresholds],
+        thresholds_chosen_by=predictor.thresholds_chosen_by, images=len(paths), predicted=predicted,
+        failed=len(paths) - predicted, exit_counts=counts.tolist(), exit_shares=(counts / max(predicted, 1)).tolist(),
+        cumulative_gflops=list(cumulative), mean_gflops=mean_gflops, last_exit_gflops=float(cumulative[-1]),
+        gflops_vs_last_exit=mean_gflops / float(cumulative[-1]), seconds=seconds,
+        img_per_s=len(paths) / seconds if seconds > 0 else None)
     records = []
     for i, path in enumerate(paths):
         top = [{"class": int(classes[i, j]), "name": _name(names, int(classes[i, j])),
@@ -271,30 +262,31 @@ def write_predictions(output_dir: str, predictor: Predictor, paths: Sequence[str
         captions = [f"{_name(names, int(classes[i, 0]))} {probabilities[i, 0]:.2f}" for i in shown]
         files["examples"] = write_exit_examples(os.path.join(output_dir, EXAMPLES_NAME), [paths[i] for i in shown],
                                                 exits[shown], captions, predictor.grids, examples_per_exit)
-    summary["outputs"] = files
+    summary.outputs = files
     with atomic_output(os.path.join(output_dir, SUMMARY_NAME)) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2)
-    summary["outputs"]["summary"] = os.path.join(output_dir, SUMMARY_NAME)
+        json.dump(summary.to_dict(), f, indent=2)
+    summary.outputs["summary"] = os.path.join(output_dir, SUMMARY_NAME)
     return summary
 
 
-def format_summary(summary: dict[str, Any]) -> str:
+def format_summary(summary: PredictionSummary) -> str:
     """A few human-readable lines about a prediction run."""
-    shares = ", ".join(f"{100 * s:.1f} %" for s in summary["exit_shares"])
-    lines = [f"{summary['predicted']} of {summary['images']} images predicted"
-             + (f" ({summary['failed']} unreadable, see the error column)" if summary["failed"] else ""),
-             f"exit shares: {shares} (thresholds: {summary['thresholds_chosen_by']})",
-             f"mean {summary['mean_gflops']:.4f} GFLOPs per image, {100 * summary['gflops_vs_last_exit']:.1f} % of "
-             f"the last exit's {summary['last_exit_gflops']:.4f}; {summary['img_per_s']:.1f} img/s"]
-    lines += [f"wrote {path}" for path in summary["outputs"].values()]
+    shares = ", ".join(f"{100 * s:.1f} %" for s in summary.exit_shares)
+    lines = [f"{summary.predicted} of {summary.images} images predicted"
+             + (f" ({summary.failed} unreadable, see the error column)" if summary.failed else ""),
+             f"exit shares: {shares} (thresholds: {summary.thresholds_chosen_by})",
+             f"mean {summary.mean_gflops:.4f} GFLOPs per image, {100 * summary.gflops_vs_last_exit:.1f} % of "
+             f"the last exit's {summary.last_exit_gflops:.4f}; {summary.img_per_s:.1f} img/s"]
+    lines += [f"wrote {path}" for path in summary.outputs.values()]
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``dvt-predict``; returns the exit status."""
-    def parse() -> dict[str, Any]:
-        return resolve((*MODEL_OPTIONS, *OPTIONS), argv, __doc__.split("\n\n")[0], PROG,
-                       shared_with=(*TRAIN_OPTIONS, *EVAL_OPTIONS))
+    """Run ``dvt-predict``; returns the exit status (see :mod:`dvt_ms.command`)."""
+    return run_command(PROG, lambda: parse_command(PredictSettings, argv, __doc__.split("\n\n")[0], PROG),
+                       lambda settings: format_summary(predict(settings)),
+                       (ServeError, ManifestError, ThresholdError, DataError, CheckpointError, DeviceError))
 
-    return run_command(PROG, parse, lambda cfg: format_summary(predict(cfg)),
-                       (ServeError, ManifestError, ThresholdError, DataError, CheckpointError, ConfigError))
+
+if __name__ == "__main__":
+    sys.exit(main())

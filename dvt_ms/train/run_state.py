@@ -29,7 +29,8 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn
 
-from ..checkpoint import atomic_output, read_checkpoint, save_checkpoint
+from ..checkpoint import read_checkpoint, save_checkpoint
+from ..files import atomic_output
 
 STATE_FORMAT = "dvt_ms.train_state"
 STATE_VERSION = 1

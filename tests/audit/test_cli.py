@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from dvt_ms.audit import allowlist
 from dvt_ms.audit.cli import main
 from tests.helpers import TINY_CONFIG
@@ -24,6 +26,7 @@ def test_inference_graphs_pass_with_a_table_and_a_report(tmp_path, capsys):
     assert any(row["primitive"] == "Softmax" for row in report["graphs"]["stage_1"]["primitives"])
 
 
+@pytest.mark.slow
 def test_a_primitive_off_the_allowlist_fails_with_its_name_and_source(tmp_path, capsys, monkeypatch):
     monkeypatch.delitem(allowlist.ALLOWED, "Softmax")
     status = main([*SMALL, "--graphs", "inference", "--audit_dir", str(tmp_path)])

@@ -122,6 +122,7 @@ def test_expected_shapes_come_from_the_model_and_equal_the_torch_keys(make_spec)
     assert all(shapes[k] == tuple(v.shape) for k, v in reference.items())
 
 
+@pytest.mark.slow
 def test_identify_the_published_models_from_their_official_keys():
     for name in PUBLISHED:
         found = identify_model(official_shapes(name))

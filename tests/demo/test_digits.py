@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dvt_ms.demo.digits import build_digits_folder, split_indices
+from dvt_ms.demo.digits import DemoError, build_digits_folder, main, split_indices
 from tests.helpers import requires_sklearn
 
 
@@ -40,6 +40,15 @@ def test_build_folder(tmp_path):
 def test_refuses_to_overwrite_foreign_folder(tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
-    with pytest.raises(SystemExit, match="not a digits folder"):
+    with pytest.raises(DemoError, match="not a digits folder"):
         build_digits_folder(str(tmp_path / "mine"))
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+@requires_sklearn
+def test_the_command_reports_a_foreign_folder_with_status_1_and_bad_values_with_2(tmp_path, capsys):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    assert main(["--out", str(tmp_path / "mine")]) == 1
+    assert "not a digits folder" in capsys.readouterr().err
+    assert main(["--out", str(tmp_path / "new"), "--val_fraction", "1.5"]) == 2

@@ -13,11 +13,10 @@ import pytest
 from PIL import Image
 
 from dvt_ms.checkpoint import save_checkpoint
-from dvt_ms.config import create_model_from_config
 from dvt_ms.flops import cumulative_gflops
 from dvt_ms.inference.cli import main
 from dvt_ms.inference.report import CSV_NAME, JSON_NAME, PLOT_NAME
-from tests.helpers import REPO, TINY_CONFIG, load_config
+from tests.helpers import REPO, TINY_CONFIG, load_config, model_from_config
 
 SCRIPT = os.path.join(REPO, "scripts", "run_eval.sh")
 CLASSES = ("apple", "boat", "cloud")
@@ -37,17 +36,17 @@ def make_folder(root, per_class: dict[str, int]) -> None:
                 Image.fromarray(pixels).save(folder / f"img{i}.{'png' if i % 2 else 'jpg'}")
 
 
-def tiny_model(**overrides):
+def tiny_eval_model(**overrides):
     cfg = {**load_config(TINY_CONFIG), **overrides}
     ms.set_seed(0)
-    return create_model_from_config(cfg)
+    return model_from_config(cfg)
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
     make_folder(root / "images", {"train": 5, "val": 3})
-    model = tiny_model()
+    model = tiny_eval_model()
     save_checkpoint(model, str(root / "tiny.ckpt"))
     cumulative = cumulative_gflops(model.spec)
     # two stored budget points: everything leaves at exit 1 / everything runs to exit 3
@@ -55,7 +54,7 @@ def data(tmp_path_factory):
                 "dynamic_threshold": [[0.0, 0.0, -1e8], [1e8, 1e8, -1e8]],
                 "budgeted_batch_classification": [[cumulative[0], cumulative[2]], [10.0, 30.0]]}
     save_checkpoint(model, str(root / "with_meta.ckpt"), metadata=metadata)
-    save_checkpoint(tiny_model(exit_grids=[4, 8]), str(root / "two_exits.ckpt"))
+    save_checkpoint(tiny_eval_model(exit_grids=[4, 8]), str(root / "two_exits.ckpt"))
     return root
 
 
@@ -106,7 +105,7 @@ def test_run_eval_sh_mode_2_writes_every_output(data, tmp_path):
 
 def test_mode_1_uses_the_stored_thresholds_and_budget(data, tmp_path, capsys):
     ckpt = str(data / "with_meta.ckpt")
-    cumulative = cumulative_gflops(tiny_model().spec)
+    cumulative = cumulative_gflops(tiny_eval_model().spec)
     args = base_args(data, tmp_path, "--eval_mode", "1", "--ckpt", ckpt, "--budget", str(cumulative[0] + 1e-6))
     assert main(args) == 0
     results = read_results(tmp_path)
@@ -177,19 +176,20 @@ def test_checkpoint_that_does_not_fit_the_config(data, tmp_path, capsys):
     assert code == 1 and "two_exits.ckpt does not fit" in err and "missing" in err
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--ckpt", ""], "no checkpoint: pass --ckpt"),
-    (["--ckpt", "{tmp_path}/no/such.ckpt"], "checkpoint not found: {tmp_path}/no/such.ckpt"),
-    (["--eval_mode", "1"], "stores no thresholds"),
-    (["--eval_mode", "2", "--budget", "0.0001"], "below every point of the curve"),
-    (["--eval_mode", "1", "--budget", "1", "--thresholds", "0.5,0.5"], "either --thresholds or --budget"),
-    (["--eval_mode", "2", "--calib_size", "0"], "--calib_size must be a positive integer"),
-    (["--eval_mode", "2", "--pad_to_buckets", "True", "--buckets", "2"], "include one of at least --batch_size 4"),
+@pytest.mark.parametrize("extra, status, message", [
+    (["--ckpt", ""], 2, "no checkpoint: pass --ckpt"),
+    (["--ckpt", "{tmp_path}/no/such.ckpt"], 1, "checkpoint not found: {tmp_path}/no/such.ckpt"),
+    (["--eval_mode", "1"], 1, "stores no thresholds"),
+    (["--eval_mode", "2", "--budget", "0.0001"], 1, "below every point of the curve"),
+    (["--eval_mode", "1", "--budget", "1", "--thresholds", "0.5,0.5"], 2, "either --thresholds or --budget"),
+    (["--eval_mode", "2", "--calib_size", "0"], 2, "--calib_size: calib_size must be >= 1, got 0"),
+    (["--eval_mode", "2", "--pad_to_buckets", "True", "--buckets", "2"], 2, "include one of at least --batch_size 4"),
 ])
-def test_other_usage_errors(data, tmp_path, capsys, extra, message):
+def test_other_usage_errors(data, tmp_path, capsys, extra, status, message):
+    """Settings that cannot work together exit 2 before anything runs; what only the files reveal exits 1."""
     extra = [arg.format(tmp_path=tmp_path) for arg in extra]  # no test names a path outside its own folders
     code, err = error_of(base_args(data, tmp_path, *extra), capsys)
-    assert code == 1 and message.format(tmp_path=tmp_path) in err
+    assert code == status and message.format(tmp_path=tmp_path) in err
 
 
 def test_mode_2_needs_a_train_folder(data, tmp_path, capsys):

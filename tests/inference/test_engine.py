@@ -11,20 +11,19 @@ import mindspore as ms
 import numpy as np
 import pytest
 
-from dvt_ms.config import create_model_from_config
 from dvt_ms.inference.engine import EarlyExitEngine, default_buckets
 from dvt_ms.inference.thresholds import find_thresholds, simulate_exits, softmax_confidence
-from tests.helpers import TINY_CONFIG, load_config
+from tests.helpers import TINY_CONFIG, load_config, model_from_config
 
 N_IMAGES = 14
 
 
-def tiny_model(exit_grids=None):
+def tiny_engine_model(exit_grids=None):
     cfg = load_config(TINY_CONFIG)
     if exit_grids is not None:
         cfg["exit_grids"] = exit_grids
     ms.set_seed(0)
-    model = create_model_from_config(cfg)
+    model = model_from_config(cfg)
     model.set_train(False)
     return model
 
@@ -33,7 +32,7 @@ class Case:
     """A model, its images, the full logits of every exit and an engine (compiled once per case)."""
 
     def __init__(self, exit_grids, seed: int) -> None:
-        self.model = tiny_model(exit_grids)
+        self.model = tiny_engine_model(exit_grids)
         self.images = np.random.RandomState(seed).randn(N_IMAGES, 3, 32, 32).astype(np.float32)
         self.logits = [o.asnumpy() for o in self.model(ms.Tensor(self.images))]
         pairs = [softmax_confidence(logits) for logits in self.logits]
@@ -162,7 +161,7 @@ def test_default_buckets():
 
 
 def test_engine_in_graph_mode(graph_mode):
-    model = tiny_model([4, 8])
+    model = tiny_engine_model([4, 8])
     images = np.random.RandomState(3).randn(5, 3, 32, 32).astype(np.float32)
     confidences = np.stack([softmax_confidence(o.asnumpy())[0] for o in model(ms.Tensor(images))])
     thresholds = [float(np.median(confidences[0]))]

@@ -266,6 +266,7 @@ class TotalLoss(nn.Cell):
         return self.net(images, targets)[0]
 
 
+@pytest.mark.exhaustive
 @pytest.mark.parametrize("make_spec", [tiny_spec, tiny_t2t_spec], ids=["deit", "t2t"])
 def test_cascade_training_gradients_with_and_without_kernels_agree(make_spec, graph_mode):
     """The summed multi-exit loss of a tiny cascade in train mode (no dropout): every parameter's gradient
@@ -293,6 +294,7 @@ def test_cascade_training_gradients_with_and_without_kernels_agree(make_spec, gr
         np.testing.assert_allclose(f, s, rtol=1e-5, atol=1e-6 * scale)
 
 
+@pytest.mark.slow
 def test_dynamic_batch_switches_the_kernels_off(graph_mode):
     with kernels.use_kernels(True):
         model = DVTCascade(tiny_spec())
@@ -342,6 +344,7 @@ def test_use_kernels_is_local_to_its_thread_and_nests(monkeypatch):
     assert seen == [True, True, False, True]
 
 
+@pytest.mark.slow
 def test_library_is_built_once_and_cached(fresh_library):
     first = build.build_library()
     assert first.parent == fresh_library and first.is_file()
@@ -387,6 +390,7 @@ def test_unwritable_cache_falls_back_to_stock_ops_with_a_warning(tmp_path, monke
         kernels._library.cache_clear()
 
 
+@pytest.mark.slow
 def test_concurrent_processes_build_once(fresh_library, tmp_path_factory):
     """Two processes asking for the library at the same time: one compiles, the other waits for it (the build
     lock) and loads the same file."""

@@ -68,6 +68,7 @@ def outputs_and_gradients(cell, inputs, cotangents, positions):
     return [o.asnumpy() for o in out if o is not None] + [g.asnumpy() for g in (*by_input, *grads[1])]
 
 
+@pytest.mark.exhaustive
 @pytest.mark.parametrize("qkv_bias", [True, False], ids=["qkv_bias", "no_qkv_bias"])
 @pytest.mark.parametrize("reuse", [True, False], ids=["feature_reuse", "no_feature_reuse"])
 @pytest.mark.parametrize("relation", [True, False], ids=["relation", "no_relation"])

@@ -23,6 +23,7 @@ def images(batch: int, size: int = 32, seed: int = 0) -> ms.Tensor:
     return ms.Tensor(np.random.RandomState(seed).randn(batch, 3, size, size).astype(np.float32))
 
 
+@pytest.mark.slow
 def test_graph_mode_any_batch_size(graph_mode):
     model = make_model()
     model.set_inputs(ms.Tensor(shape=[None, 3, 32, 32], dtype=ms.float32))
@@ -92,8 +93,16 @@ def test_stage_without_required_state_is_an_error(graph_mode):
 
 def test_last_exit_emits_no_relations(graph_mode):
     model = make_model()
-    _logits, state = model.run_stage(0, images(1))
-    assert state.relations is not None
+    state = None
+    for k in range(model.num_exits - 1):
+        _logits, state = model.run_stage(k, images(1), state)
+        assert state.relations is not None  # the next exit reuses them
+    logits, last = model.run_stage(model.num_exits - 1, images(1), state)
+    assert logits.shape == (1, model.num_classes)
+    assert last.relations is None and last.features is not None  # nobody comes after the last exit
+
+
+def test_exits_without_relation_reuse_downstream_emit_no_relations(graph_mode):
     no_rel = make_model(dvt_ms.spec_for("dvt_vit", img_size=32, exit_grids=[4, 8], embed_dim=32, depth=1,
                                         num_heads=2, num_classes=3, relation_reuse=False))
     _, state = no_rel.run_stage(0, images(1))

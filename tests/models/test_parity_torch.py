@@ -37,9 +37,10 @@ def run_both(spec: CascadeSpec, batch: int = 2, seed: int = 0,
     return torch_logits(reference, x), ms_logits(model, x)
 
 
+@pytest.mark.exhaustive
 @pytest.mark.parametrize("kernels", [True, False], ids=["fused_kernels", "stock_ops"])
-@pytest.mark.parametrize("feature_reuse", [False, True])
-@pytest.mark.parametrize("relation_reuse", [False, True])
+@pytest.mark.parametrize("feature_reuse", [True, False])
+@pytest.mark.parametrize("relation_reuse", [True, False])
 @pytest.mark.parametrize("mode", ["graph", "pynative"])
 def test_tiny_all_reuse_combinations(feature_reuse, relation_reuse, mode, kernels, request):
     request.getfixturevalue(f"{mode}_mode")
@@ -49,6 +50,7 @@ def test_tiny_all_reuse_combinations(feature_reuse, relation_reuse, mode, kernel
     assert max_relative_error(expected, got) <= TOL
 
 
+@pytest.mark.exhaustive
 @pytest.mark.parametrize("kernels", [True, False], ids=["fused_kernels", "stock_ops"])
 @pytest.mark.parametrize("variant", ["performer", "transformer"])
 @pytest.mark.parametrize("mode", ["graph", "pynative"])

@@ -75,6 +75,7 @@ def test_a_spec_function_must_return_a_spec(isolated_registry):
         create_model("dvt_registry_not_a_spec")
 
 
+@pytest.mark.slow
 def test_a_model_registered_in_the_test_trains_evaluates_and_converts(new_cascade, tmp_path):
     from dvt_ms.inference.cli import main as eval_main
     from dvt_ms.train.cli import main as train_main

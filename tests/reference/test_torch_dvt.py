@@ -68,7 +68,7 @@ def published_spec(name: str) -> CascadeSpec:
     return spec_for(name)
 
 
-def tiny_deit_spec(feature_reuse: bool = True, relation_reuse: bool = True) -> CascadeSpec:
+def reference_deit_spec(feature_reuse: bool = True, relation_reuse: bool = True) -> CascadeSpec:
     """32px, grids 4 / 6 / 8 (patch 8, patch 6 pad 2, patch 4), embed 64, depth 4, heads 2, 10 classes."""
     exits = [ExitSpec(stem="patch", embed_dim=64, depth=4, num_heads=2, mlp_ratio=4.0, qkv_bias=True,
                       norm_eps=1e-6, pos_embed="learned", patch_size=p, patch_stride=p, patch_padding=pad,
@@ -77,7 +77,7 @@ def tiny_deit_spec(feature_reuse: bool = True, relation_reuse: bool = True) -> C
     return _cascade(exits, 32, 10)
 
 
-def tiny_t2t_spec(feature_reuse: bool = True, relation_reuse: bool = True, variant: str = "performer",
+def reference_t2t_spec(feature_reuse: bool = True, relation_reuse: bool = True, variant: str = "performer",
                   **kwargs) -> CascadeSpec:
     """32px, grids 2 / 3 / 4, embed 32, depth 2, heads 2, token dim 16, 10 classes."""
     unfolds = (((7, 4, 2), (3, 2, 1), (3, 2, 1)), ((9, 2, 0), (3, 2, 1), (3, 2, 1)),
@@ -248,9 +248,9 @@ def _reuse_keys(model) -> tuple[bool, bool]:
 def test_tiny_reuse_combinations(kind, feature_reuse, relation_reuse):
     torch.manual_seed(1)
     if kind == "deit":
-        spec = tiny_deit_spec(feature_reuse, relation_reuse)
+        spec = reference_deit_spec(feature_reuse, relation_reuse)
     else:
-        spec = tiny_t2t_spec(feature_reuse, relation_reuse,
+        spec = reference_t2t_spec(feature_reuse, relation_reuse,
                              variant="transformer" if kind == "t2t_transformer" else "performer")
     model = td.build_torch_dvt(spec).eval()
     assert _reuse_keys(model) == (feature_reuse, relation_reuse)
@@ -287,7 +287,7 @@ def test_tiny_reuse_combinations(kind, feature_reuse, relation_reuse):
 @requires_torch
 def test_tiny_training_step_reaches_every_parameter():
     torch.manual_seed(2)
-    model = td.build_torch_dvt(tiny_t2t_spec(drop_rate=0.1, attn_drop_rate=0.1, drop_path_rate=0.2)).train()
+    model = td.build_torch_dvt(reference_t2t_spec(drop_rate=0.1, attn_drop_rate=0.1, drop_path_rate=0.2)).train()
     out = model(torch.randn(3, 3, 32, 32))
     sum(F.cross_entropy(o, torch.tensor([0, 1, 2])) for o in out).backward()
     for name, p in model.named_parameters():
@@ -304,7 +304,7 @@ def test_tiny_training_step_reaches_every_parameter():
 
 @requires_torch
 def test_drop_path_schedule_and_rates():
-    spec = tiny_deit_spec()
+    spec = reference_deit_spec()
     spec = replace(spec, drop_rate=0.25, attn_drop_rate=0.125, drop_path_rate=0.3)
     model = td.build_torch_dvt(spec)
     for exit_ in model.exits:
@@ -338,7 +338,7 @@ def test_mixed_exit_sizes():
 
 @requires_torch
 def test_with_reuse_off_has_no_reuse_modules():
-    spec = with_reuse(tiny_t2t_spec(), feature_reuse=False, relation_reuse=False)
+    spec = with_reuse(reference_t2t_spec(), feature_reuse=False, relation_reuse=False)
     model = td.build_torch_dvt(spec)
     assert _reuse_keys(model) == (False, False)
     with pytest.raises(RuntimeError):
@@ -350,7 +350,7 @@ def test_with_reuse_off_has_no_reuse_modules():
 @requires_torch
 def test_exit_logits_include_reused_relations():
     torch.manual_seed(5)
-    spec = tiny_deit_spec(feature_reuse=False, relation_reuse=True)
+    spec = reference_deit_spec(feature_reuse=False, relation_reuse=True)
     model = td.build_torch_dvt(spec).eval()
     e1, e2, _ = model.exits
     x = torch.randn(2, 3, 32, 32)
@@ -434,7 +434,7 @@ def test_token_transformer_definition():
 @requires_torch
 def test_t2t_stem_shapes():
     torch.manual_seed(9)
-    spec = tiny_t2t_spec()
+    spec = reference_t2t_spec()
     for exit_, grid in zip(td.build_torch_dvt(spec).exits, (2, 3, 4), strict=True):
         with torch.no_grad():
             assert exit_.stem(torch.randn(2, 3, 32, 32)).shape == (2, grid * grid, 32)
@@ -443,7 +443,7 @@ def test_t2t_stem_shapes():
 @requires_torch
 def test_initialisation():
     torch.manual_seed(10)
-    model = td.build_torch_dvt(tiny_deit_spec())
+    model = td.build_torch_dvt(reference_deit_spec())
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.LayerNorm):
             assert torch.all(module.weight == 1) and torch.all(module.bias == 0), name
@@ -459,8 +459,8 @@ def test_initialisation():
 @requires_torch
 def test_state_dict_round_trip_with_module_prefix():
     torch.manual_seed(11)
-    src = td.build_torch_dvt(tiny_t2t_spec()).eval()
-    dst = td.build_torch_dvt(tiny_t2t_spec()).eval()
+    src = td.build_torch_dvt(reference_t2t_spec()).eval()
+    dst = td.build_torch_dvt(reference_t2t_spec()).eval()
     prefixed = {f"module.{k}": v for k, v in src.state_dict().items()}
     dst.load_state_dict({k.removeprefix("module."): v for k, v in prefixed.items()}, strict=True)
     x = torch.randn(1, 3, 32, 32)

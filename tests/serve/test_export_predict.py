@@ -93,6 +93,7 @@ def test_exported_graphs_decide_as_the_checkpoint(digits, demo_export, batch):
 
 @pytest.mark.parametrize("feature_reuse,relation_reuse", [(True, True), (False, False), (True, False),
                                                           (False, True)])
+@pytest.mark.exhaustive
 def test_round_trip_of_the_tiny_model(tmp_path, feature_reuse, relation_reuse):
     ms.set_seed(0)
     model = create_model("dvt_vit", **TINY, feature_reuse=feature_reuse, relation_reuse=relation_reuse)
@@ -205,7 +206,6 @@ def test_bad_exports_and_flags_fail_clearly(demo_export, tmp_path, capsys):
                               "got 4 value(s) for a model with 3 exits"),
         "budget too low": (["--exported", str(demo_export), "--budget", "0.0001"], "below every point"),
         "empty folder": (["--exported", str(demo_export), "--images", str(tmp_path / "empty")], "no image files"),
-        "both sources": (["--exported", str(demo_export), "--ckpt", DEMO_CKPT], "exactly one of"),
     }
     for case, (args, words) in cases.items():
         out = tmp_path / f"out_{case.replace(' ', '_')}"
@@ -215,6 +215,9 @@ def test_bad_exports_and_flags_fail_clearly(demo_export, tmp_path, capsys):
         assert words in err and "Traceback" not in err, (case, err)
         assert not out.exists(), case  # nothing half-written
     assert predict_main(["--exported", str(demo_export), "--images", str(images), "--top_k", "x"]) == 2
+    # settings that contradict each other are bad usage, found before anything is read
+    assert predict_main(["--exported", str(demo_export), "--ckpt", DEMO_CKPT, "--images", str(images)]) == 2
+    assert "exactly one of" in capsys.readouterr().err
 
 
 def test_a_failed_export_leaves_nothing_behind(tmp_path, monkeypatch, capsys):

@@ -8,9 +8,8 @@ import pytest
 from mindspore import Parameter, Tensor, nn, ops
 
 from dvt_ms import kernels
-from dvt_ms.config import create_model_from_config
 from dvt_ms.train.optimizer import AdamW, bias_correction_tables, no_weight_decay, param_groups
-from tests.helpers import HAVE_TORCH, TINY_CONFIG, load_config, requires_torch
+from tests.helpers import HAVE_TORCH, TINY_CONFIG, load_config, model_from_config, requires_torch
 
 if HAVE_TORCH:
     import torch
@@ -64,7 +63,7 @@ def test_adamw_matches_torch_after_five_steps(mode, request):
 
 
 def test_no_weight_decay_on_norms_biases_tokens_and_position_embeddings():
-    model = create_model_from_config(load_config(TINY_CONFIG))
+    model = model_from_config(load_config(TINY_CONFIG))
     params, decays = param_groups(model, 0.05)
     by_name = {p.name: d for p, d in zip(params, decays, strict=True)}
     assert by_name["less_less_token.cls_token"] == 0.0

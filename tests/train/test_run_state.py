@@ -51,6 +51,7 @@ def _batch(seed: int = 0):
     return ms.Tensor(x), ms.Tensor(np.eye(4, dtype=np.float32)[rng.integers(0, 4, 4)])
 
 
+@pytest.mark.slow
 def test_state_round_trip_restores_everything(tmp_path, graph_mode):
     model, step = _train_step()
     for i in range(3):

@@ -12,7 +12,7 @@ from dvt_ms.train.ema import EMA
 from dvt_ms.train.loss_scale import LossScaling, resolve_loss_scale_type
 from dvt_ms.train.optimizer import AdamW
 from dvt_ms.train.train_step import TrainStep
-from tests.helpers import HAVE_TORCH, TINY_CONFIG, load_config, requires_torch
+from tests.helpers import HAVE_TORCH, TINY_CONFIG, load_config, model_from_config, requires_torch
 
 if HAVE_TORCH:
     import torch
@@ -157,13 +157,12 @@ def test_loss_scale_type_resolution():
 @pytest.mark.slow
 @pytest.mark.parametrize("level", ["O2", "O3"])
 def test_mixed_precision_trains_the_tiny_cascade(graph_mode, level):
-    from dvt_ms.config import create_model_from_config
     from dvt_ms.data.augment import one_hot
     from dvt_ms.train.loss import NetWithLoss
     from dvt_ms.train.optimizer import param_groups
 
     ms.set_seed(0)
-    model = create_model_from_config(load_config(TINY_CONFIG), depth=1)
+    model = model_from_config(load_config(TINY_CONFIG), depth=1)
     apply_precision(model, level)
     params, decays = param_groups(model, 0.05)
     step = TrainStep(NetWithLoss(model), AdamW(params, decays), np.full(6, 2e-3, np.float32),

@@ -1,0 +1,391 @@
+"""The settings of every dvt_ms command: one typed dataclass per command, whose fields are its flags
+and the keys of its flat YAML config.
+
+Every command parses its flags into its settings class (:func:`parse_command`) and hands them to a
+library function (``evaluate``, ``predict``, ``export``, ``train``, ...) that takes only these objects,
+so the same call works from Python without the command line::
+
+    from dvt_ms.options import EvalSettings
+    from dvt_ms.inference.evaluate import evaluate
+    results = evaluate(EvalSettings(ckpt="model.ckpt", data_dir="data/digits", eval_mode=2))
+
+The model flags (:class:`ModelSettings`) are shared by every command that builds a model. A config file
+may hold the keys of every command (:data:`ALL_OPTIONS`), so one YAML serves training, evaluation,
+export and prediction; each command reads the keys it owns and checks the others' types. Building a
+settings object checks every value (:class:`~dvt_ms.config.ConfigError`, exit status 2 in a command).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import Any, NamedTuple
+
+from .config import ConfigError, Option, Settings, flag, merge_options, parse_settings
+
+__all__ = [
+    "ALL_OPTIONS", "AuditSettings", "ConvertSettings", "DigitsSettings", "EvalSettings", "ExportSettings",
+    "ModelChoice", "ModelSettings", "PredictSettings", "StampSettings", "TrainSettings", "parse_command",
+]
+
+
+def _require(value: Any, message: str) -> None:
+    """A :class:`ConfigError` saying ``message`` unless ``value`` is true."""
+    if not value:
+        raise ConfigError(message)
+
+
+class ModelChoice(NamedTuple):
+    """The model a command builds: registered name, arguments, and where the choice came from."""
+
+    name: str
+    args: dict[str, Any]
+    chosen_by: str
+
+
+@dataclass
+class ModelSettings(Settings):
+    """The model flags: a registered name and overrides of any argument of its spec function."""
+
+    model: str | None = flag(None, "registered model name, see dvt_ms.list_models()")
+    num_classes: int | None = flag(None, "classes of every exit head")
+    img_size: int | None = flag(None, "input side in pixels")
+    in_chans: int | None = flag(None, "input channels")
+    exit_grids: list[int] | None = flag(None, "token grid side of each exit, e.g. 7,10,14")
+    embed_dim: int | list[int] | None = flag(None, "embedding width (one value or one per exit)", kind="int_or_list")
+    depth: int | list[int] | None = flag(None, "blocks per exit (one value or one per exit)", kind="int_or_list")
+    num_heads: int | list[int] | None = flag(None, "attention heads (one value or one per exit)", kind="int_or_list")
+    mlp_ratio: float | list[float] | None = flag(None, "MLP width ratio (one value or one per exit)",
+                                                       kind="float_or_list")
+    qkv_bias: bool | None = flag(None, "bias in the qkv projection")
+    norm_eps: float | None = flag(None, "LayerNorm epsilon of the transformer blocks")
+    patch_sizes: list[int] | None = flag(None, "patch-embedding kernel per exit (patch stems)")
+    patch_paddings: list[int] | None = flag(None, "patch-embedding padding per exit (patch stems)")
+    t2t_unfolds: Any = flag(None, "per exit three [kernel, stride, padding] soft splits (T2T stems)", kind="any")
+    t2t_variant: str | None = flag(None, "T2T token module", choices=("performer", "transformer"))
+    token_dim: int | None = flag(None, "T2T token width")
+    drop_rate: float | None = flag(None, "dropout")
+    attn_drop_rate: float | None = flag(None, "attention dropout")
+    drop_path_rate: float | None = flag(None, "stochastic depth rate of the last block")
+    feature_reuse: bool | None = flag(None, "downstream exits reuse the previous exit's features")
+    relation_reuse: bool | None = flag(None, "downstream exits reuse the previous exit's attention logits")
+    exit_names: Any = flag(None, "attribute names of the exits (parameter prefixes)", kind="any")
+
+    def model_args(self) -> dict[str, Any]:
+        """The model arguments set here (every model field but ``model`` that is not None)."""
+        return {name: getattr(self, name) for name in _MODEL_ARGS if getattr(self, name) is not None}
+
+    def choose_model(self, recorded: dict | None = None) -> ModelChoice | None:
+        """The model named here with its arguments, else the one a checkpoint's metadata records
+        (``model``, ``model_args``) with these arguments on top; None when neither names one."""
+        if self.model:
+            return ModelChoice(self.model, self.model_args(), "given")
+        if recorded and recorded.get("model"):
+            return ModelChoice(recorded["model"], {**(recorded.get("model_args") or {}), **self.model_args()},
+                               "recorded in the checkpoint")
+        return None
+
+    def model_spec(self):
+        """The :class:`~dvt_ms.models.CascadeSpec` of the named model, without building the network."""
+        from .models import spec_for
+
+        name = self._require_model()
+        try:
+            return spec_for(name, **self.model_args())
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"cannot build model {name!r}: {err}") from None
+
+    def build_model(self, **extra: Any):
+        """``create_model(model, **model arguments, **extra)`` (weights not loaded)."""
+        from .models import create_model
+
+        name = self._require_model()
+        try:
+            return create_model(name, **{**self.model_args(), **extra})
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"cannot build model {name!r}: {err}") from None
+
+    def load_model(self, path: str):
+        """:func:`dvt_ms.models.load_model` of ``path`` with the model named here (else the recorded one)."""
+        from .models.loading import load_model
+
+        return load_model(path, self.model, **self.model_args())
+
+    def _require_model(self) -> str:
+        if not self.model:
+            raise ConfigError("no model: pass -c configs/<model>.yaml or --model NAME (see dvt_ms.list_models())")
+        return self.model
+
+
+_MODEL_ARGS = tuple(f.name for f in fields(ModelSettings) if f.name != "model")
+
+
+@dataclass
+class EvalSettings(ModelSettings):
+    """``dvt-eval``: evaluate a checkpoint in the official modes with real early exit."""
+
+    ckpt: str | None = flag(None, "MindSpore checkpoint (.ckpt / .safetensors) to evaluate")
+    data_dir: str | None = flag(None, "data root: <data_dir>/val/<class>/<images> (and train/ for --eval_mode 2) for "
+                                      "imagefolder; the binary files for cifar10 / cifar100")
+    dataset: str = flag("imagefolder", "data set format", choices=("imagefolder", "cifar10", "cifar100"))
+    eval_mode: int = flag(1, "0: print the metadata stored with the checkpoint; 1: evaluate with the thresholds "
+                             "stored with the checkpoint; 2: calibrate thresholds on a random subset of the training "
+                             "images, then evaluate", choices=(0, 1, 2))
+    calib_size: int = flag(50000, "training images used to calibrate the thresholds (--eval_mode 2)", minimum=1)
+    batch_size: int = flag(64, "images per batch", minimum=1)
+    budget: float | None = flag(None, "run the most accurate budgeted-batch point costing <= this many GFLOPs per "
+                                      "image")
+    thresholds: list[float] | None = flag(None, "explicit confidence thresholds, one per exit but the last")
+    device_target: str = flag("CPU", "MindSpore device", choices=("Ascend", "GPU", "CPU"))
+    amp_level: str = flag("O0", "precision policy (dvt_ms.amp): O0 float32, O2 matrix products in amp_dtype (fp16 "
+                                "inference on Ascend), O3 all amp_dtype", choices=("O0", "O2", "O3"))
+    amp_dtype: str = flag("float16", "low-precision type of O2/O3", choices=("float16", "bfloat16"))
+    output_dir: str = flag("outputs/eval", "where eval_results.json, the curve CSV, the plot and exit_examples.png go")
+    examples_per_exit: int = flag(8, "images per exit in exit_examples.png (image folders; 0: none)", minimum=0)
+    num_parallel_workers: int = flag(4, "threads decoding images", minimum=0)
+    seed: int = flag(0, "seed of the calibration subset")
+    crop_pct: float | None = flag(None, "centre-crop fraction of the resized short side (default 224/256 for "
+                                        "imagefolder, 1.0 for CIFAR)")
+    pad_to_buckets: bool | None = flag(None, "True: pad early-exit subsets to fixed batch sizes (static shapes); "
+                                             "False: one graph per exit for any batch size (dynamic shapes); default: "
+                                             "the fastest for the device (CPU: static, finely spaced sizes; Ascend: "
+                                             "static, powers of two; GPU: dynamic)")
+    buckets: list[int] | None = flag(None, "subset sizes to pad to (default with --pad_to_buckets True: powers of two "
+                                           "and the batch size)")
+    throughput_batches: int = flag(8, "batches timed for the early exit / all exits / last exit throughput comparison "
+                                      "(0 skips it)", minimum=0)
+    throughput_rounds: int = flag(3, "timed rounds of the throughput comparison (the median is reported)", minimum=0)
+
+    def check(self) -> None:
+        if self.thresholds is not None and self.budget is not None:
+            raise ConfigError("give either --thresholds or --budget, not both")
+        if not self.ckpt:
+            raise ConfigError("no checkpoint: pass --ckpt PATH (a .ckpt or .safetensors file)")
+        if self.eval_mode > 0 and not self.data_dir:
+            raise ConfigError(f"--eval_mode {self.eval_mode} needs --data_dir (the folder holding val/"
+                              f"{' and train/' if self.eval_mode == 2 else ''}, or the CIFAR binary files)")
+        if self.buckets and self.pad_to_buckets is not False and \
+                (min(self.buckets) < 1 or max(self.buckets) < self.batch_size):
+            raise ConfigError(f"--buckets {self.buckets} must be positive sizes and include one of at least "
+                              f"--batch_size {self.batch_size}")
+
+
+@dataclass
+class OperatingSettings(ModelSettings):
+    """What ``dvt-export`` and ``dvt-predict`` share: the checkpoint's operating point, class names and crop."""
+
+    ckpt: str | None = flag(None, "MindSpore checkpoint (.ckpt / .safetensors)")
+    thresholds: list[float] | None = flag(None, "confidence thresholds, one per exit but the last (default: the "
+                                                "stored calibrated point)")
+    budget: float | None = flag(None, "the most accurate calibrated point costing <= this many GFLOPs per image")
+    class_names: str | None = flag(None, "text file with one class name per line (default: the stored names)")
+    crop_pct: float | None = flag(None, "with --ckpt: centre-crop fraction (default: the checkpoint's, else 224/256 "
+                                        "for imagefolder, 1.0 for CIFAR; exports store theirs)")
+    dataset: str = flag("imagefolder", "with --ckpt: the training data set (sets the default crop_pct)",
+                                       choices=("imagefolder", "cifar10", "cifar100"))
+
+    def check(self) -> None:
+        if self.thresholds is not None and self.budget is not None:
+            raise ConfigError("give either --thresholds or --budget, not both")
+
+
+@dataclass
+class ExportSettings(OperatingSettings):
+    """``dvt-export``: a checkpoint -> one graph per exit and ``manifest.json``."""
+
+    output_dir: str = flag("outputs/export", "folder for the per-exit MindIR files and manifest.json")
+    device_target: str = flag("CPU", "MindSpore device used to trace the graphs", choices=("Ascend", "GPU", "CPU"))
+
+    def check(self) -> None:
+        super().check()
+        _require(self.ckpt, "no checkpoint: pass --ckpt PATH (a .ckpt or .safetensors file)")
+
+
+@dataclass
+class PredictSettings(OperatingSettings):
+    """``dvt-predict``: classify image files with real early exit, from an export or a checkpoint."""
+
+    exported: str | None = flag(None, "export folder written by dvt-export (manifest.json + per-exit graphs); "
+                                      "or give --ckpt with -c CONFIG or --model")
+    images: list[str] | None = flag(None, "image files, folders (recursive) and list files (.txt: one path per line)")
+    batch_size: int = flag(64, "images per batch", minimum=1)
+    top_k: int = flag(5, "classes reported per image", minimum=1)
+    output_dir: str = flag("outputs/predict", "where predictions.csv/.jsonl, summary.json and exit_examples.png go")
+    strict: bool = flag(False, "stop at the first unreadable image (default: report it and go on)")
+    examples_per_exit: int = flag(8, "images per exit in exit_examples.png", minimum=0)
+    device_target: str = flag("CPU", "MindSpore device", choices=("Ascend", "GPU", "CPU"))
+    num_parallel_workers: int = flag(4, "threads decoding images", minimum=0)
+
+    def check(self) -> None:
+        super().check()
+        _require(bool(self.exported) != bool(self.ckpt),
+                 "pass exactly one of --exported DIR (a dvt-export folder) and --ckpt FILE")
+        _require(self.images, "no images: pass --images with image files, folders or list files")
+
+
+@dataclass
+class TrainSettings(ModelSettings):
+    """``dvt-train``: train or fine-tune a cascade (every key of the flat YAML configs in ``configs/``)."""
+
+    data_dir: str | None = flag(None, "data root: <data_dir>/train and <data_dir>/val with <class>/<images> for "
+                                      "imagefolder; the binary files for cifar10 / cifar100")
+    dataset: str = flag("imagefolder", "data set format", choices=("imagefolder", "cifar10", "cifar100"))
+    batch_size: int = flag(128, "images per device and step (global batch = batch_size x devices)", minimum=1)
+    num_parallel_workers: int = flag(8, "worker processes decoding and augmenting training images (threads for "
+                                        "validation)", minimum=0)
+    dataset_sink_mode: bool = flag(False, "feed batches through MindSpore's device queue (data_sink, log_interval "
+                                          "steps per call; Ascend/GPU)")
+    shuffle: bool = flag(True, "draw a new sample order every epoch (from seed and epoch)")
+    crop_scale: list[float] = flag([0.08, 1.0], "area range of RandomResizedCrop")
+    crop_ratio: list[float] = flag([0.75, 1.3333333333333333], "aspect-ratio range of RandomResizedCrop")
+    random_crop: bool = flag(True, "RandomResizedCrop (off: plain bicubic resize to img_size)")
+    hflip: float = flag(0.5, "probability of a horizontal flip")
+    auto_augment: str | None = flag(None, "RandAugment policy, e.g. rand-m9-mstd0.5-inc1 (unset: none)")
+    color_jitter: float = flag(0.0, "brightness/contrast/saturation jitter strength (0: off)")
+    reprob: float = flag(0.0, "random-erasing probability (after normalisation, per-pixel noise)")
+    mixup: float = flag(0.0, "mixup alpha (0: off)")
+    cutmix: float = flag(0.0, "cutmix alpha (0: off)")
+    mixup_prob: float = flag(1.0, "probability of mixing a batch when mixup or cutmix is on")
+    mixup_switch_prob: float = flag(0.5, "probability of cutmix instead of mixup when both are on")
+    smoothing: float = flag(0.0, "label smoothing of the one-hot targets")
+    crop_pct: float | None = flag(None, "validation: centre-crop fraction of the resized short side (default 224/256 "
+                                        "for imagefolder, 1.0 for CIFAR)")
+    epoch_size: int = flag(300, "training epochs", minimum=1)
+    lr: float = flag(0.001, "peak learning rate (for lr_base_batch images per step when that is set)")
+    lr_base_batch: int | None = flag(None, "global batch the lr is quoted for; the lr is scaled linearly to the "
+                                           "actual global batch (unset: no scaling)", minimum=1)
+    min_lr: float = flag(1e-05, "floor of the cosine decay")
+    warmup_epochs: float = flag(20.0, "epochs of linear warm-up", minimum=0)
+    warmup_lr: float = flag(1e-06, "learning rate at the first step of the warm-up")
+    weight_decay: float = flag(0.05, "AdamW weight decay (not applied to norms, biases, class tokens and position "
+                                     "embeddings)")
+    betas: list[float] = flag([0.9, 0.999], "AdamW betas")
+    opt_eps: float = flag(1e-08, "AdamW epsilon")
+    clip_grad: float | None = flag(None, "clip the global gradient norm to this value (unset: no clipping)")
+    ema: bool = flag(False, "keep an exponential moving average of the weights")
+    ema_decay: float = flag(0.99996, "EMA decay per step")
+    amp_level: str = flag("O0", "precision policy (dvt_ms.amp): O0 float32; O2 matrix products in amp_dtype, norms, "
+                                "softmax, attention logits and loss in float32; O3 all amp_dtype",
+                                choices=("O0", "O2", "O3"))
+    amp_dtype: str = flag("float16", "low-precision type of O2/O3 (bfloat16 where the device has it)",
+                                     choices=("float16", "bfloat16"))
+    loss_scale_type: str = flag("auto", "auto: dynamic on Ascend/GPU under O2/O3, fixed otherwise",
+                                        choices=("auto", "dynamic", "fixed"))
+    loss_scale: float = flag(1024.0, "fixed loss scale, or the initial one of dynamic scaling", minimum=1)
+    loss_scale_factor: float = flag(2.0, "dynamic scaling: factor of each change")
+    loss_scale_window: int = flag(1000, "dynamic scaling: finite steps before the scale grows")
+    device_target: str | None = flag(None, "MindSpore device (unset: the one MindSpore detects)",
+                                           choices=("Ascend", "GPU", "CPU"))
+    mode: int = flag(0, "0: graph mode, 1: PyNative (the train step is compiled in both)", choices=(0, 1))
+    jit_level: str = flag("auto", "Ascend compile level (auto: MindSpore's default for the SoC)",
+                                  choices=("auto", "O0", "O1", "O2"))
+    precision_mode: str = flag("auto", "Ascend operator precision mode (auto: must_keep_origin_dtype, "
+                                       "allow_fp32_to_fp16 on 910A; see dvt_ms.device)",
+                                       choices=("auto", "must_keep_origin_dtype", "allow_fp32_to_fp16", "force_fp32"))
+    distribute: bool = flag(False, "data-parallel training over the devices launched by msrun or a rank table")
+    seed: int = flag(42, "seed of weights, sample order, augmentation and dropout")
+    ckpt_save_dir: str = flag("outputs/train", "checkpoints, resolved config, results.json and logs")
+    ckpt_interval: int = flag(1, "also keep epoch_<N>.ckpt every this many epochs (0: never)", minimum=0)
+    keep_checkpoint_max: int = flag(5, "epoch_<N>.ckpt files kept (oldest removed first)", minimum=0)
+    resume: str | None = flag(None, "resume from a training state: a *.state.ckpt file, or a directory holding "
+                                    "latest.state.ckpt")
+    auto_resume: bool = flag(False, "resume from <ckpt_save_dir>/latest.state.ckpt when it exists")
+    pretrained: str | None = flag(None, "initial weights (.ckpt / .safetensors); heads are re-initialised when "
+                                        "num_classes differs")
+    val_interval: int = flag(1, "validate every this many epochs and after the last (0: never)", minimum=0)
+    log_interval: int = flag(100, "steps between log lines", minimum=1)
+    max_bad_steps: int = flag(100, "stop when the loss is NaN/inf for more than this many steps in a row (checked "
+                                   "every log_interval steps; 0: never stop)", minimum=0)
+
+    def check(self) -> None:
+        self._require_model()
+        if self.warmup_epochs > self.epoch_size:
+            raise ConfigError(f"--warmup_epochs must lie in [0, epoch_size={self.epoch_size}], "
+                              f"got {self.warmup_epochs}")
+        if len(self.betas) != 2:
+            raise ConfigError(f"--betas needs two values, got {self.betas}")
+
+
+@dataclass
+class AuditSettings(TrainSettings):
+    """``dvt-audit``: the graphs of a training config, compiled and checked (always on the CPU)."""
+
+    graphs: str = flag("all", "which graphs: all, train (the steps at O0 and O2) or inference (validation, stages, "
+                              "exports)", choices=("all", "train", "inference"))
+    audit_dir: str = flag("outputs/audit", "where audit.json (and, with --keep_dumps, the IR dumps) go")
+    keep_dumps: bool = flag(False, "keep MindSpore's IR files of every graph under <audit_dir>/ir")
+
+    def check(self) -> None:
+        super().check()
+        if self.device_target not in (None, "CPU"):
+            raise ConfigError(f"dvt-audit compiles on the CPU (as Ascend would see the graphs); drop "
+                              f"--device_target {self.device_target}")
+
+
+@dataclass
+class ConvertSettings(ModelSettings):
+    """``dvt-convert``: official PyTorch checkpoints -> MindSpore, back, or a cascade from a backbone."""
+
+    src: str | None = flag(None, "source checkpoint")
+    dst: str | None = flag(None, "output file (.ckpt or .safetensors; with --to_torch .pth/.pth.tar or .safetensors)")
+    format: str | None = flag(None, "output format of a MindSpore checkpoint; must agree with the --dst suffix",
+                              choices=("ckpt", "safetensors"))
+    to_torch: bool = flag(False, "MindSpore checkpoint -> PyTorch state dict with the official key names",
+                          aliases=("to-torch",))
+    backbone: bool = flag(False, "--src is a standalone DeiT-small / T2T-ViT checkpoint: initialise every exit "
+                                 "from it")
+    verify: bool = flag(False, "compare logits with the PyTorch reference on a random batch (needs torch)")
+    verify_batch: int = flag(2, "batch size of --verify", minimum=1, aliases=("verify-batch",))
+    seed: int = flag(0, "seed of the --verify batch")
+    class_names: str | None = flag(None, "text file with one class name per line, stored with the weights "
+                                         "(dvt-predict and dvt-export show them)", aliases=("class-names",))
+
+    def check(self) -> None:
+        for name in ("src", "dst"):
+            if not getattr(self, name):
+                raise ConfigError(f"--{name} is required")
+        if self.to_torch and self.backbone:
+            raise ConfigError("--to_torch and --backbone cannot be combined")
+        if self.class_names and self.backbone:
+            raise ConfigError("--class_names does not apply to --backbone (a backbone's heads are re-initialised)")
+
+
+@dataclass
+class StampSettings(Settings):
+    """``python -m dvt_ms stamp``: store calibrated thresholds and evaluation figures in a checkpoint."""
+
+    ckpt: str | None = flag(None, "checkpoint whose weights are kept")
+    results: str | None = flag(None, "eval_results.json written by dvt-eval --eval_mode 2")
+    dst: str | None = flag(None, "output checkpoint (default: overwrite --ckpt)")
+
+    def check(self) -> None:
+        for name in ("ckpt", "results"):
+            if not getattr(self, name):
+                raise ConfigError(f"--{name} is required")
+
+
+@dataclass
+class DigitsSettings(Settings):
+    """``python -m dvt_ms.demo.digits``: write scikit-learn's handwritten digits as an image folder."""
+
+    out: str = flag("data/digits", "output folder (gets train/ and val/)")
+    img_size: int = flag(32, "side of the written images", minimum=8)
+    val_fraction: float = flag(0.25, "share of each class kept for val/")
+    seed: int = flag(0, "seed of the split")
+
+    def check(self) -> None:
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"--val_fraction must lie in (0, 1), got {self.val_fraction}")
+
+
+COMMAND_SETTINGS: tuple[type[Settings], ...] = (
+    TrainSettings, EvalSettings, ExportSettings, PredictSettings, ConvertSettings, AuditSettings,
+)
+
+#: every key a config file may hold (each command's own, validated by every command)
+ALL_OPTIONS: tuple[Option, ...] = tuple(merge_options(*(cls.options() for cls in COMMAND_SETTINGS)))
+
+
+def parse_command(cls: type, argv: Sequence[str] | None, description: str, prog: str):
+    """The settings of a command from defaults < YAML (``-c``, which may hold any command's keys) < flags."""
+    return parse_settings(cls, argv, description, prog, shared_with=ALL_OPTIONS)
