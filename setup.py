@@ -16,6 +16,7 @@ setup(
         "test": ["pytest", "ruff"],
         "torch": ["torch>=2.1"],
         "demo": ["scikit-learn"],
+        "onnx": ["onnx", "onnxruntime", "torch>=2.1"],  # dvt-export --format onnx, dvt-predict on ONNX Runtime
     },
     entry_points={"console_scripts": [
         "dvt-audit = dvt_ms.audit.cli:main",

@@ -193,7 +193,10 @@ class OperatingSettings(ModelSettings):
 class ExportSettings(OperatingSettings):
     """``dvt-export``: a checkpoint -> one graph per exit and ``manifest.json``."""
 
-    output_dir: str = flag("outputs/export", "folder for the per-exit MindIR files and manifest.json")
+    output_dir: str = flag("outputs/export", "folder for the per-exit graphs and manifest.json")
+    format: str = flag("mindir", "mindir: MindIR for MindSpore / MindSpore Lite; onnx: ONNX for ONNX Runtime and "
+                                 "other ONNX runtimes (pip install -e \".[onnx]\"); both",
+                       choices=("mindir", "onnx", "both"))
     device_target: str = flag("CPU", "MindSpore device used to trace the graphs", choices=("Ascend", "GPU", "CPU"))
 
     def check(self) -> None:
@@ -215,6 +218,10 @@ class PredictSettings(OperatingSettings):
     examples_per_exit: int = flag(8, "images per exit in exit_examples.png", minimum=0)
     device_target: str = flag("CPU", "MindSpore device", choices=("Ascend", "GPU", "CPU"))
     num_parallel_workers: int = flag(4, "threads decoding images", minimum=0)
+    runtime: str | None = flag(None, "with --exported: what runs the graphs (default: the export's format; "
+                                     "mindspore where both were exported)", choices=("onnxruntime", "mindspore"))
+    execution_provider: str = flag("CPUExecutionProvider", "with --runtime onnxruntime: ONNX Runtime's execution "
+                                                           "provider")
 
     def check(self) -> None:
         super().check()
@@ -328,8 +335,8 @@ class ConvertSettings(ModelSettings):
 
     src: str | None = flag(None, "source checkpoint")
     dst: str | None = flag(None, "output file (.ckpt or .safetensors; with --to_torch .pth/.pth.tar or .safetensors)")
-    format: str | None = flag(None, "output format of a MindSpore checkpoint; must agree with the --dst suffix",
-                              choices=("ckpt", "safetensors"))
+    ckpt_format: str | None = flag(None, "output format of a MindSpore checkpoint; must agree with the --dst "
+                                         "suffix", choices=("ckpt", "safetensors"), aliases=("format",))
     to_torch: bool = flag(False, "MindSpore checkpoint -> PyTorch state dict with the official key names",
                           aliases=("to-torch",))
     backbone: bool = flag(False, "--src is a standalone DeiT-small / T2T-ViT checkpoint: initialise every exit "

@@ -21,11 +21,11 @@ export PYTHONPATH="$DVT_ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export GLOG_v="${GLOG_v:-3}"  # MindSpore's C++ log: errors only
 
 dvt_install() {
-  # dvt_install [test] [torch] [demo]: install only when an import is missing (or numpy is 2.x).
+  # dvt_install [test] [torch] [demo] [onnx]: install only when an import is missing (or numpy is 2.x).
   if "$DVT_PY" - "$@" <<'PY'
 import importlib.util, sys
 mods = {"": ["mindspore", "numpy", "yaml", "PIL", "safetensors", "tqdm"], "test": ["pytest", "ruff"],
-        "torch": ["torch"], "demo": ["sklearn"]}
+        "torch": ["torch"], "demo": ["sklearn"], "onnx": ["onnx", "onnxruntime", "torch"]}
 need = [m for extra in [""] + sys.argv[1:] for m in mods.get(extra, [])]
 missing = [m for m in need if importlib.util.find_spec(m) is None]
 import importlib.metadata as md
@@ -45,6 +45,7 @@ PY
   local extras=() pkgs=()
   for e in "$@"; do
     if [[ "$e" == "torch" ]]; then pkgs+=("$DVT_TORCH_PIN"); else extras+=("$e"); fi
+    if [[ "$e" == "onnx" ]]; then pkgs+=("$DVT_TORCH_PIN"); fi  # the exporter's torch: the pinned CPU build
   done
   local spec="$DVT_ROOT"
   if [[ ${#extras[@]} -gt 0 ]]; then spec="$DVT_ROOT[$(IFS=,; echo "${extras[*]}")]"; fi

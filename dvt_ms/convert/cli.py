@@ -103,9 +103,9 @@ def _misfit(path: str, name: str, how: str, state: dict, err) -> ConvertError:
 
 def _output_format(settings: ConvertSettings) -> str:
     fmt = checkpoint_format(settings.dst)
-    if settings.format and settings.format != fmt:
-        raise ConvertError(f"--format {settings.format} does not agree with the output name {settings.dst} "
-                           f"(a {fmt} file); use a .{settings.format} name")
+    if settings.ckpt_format and settings.ckpt_format != fmt:
+        raise ConvertError(f"--format {settings.ckpt_format} does not agree with the output name {settings.dst} "
+                           f"(a {fmt} file); use a .{settings.ckpt_format} name")
     return fmt
 
 
@@ -146,7 +146,7 @@ def _to_torch(settings: ConvertSettings) -> None:
     from .mapping import MappingError, expected_state_shapes, to_torch_state_dict
     from .torch_io import sha256_file, write_torch_checkpoint
 
-    if settings.format:
+    if settings.ckpt_format:
         raise ConvertError("--format applies to MindSpore outputs; with --to-torch the --dst suffix decides "
                            "(.safetensors or a torch.save file)")
     if settings.dst.lower().endswith((".ckpt",)):

@@ -17,9 +17,11 @@ stages meet subsets of varying size depends on the device (``buckets="auto"``, t
 * Ascend: static shapes with power-of-two buckets (:func:`default_buckets`; compilation is costly).
 * GPU: one graph per stage compiled for a dynamic batch dimension (``set_inputs`` with ``None``).
 
-An explicit list of ``buckets`` pads to those sizes; ``None`` compiles for a dynamic batch. Subsets
-of a single image are padded to two by default (``min_batch``): a batch of one takes matrix-vector
-kernels on some backends, whose last bits differ from those of the batched kernels.
+An explicit list of ``buckets`` pads to those sizes; ``None`` compiles for a dynamic batch. A subset
+of a single image taken from a larger batch is padded to two by default (``min_batch``): a batch of one
+takes matrix-vector kernels on some backends, whose last bits differ from those of the batched kernels
+that computed the rest of the batch. A whole batch is never padded for ``min_batch``: a request of one
+image runs exit 1 on that one image, as every other path computing its logits does.
 
 The engine does not care where its stages come from: a :class:`StageSource` gives one callable per
 exit, ``(images, features, relations) -> (logits, tokens[, relations])``, and says which reuse state
@@ -130,8 +132,8 @@ class EarlyExitEngine:
     ``thresholds``: one per exit but the last (or one per exit, the last ignored). ``buckets``:
     ``"auto"`` (the fastest shapes for the device, see the module docstring; no padding for stages that
     take any batch size), ``None`` for dynamic batch shapes, or the sizes subsets are padded up to (each
-    >= 1; a subset larger than the largest bucket is an error). ``min_batch``: subsets smaller than this
-    are padded up to it (see the module docstring). A model is switched to inference mode.
+    >= 1; a subset larger than the largest bucket is an error). ``min_batch``: subsets of a larger batch
+    smaller than this are padded up to it (see the module docstring). A model is switched to inference mode.
     """
 
     def __init__(self, model: DVTCascade | StageSource, thresholds: Sequence[float], *,
@@ -163,7 +165,7 @@ class EarlyExitEngine:
     # ---- padding ----------------------------------------------------------------------------------
 
     def _padded_size(self, n: int, batch: int) -> int:
-        size = max(n, self.min_batch)
+        size = n if n == batch else max(n, self.min_batch)
         buckets = self.auto_buckets(max(batch, size)) if self.auto_buckets is not None else self.buckets
         if buckets is None:
             return size

@@ -15,6 +15,7 @@ average pooling to the destination grid (7 -> 14 -> 10 and 10 -> 20 -> 14 for th
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -69,6 +70,9 @@ def resize_token_grid(x: Tensor, src: int, dst: int) -> Tensor:
     Every leading index is resized independently with ``F.interpolate(mode='nearest')`` to
     :func:`intermediate_grid` followed by ``F.adaptive_avg_pool2d`` to ``dst``.
     """
+    if torch.onnx.is_in_onnx_export():
+        # ONNX has no adaptive pooling to sizes that do not divide the input: the same linear map as a product
+        return x @ grid_resize_matrix(src, dst).to(x.dtype)
     if x.shape[-1] != src * src:
         raise ValueError(f"last axis has {x.shape[-1]} entries, expected a {src}x{src} grid")
     lead = x.shape[:-1]
@@ -77,6 +81,16 @@ def resize_token_grid(x: Tensor, src: int, dst: int) -> Tensor:
     grid = F.interpolate(grid, size=(size, size), mode="nearest")
     grid = F.adaptive_avg_pool2d(grid, (dst, dst))
     return grid.reshape(*lead, dst * dst)
+
+
+@functools.cache
+def grid_resize_matrix(src: int, dst: int) -> Tensor:
+    """``[src^2, dst^2]``: row ``i`` is grid cell ``i`` resized by :func:`resize_token_grid`, so that
+    ``x @ grid_resize_matrix(src, dst)`` is that resize of ``x``'s last axis."""
+    with torch.no_grad():
+        eye = torch.eye(src * src)
+        grid = F.interpolate(eye.reshape(1, -1, src, src), size=(intermediate_grid(src, dst),) * 2, mode="nearest")
+        return F.adaptive_avg_pool2d(grid, (dst, dst)).reshape(src * src, dst * dst)
 
 
 def _resize_after_class(x: Tensor, src: int, dst: int) -> Tensor:

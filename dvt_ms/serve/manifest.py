@@ -1,9 +1,10 @@
-"""``manifest.json`` of an exported DVT: what each per-exit MindIR file takes and gives, and how to run them.
+"""``manifest.json`` of an exported DVT: what each per-exit graph takes and gives, and how to run them.
 
-An export folder holds one MindIR graph per exit and this manifest: the model and its arguments, each
-exit's grid, file, sha256, input names and shapes (batch ``-1``), which earlier outputs feed it (the
-reuse wiring), cumulative GFLOPs; the thresholds to run, with the calibrated table and curve they were
-chosen from; class names; the preprocessing; the MindSpore version that wrote it.
+An export folder holds one graph per exit in each exported format (``formats``: MindIR for MindSpore and
+MindSpore Lite, ONNX for ONNX Runtime and what runs ONNX) and this manifest: the model and its arguments,
+each exit's grid, files and their sha256, input names and shapes (batch ``-1``), which earlier outputs
+feed it (the reuse wiring), cumulative GFLOPs; the thresholds to run, with the calibrated table and curve
+they were chosen from; class names; the preprocessing; the MindSpore version and ONNX opset that wrote it.
 :func:`read_manifest` checks all of it against the files before anything runs.
 """
 
@@ -19,7 +20,8 @@ __all__ = ["FORMAT", "MANIFEST_NAME", "ExportedExit", "Manifest", "ManifestError
            "write_manifest"]
 
 FORMAT = "dvt_ms.exported"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1: MindIR only, before the ONNX fields
 MANIFEST_NAME = "manifest.json"
 
 
@@ -34,13 +36,20 @@ class ExportedExit:
 
     name: str
     grid: int
-    file: str
-    sha256: str
+    file: str | None  # the MindIR file ("" or None when MindIR was not exported)
+    sha256: str | None
     inputs: list[dict[str, Any]]
     outputs: list[str]
     feature_reuse: bool
     relation_reuse: bool
     cumulative_gflops: float
+    onnx_file: str | None = None
+    onnx_sha256: str | None = None
+
+    def files(self) -> dict[str, tuple[str, str]]:
+        """Format -> (file, sha256) of what was exported for this exit."""
+        found = {"mindir": (self.file, self.sha256), "onnx": (self.onnx_file, self.onnx_sha256)}
+        return {fmt: pair for fmt, pair in found.items() if pair[0]}
 
 
 @dataclass
@@ -61,6 +70,8 @@ class Manifest:
     class_names: list[str] | None = None
     dynamic_threshold: list[list[float]] | None = None
     budgeted_batch_classification: list[list[float]] | None = None
+    formats: list[str] = field(default_factory=lambda: ["mindir"])
+    onnx_opset: int | None = None
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
     directory: str = field(default="", compare=False)
@@ -83,7 +94,7 @@ class Manifest:
         where = os.path.join(directory, MANIFEST_NAME)
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ManifestError(f"{where}: not a dvt_ms export manifest (format is not {FORMAT!r})")
-        if data.get("format_version") != FORMAT_VERSION:
+        if data.get("format_version") not in READABLE_VERSIONS:
             raise ManifestError(f"{where}: format_version {data.get('format_version')} is not supported "
                                 f"(this dvt_ms reads {FORMAT_VERSION}); export the model again")
         try:
@@ -129,22 +140,30 @@ def read_manifest(directory: str, mindspore_version: str | None = None) -> Manif
             manifest = Manifest.from_json(json.load(f), directory)
     except json.JSONDecodeError as err:
         raise ManifestError(f"{path}: not valid JSON ({err})") from None
-    if mindspore_version is None:
-        import mindspore
-
-        mindspore_version = mindspore.__version__
-    if _major(manifest.mindspore_version) != _major(mindspore_version):
-        raise ManifestError(f"{path}: exported with MindSpore {manifest.mindspore_version}, but MindSpore "
-                            f"{mindspore_version} is installed (the major versions must match); export again")
     if not manifest.exits:
         raise ManifestError(f"{path}: lists no exits")
+    unknown = sorted(set(manifest.formats) - {"mindir", "onnx"})
+    if unknown or not manifest.formats:
+        raise ManifestError(f"{path}: formats {manifest.formats!r} must be one or both of mindir, onnx")
+    if "mindir" in manifest.formats:
+        if mindspore_version is None:
+            import mindspore
+
+            mindspore_version = mindspore.__version__
+        if _major(manifest.mindspore_version) != _major(mindspore_version):
+            raise ManifestError(f"{path}: exported with MindSpore {manifest.mindspore_version}, but MindSpore "
+                                f"{mindspore_version} is installed (the major versions must match); export again")
     for e in manifest.exits:
-        file = os.path.join(directory, e.file)
-        if not os.path.isfile(file):
-            raise ManifestError(f"{path}: exit {e.name!r} needs {e.file}, which is missing from {directory}")
-        if sha256_of(file) != e.sha256:
-            raise ManifestError(f"{file}: sha256 does not match the manifest (the file was changed or damaged); "
-                                "export again")
+        files = e.files()
+        for fmt in manifest.formats:
+            if fmt not in files:
+                raise ManifestError(f"{path}: exit {e.name!r} lists no {fmt} file, though the export has that format")
+            file = os.path.join(directory, files[fmt][0])
+            if not os.path.isfile(file):
+                raise ManifestError(f"{path}: exit {e.name!r} needs {files[fmt][0]}, which is missing from {directory}")
+            if sha256_of(file) != files[fmt][1]:
+                raise ManifestError(f"{file}: sha256 does not match the manifest (the file was changed or damaged); "
+                                    "export again")
     for k, e in enumerate(manifest.exits):
         names = [i.get("name") for i in e.inputs] if isinstance(e.inputs, list) else []
         wants_relations = k + 1 < manifest.num_exits and manifest.exits[k + 1].relation_reuse

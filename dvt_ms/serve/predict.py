@@ -122,8 +122,6 @@ class Predictor:
 
 
 def _from_export(settings: PredictSettings) -> Predictor:
-    from .graphs import ExportedStages
-
     manifest = read_manifest(settings.exported)
     stored = {"dynamic_threshold": manifest.dynamic_threshold,
               "budgeted_batch_classification": manifest.budgeted_batch_classification}
@@ -138,9 +136,29 @@ def _from_export(settings: PredictSettings) -> Predictor:
     except (KeyError, ValueError) as err:
         raise ManifestError(f"{manifest.directory}: unusable preprocessing ({err})") from None
     names = override_class_names(settings.class_names, manifest.class_names, manifest.num_classes)
-    engine = EarlyExitEngine(ExportedStages(manifest), thresholds)
+    engine = EarlyExitEngine(exported_stages(manifest, settings.runtime, settings.execution_provider), thresholds)
     return Predictor(engine, transform, manifest.cumulative_gflops, [e.grid for e in manifest.exits], names,
                      chosen_by, manifest.directory, manifest.model, manifest.num_classes)
+
+
+RUNTIMES = {"mindspore": "mindir", "onnxruntime": "onnx"}
+
+
+def exported_stages(manifest, runtime: str | None = None, provider: str = "CPUExecutionProvider"):
+    """The engine's stages of an export: ``runtime`` (``mindspore`` / ``onnxruntime``), else the one of the
+    export's format (MindSpore where both were exported)."""
+    formats = manifest.formats
+    runtime = runtime or ("mindspore" if "mindir" in formats else "onnxruntime")
+    if RUNTIMES[runtime] not in formats:
+        raise ServeError(f"--runtime {runtime} runs {RUNTIMES[runtime]} graphs, but {manifest.directory} holds "
+                         f"{' and '.join(formats)} only (export with --format {RUNTIMES[runtime]} or both)")
+    if runtime == "onnxruntime":
+        from .onnx_stages import OnnxStages
+
+        return OnnxStages(manifest, provider)
+    from .graphs import ExportedStages
+
+    return ExportedStages(manifest)
 
 
 def _from_checkpoint(settings: PredictSettings) -> Predictor:

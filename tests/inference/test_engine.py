@@ -137,6 +137,31 @@ def test_later_exits_run_only_on_the_undecided_images(cases):
     assert seen == expected
 
 
+def test_a_single_image_runs_unpadded_and_agrees_with_its_simulation(cases):
+    case = cases[3]
+    engine = case.engine
+    stages, seen = list(engine._stages), []
+
+    def recording(k):
+        def run(x, features, relations):
+            seen.append((k, x.shape[0]))
+            return stages[k](x, features, relations)
+        return run
+
+    for i in range(4):
+        image = case.images[i:i + 1]
+        confidences = np.stack([softmax_confidence(o)[0] for o in engine.all_exit_logits(image)])
+        thresholds = [float(confidences[0, 0]) + 1e-3, 0.0]  # leaves at exit 2
+        engine.set_thresholds(thresholds)
+        engine._stages = [recording(k) for k in range(3)]
+        try:
+            result = engine(image)
+        finally:
+            engine._stages = stages
+        assert result.exits.tolist() == simulate_exits(confidences, thresholds).tolist() == [1]
+    assert seen == [(0, 1), (1, 1)] * 4  # one row through exit 1 and exit 2, no padding
+
+
 def test_all_exit_logits_match_the_model_forward(cases):
     case = cases[3]
     for got, want in zip(case.engine.all_exit_logits(case.images), case.logits, strict=True):

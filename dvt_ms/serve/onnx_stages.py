@@ -1,0 +1,81 @@
+"""The early-exit engine's stages from the ONNX files of an export, run by ONNX Runtime.
+
+:class:`OnnxStages` is a :class:`~dvt_ms.inference.engine.StageSource` like
+:class:`~dvt_ms.serve.graphs.ExportedStages`: one ONNX Runtime session per exit, called with the inputs its
+manifest lists, so the engine, thresholds and outputs are the same whichever runtime runs the graphs.
+Sessions are set up for CPU speed: every graph optimisation, one intra-op thread per core, sequential
+execution; ``provider`` picks the execution provider (``CPUExecutionProvider``, ``CUDAExecutionProvider``, ...).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import numpy as np
+
+from .manifest import Manifest
+
+__all__ = ["OnnxStages", "session"]
+
+
+def session(path: str, provider: str = "CPUExecutionProvider", threads: int | None = None):
+    """An ONNX Runtime inference session over ``path``, tuned for latency on the CPU."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = threads or os.cpu_count() or 1
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(path, sess_options=options, providers=[provider])
+
+
+class OnnxStages:
+    """Stages of a verified export folder (``read_manifest``) from its ONNX files."""
+
+    dynamic_only = True
+
+    def __init__(self, manifest: Manifest, provider: str = "CPUExecutionProvider") -> None:
+        import mindspore as ms
+
+        from .onnx_export import require_onnx
+
+        require_onnx(runtime_only=True)
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+        if provider not in available:
+            from .checkpoint_model import ServeError
+
+            raise ServeError(f"--execution_provider {provider} is not available in this onnxruntime "
+                             f"(available: {', '.join(available)})")
+        self._tensor = ms.Tensor.from_numpy
+        self.manifest = manifest
+        self.num_exits = manifest.num_exits
+        self.image_shape = (manifest.in_chans, manifest.img_size, manifest.img_size)
+        self._sessions = [session(os.path.join(manifest.directory, e.onnx_file), provider) for e in manifest.exits]
+
+    def needs_state(self, k: int) -> tuple[bool, bool]:
+        names = [i["name"] for i in self.manifest.exits[k].inputs]
+        return "features" in names, "relations" in names
+
+    def stage(self, k: int, static: bool) -> Callable:
+        run_session, (features, relations) = self._sessions[k].run, self.needs_state(k)
+        as_tensor = self._tensor
+
+        def run(images, tokens=None, rel=None):
+            feed = {"images": _host(images)}
+            if features:
+                feed["features"] = _host(tokens)
+            if relations:
+                feed["relations"] = _host(rel)
+            return tuple(as_tensor(out) for out in run_session(None, feed))
+
+        return run
+
+
+def _host(value) -> np.ndarray:
+    """A MindSpore tensor or an array as a C-contiguous float32 numpy array."""
+    array = value.asnumpy() if hasattr(value, "asnumpy") else value
+    return np.ascontiguousarray(array, dtype=np.float32)
