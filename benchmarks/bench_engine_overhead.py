@@ -4,9 +4,9 @@ For an image that leaves at exit 1 (thresholds 0: every image leaves there), the
 per-image results out) is timed against exit 1's compiled stage called alone on a ready tensor with its
 logits brought to the host, the least any caller pays. Both use the same compiled graph, in one process,
 alternating call by call; medians over the rounds. Sources: the checkpoint path (a cascade's stages, with
-the fused CPU kernels) and, with ``--exported``, the MindIR graphs of ``dvt-export`` (random weights,
-exported into a temporary folder). Each row also prints the stage's achieved GMAC/s next to the machine's
-fp32 GEMM rate measured in the same rounds.
+the fused CPU kernels) and, with ``--exported``, the MindIR graphs of ``dvt-export`` run by MindSpore and
+its ONNX graphs run by ONNX Runtime (random weights, exported into a temporary folder). Each row also
+prints the stage's achieved GMAC/s next to the machine's fp32 GEMM rate measured in the same rounds.
 
     python benchmarks/bench_engine_overhead.py --model dvt_t2t_vit_12 --batches 1 16 --exported
 """
@@ -37,7 +37,7 @@ def main() -> int:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--calls", type=int, default=0, help="calls per round and side (default: ~0.3 s of work)")
-    parser.add_argument("--exported", action="store_true", help="also time the dvt-export MindIR stages")
+    parser.add_argument("--exported", action="store_true", help="also time the dvt-export MindIR and ONNX stages")
     args = parser.parse_args()
 
     sys.path.insert(0, str(ROOT))
@@ -64,12 +64,19 @@ def main() -> int:
         from dvt_ms.serve.export import export_model
         from dvt_ms.serve.graphs import ExportedStages
         from dvt_ms.serve.manifest import read_manifest
+        from dvt_ms.serve.onnx_stages import OnnxStages
 
         folder = Path(tempfile.mkdtemp(prefix="dvt_bench_export_")) / "export"
         point = OperatingPoint(np.zeros(spec.num_exits), "bench")
-        export_model(model, str(folder), model_name=args.model, model_args={}, point=point,
-                     transform=EvalTransform(spec.img_size, 0.875))
-        sources["exported"] = ExportedStages(read_manifest(str(folder)))
+        # a copy: tracing for a dynamic batch switches the fused kernels off in the cells it compiles
+        twin = dvt_ms.create_model(args.model)
+        for name, param in twin.parameters_dict().items():
+            param.set_data(model.parameters_dict()[name].value())
+        export_model(twin, str(folder), model_name=args.model, model_args={}, point=point,
+                     transform=EvalTransform(spec.img_size, 0.875), formats=("mindir", "onnx"))
+        manifest = read_manifest(str(folder))
+        sources["mindir"] = ExportedStages(manifest)
+        sources["onnxruntime"] = OnnxStages(manifest)
 
     class _MatMul(nn.Cell):
         def construct(self, a, b):

@@ -84,13 +84,31 @@ def resize_token_grid(x: Tensor, src: int, dst: int) -> Tensor:
 
 
 @functools.cache
+def unfold_kernels(channels: int, kernel: int) -> Tensor:
+    """``[channels * kernel^2, 1, kernel, kernel]`` one-hot kernels: a convolution with ``groups=channels``
+    gives ``F.unfold``'s output channels in its order (channel, then kernel row, then kernel column)."""
+    # built in numpy: under ONNX export torch would trace the filling ops instead of storing the constant
+    one_hot = np.tile(np.eye(kernel * kernel, dtype=np.float32), (channels, 1))
+    return torch.from_numpy(one_hot.reshape(channels * kernel * kernel, 1, kernel, kernel))
+
+
+@functools.cache
 def grid_resize_matrix(src: int, dst: int) -> Tensor:
     """``[src^2, dst^2]``: row ``i`` is grid cell ``i`` resized by :func:`resize_token_grid`, so that
-    ``x @ grid_resize_matrix(src, dst)`` is that resize of ``x``'s last axis."""
-    with torch.no_grad():
-        eye = torch.eye(src * src)
-        grid = F.interpolate(eye.reshape(1, -1, src, src), size=(intermediate_grid(src, dst),) * 2, mode="nearest")
-        return F.adaptive_avg_pool2d(grid, (dst, dst)).reshape(src * src, dst * dst)
+    ``x @ grid_resize_matrix(src, dst)`` is that resize of ``x``'s last axis.
+
+    Built in numpy (under ONNX export torch would trace the ops that build it): per axis, nearest
+    upsampling to :func:`intermediate_grid` (``floor(i * src / size)``) and adaptive average pooling to
+    ``dst`` (bin ``j`` averages ``floor(j * size / dst)`` .. ``ceil((j + 1) * size / dst)``)."""
+    size = intermediate_grid(src, dst)
+    nearest = np.zeros((size, src))
+    nearest[np.arange(size), (np.arange(size) * src) // size] = 1.0
+    pool = np.zeros((dst, size))
+    for j in range(dst):
+        start, end = (j * size) // dst, -((-(j + 1) * size) // dst)
+        pool[j, start:end] = 1.0 / (end - start)
+    axis = pool @ nearest  # [dst, src]
+    return torch.from_numpy(np.kron(axis, axis).T.astype(np.float32).copy())
 
 
 def _resize_after_class(x: Tensor, src: int, dst: int) -> Tensor:
@@ -352,9 +370,17 @@ class T2TStem(nn.Module):
             self.attention1 = TokenTransformer(in_chans * k0 * k0, e.token_dim)
             self.attention2 = TokenTransformer(e.token_dim * k1 * k1, e.token_dim)
         self.project = nn.Linear(e.token_dim * k2 * k2, e.embed_dim)
+        self.split_channels = (in_chans, e.token_dim, e.token_dim)
 
     def _split(self, x: Tensor, step: int) -> Tensor:
         kernel, stride, padding = self.unfolds[step]
+        if torch.onnx.is_in_onnx_export():
+            # the same values as one grouped convolution with one-hot kernels (every output is one input times 1
+            # plus zeros, exact), which ONNX runtimes run far faster than the gathers torch exports for unfold
+            channels = self.split_channels[step]
+            weight = unfold_kernels(channels, kernel).to(x.dtype)
+            y = F.conv2d(x, weight, stride=stride, padding=padding, groups=channels)
+            return y.flatten(2).transpose(1, 2)
         return F.unfold(x, kernel_size=kernel, stride=stride, padding=padding).transpose(1, 2)
 
     def _to_grid(self, tokens: Tensor, step: int) -> Tensor:
