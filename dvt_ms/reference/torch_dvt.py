@@ -95,20 +95,12 @@ def unfold_kernels(channels: int, kernel: int) -> Tensor:
 @functools.cache
 def grid_resize_matrix(src: int, dst: int) -> Tensor:
     """``[src^2, dst^2]``: row ``i`` is grid cell ``i`` resized by :func:`resize_token_grid`, so that
-    ``x @ grid_resize_matrix(src, dst)`` is that resize of ``x``'s last axis.
-
-    Built in numpy (under ONNX export torch would trace the ops that build it): per axis, nearest
-    upsampling to :func:`intermediate_grid` (``floor(i * src / size)``) and adaptive average pooling to
-    ``dst`` (bin ``j`` averages ``floor(j * size / dst)`` .. ``ceil((j + 1) * size / dst)``)."""
-    size = intermediate_grid(src, dst)
-    nearest = np.zeros((size, src))
-    nearest[np.arange(size), (np.arange(size) * src) // size] = 1.0
-    pool = np.zeros((dst, size))
-    for j in range(dst):
-        start, end = (j * size) // dst, -((-(j + 1) * size) // dst)
-        pool[j, start:end] = 1.0 / (end - start)
-    axis = pool @ nearest  # [dst, src]
-    return torch.from_numpy(np.kron(axis, axis).T.astype(np.float32).copy())
+    ``x @ grid_resize_matrix(src, dst)`` is that resize of ``x``'s last axis. Call it before an ONNX export
+    traces the model (the export does), so that the graph stores the matrix instead of the ops building it."""
+    with torch.no_grad():
+        grid = F.interpolate(torch.eye(src * src).reshape(1, -1, src, src), size=(intermediate_grid(src, dst),) * 2,
+                             mode="nearest")
+        return F.adaptive_avg_pool2d(grid, (dst, dst)).reshape(src * src, dst * dst)
 
 
 def _resize_after_class(x: Tensor, src: int, dst: int) -> Tensor:

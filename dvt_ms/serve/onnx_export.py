@@ -17,6 +17,7 @@ Needs the ``onnx`` extra: ``pip install -e ".[onnx]"`` (onnx, onnxruntime, torch
 
 from __future__ import annotations
 
+import itertools
 import os
 from typing import Any
 
@@ -88,8 +89,12 @@ def export_onnx_exits(model: Any, directory: str, stems: list[str]) -> list[str]
     import onnx
     import torch
 
+    from ..reference.torch_dvt import grid_resize_matrix
+
     reference = torch_reference(model)
     spec = model.spec
+    for up, grid in itertools.pairwise(spec.grids()):  # built now, stored as constants by the export
+        grid_resize_matrix(up, grid)
     rng = np.random.default_rng(0)
     images = rng.standard_normal((2, spec.in_chans, spec.img_size, spec.img_size)).astype(np.float32)
     files, state = [], None
