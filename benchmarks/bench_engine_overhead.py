@@ -68,11 +68,7 @@ def main() -> int:
 
         folder = Path(tempfile.mkdtemp(prefix="dvt_bench_export_")) / "export"
         point = OperatingPoint(np.zeros(spec.num_exits), "bench")
-        # a copy: tracing for a dynamic batch switches the fused kernels off in the cells it compiles
-        twin = dvt_ms.create_model(args.model)
-        for name, param in twin.parameters_dict().items():
-            param.set_data(model.parameters_dict()[name].value())
-        export_model(twin, str(folder), model_name=args.model, model_args={}, point=point,
+        export_model(model, str(folder), model_name=args.model, model_args={}, point=point,
                      transform=EvalTransform(spec.img_size, 0.875), formats=("mindir", "onnx"))
         manifest = read_manifest(str(folder))
         sources["mindir"] = ExportedStages(manifest)

@@ -41,8 +41,8 @@ from .build import KernelBuildError, build_library, has_layer_kernels
 
 __all__ = ["BLOCK_WEIGHTS", "PERFORMER_WEIGHTS", "KernelBuildError", "StaticShapeKernels", "adamw_op", "all_finite_op",
            "all_float32", "block_stack_op", "drop_kernels_if_dynamic", "dropout_mask_op", "gelu_op", "kernels_enabled",
-           "layer_norm_op", "sandwich_op", "stack_saved_floats", "token_performer_op", "train_update_op", "unfold_op",
-           "use_fused", "use_kernels"]
+           "kernels_restored", "layer_norm_op", "sandwich_op", "stack_saved_floats", "token_performer_op",
+           "train_update_op", "unfold_op", "use_fused", "use_kernels"]
 
 _LOG = logging.getLogger(__name__)
 # None: the environment decides; a context variable, so threads and asyncio tasks each see their own block
@@ -342,6 +342,18 @@ class StaticShapeKernels:
         """As :meth:`mindspore.nn.Cell.set_inputs`, dropping the fused kernels for dynamic shapes."""
         drop_kernels_if_dynamic(self, inputs)
         super().set_inputs(*inputs)
+
+
+@contextmanager
+def kernels_restored(cell: nn.Cell) -> Iterator[None]:
+    """Within the block ``cell`` may lose its fused kernels (a graph traced for a dynamic batch, e.g. an
+    export); afterwards every cell under it holds the kernel it held before, for the graphs compiled later."""
+    saved = [(sub, sub.fused) for _, sub in cell.cells_and_names() if getattr(sub, "fused", None) is not None]
+    try:
+        yield
+    finally:
+        for sub, fused in saved:
+            sub.fused = fused
 
 
 def drop_kernels_if_dynamic(cell: nn.Cell, inputs: Sequence[object]) -> bool:

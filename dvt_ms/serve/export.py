@@ -88,8 +88,11 @@ def _export_mindir(model, k: int, directory: str, stem: str) -> str:
     """Exit ``k`` as ``directory/stem.mindir`` (a dynamic batch); returns the file name."""
     import mindspore as ms
 
-    graph, placeholders = export_graph(model, k)
-    ms.export(graph, *placeholders, file_name=os.path.join(directory, stem), file_format="MINDIR")
+    from .. import kernels
+
+    with kernels.kernels_restored(model.exit(k)):  # the model keeps its fused CPU kernels for later calls
+        graph, placeholders = export_graph(model, k)
+        ms.export(graph, *placeholders, file_name=os.path.join(directory, stem), file_format="MINDIR")
     file = f"{stem}.mindir"
     os.chmod(os.path.join(directory, file), usual_mode())  # MindSpore writes 0400
     return file

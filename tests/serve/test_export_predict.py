@@ -263,3 +263,30 @@ def test_class_names_override(demo_export, tmp_path):
     names.write_text("a\nb\n")
     assert predict_main(["--exported", str(demo_export), "--images", str(images), "--class_names", str(names),
                          "--output_dir", str(tmp_path / "out2")]) == 1
+
+
+def test_exporting_a_model_leaves_its_fused_kernels_in_place(tmp_path):
+    from dvt_ms import kernels
+
+    ms.set_seed(0)
+    model = create_model("dvt_vit", **TINY)
+    model.set_train(False)
+    fused = [name for name, cell in model.cells_and_names() if getattr(cell, "fused", None) is not None]
+    if not fused:
+        pytest.skip("the fused CPU kernels are not available here")
+    x = ms.Tensor(np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32))
+    before = [o.asnumpy() for o in model(x)]
+    from dvt_ms.data.transforms import EvalTransform
+    from dvt_ms.inference.operating_point import OperatingPoint
+    from dvt_ms.serve.export import export_model
+
+    point = OperatingPoint(np.zeros(model.num_exits), "test")
+    export_model(model, str(tmp_path / "export"), model_name="dvt_vit", model_args={}, point=point,
+                 transform=EvalTransform(32, 1.0))
+    assert [n for n, c in model.cells_and_names() if getattr(c, "fused", None) is not None] == fused
+    for got, want in zip((o.asnumpy() for o in model(x)), before, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    with kernels.kernels_restored(model):  # the block may drop them; they come back after it
+        kernels.drop_kernels_if_dynamic(model, [ms.Tensor(shape=[None, 3, 32, 32], dtype=ms.float32)])
+        assert all(getattr(c, "fused", None) is None for _, c in model.cells_and_names())
+    assert [n for n, c in model.cells_and_names() if getattr(c, "fused", None) is not None] == fused

@@ -147,3 +147,4 @@ def test_without_the_extra_format_onnx_exits_1_with_the_pip_command(tmp_path, mo
     err = capsys.readouterr().err
     assert 'pip install -e ".[onnx]"' in err and "onnxruntime" in err and "Traceback" not in err
     assert not out.exists()  # nothing written
+
