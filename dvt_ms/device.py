@@ -89,17 +89,8 @@ def prepare_device(target: str | None, mode: int = 0, device_id: int | None = No
     if precision_mode not in PRECISION_MODES:
         raise DeviceError(f"precision_mode must be one of {', '.join(PRECISION_MODES)}, got {precision_mode!r}")
     ms.set_context(mode=ms.GRAPH_MODE if mode == 0 else ms.PYNATIVE_MODE)
-    current = ms.get_context("device_target")
-    target = target or current
-    try:
-        if device_id is None:
-            ms.set_device(target)
-        else:
-            ms.set_device(target, device_id)
-    except (RuntimeError, ValueError) as err:
-        # a process that already ran kernels cannot set its device again; on the same one that is no change
-        if not (target == current and device_id is None):
-            raise DeviceError(f"cannot use device {target}: {_first_line(err)}") from None
+    target = target or ms.get_context("device_target")
+    select_device(target, device_id)
     if target != "Ascend":
         return DeviceContext(target, mode)
     soc = soc_version()
@@ -116,20 +107,20 @@ def prepare_device(target: str | None, mode: int = 0, device_id: int | None = No
     return DeviceContext(target, mode, soc, level, chosen)
 
 
-def select_device(target: str) -> None:
-    """Run this process on ``target`` (``mindspore.set_device``) unless it already does, so that library
-    calls made one after another (evaluate, then predict) each name their device. MindSpore cannot move a
-    process to another device once a kernel ran: that is a :class:`DeviceError` saying so."""
-    import mindspore as ms
-
+def select_device(target: str, device_id: int | None = None) -> None:
+    """``mindspore.set_device(target[, device_id])``. A process that already ran a kernel cannot set its
+    device again: on the same device (no id asked) that is no change, so library calls made one after
+    another (evaluate, then predict) can each name theirs; anything else is a :class:`DeviceError`."""
     current = ms.get_context("device_target")
-    if current == target:
-        return
     try:
-        ms.set_device(target)
-    except RuntimeError as err:
-        raise DeviceError(f"this process already runs MindSpore on {current} and cannot switch to {target} "
-                          f"({_first_line(err)}): use one device per process") from None
+        if device_id is None:
+            ms.set_device(target)
+        else:
+            ms.set_device(target, device_id)
+    except (RuntimeError, ValueError) as err:
+        if not (target == current and device_id is None):
+            moved = f" (this process already runs on {current}: one device per process)" if target != current else ""
+            raise DeviceError(f"cannot use device {target}: {_first_line(err)}{moved}") from None
 
 
 def _first_line(err: BaseException) -> str:

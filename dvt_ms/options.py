@@ -29,10 +29,22 @@ __all__ = [
 ]
 
 
+NO_CKPT = "no checkpoint: pass --ckpt PATH (a .ckpt or .safetensors file)"
+
+
 def _require(value: Any, message: str) -> None:
     """A :class:`ConfigError` saying ``message`` unless ``value`` is true."""
     if not value:
         raise ConfigError(message)
+
+
+def _require_flags(settings: Settings, *names: str) -> None:
+    for name in names:
+        _require(getattr(settings, name), f"--{name} is required")
+
+
+def _one_operating_point(settings: Any) -> None:
+    _require(settings.thresholds is None or settings.budget is None, "give either --thresholds or --budget, not both")
 
 
 class ModelChoice(NamedTuple):
@@ -78,32 +90,24 @@ class ModelSettings(Settings):
     def choose_model(self, recorded: dict | None = None) -> ModelChoice | None:
         """The model named here with its arguments, else the one a checkpoint's metadata records
         (``model``, ``model_args``) with these arguments on top; None when neither names one."""
-        if self.model:
-            return ModelChoice(self.model, self.model_args(), "given")
-        if recorded and recorded.get("model"):
-            return ModelChoice(recorded["model"], {**(recorded.get("model_args") or {}), **self.model_args()},
-                               "recorded in the checkpoint")
-        return None
+        from .models.loading import choose_model
+
+        chosen = choose_model(self.model, self.model_args(), recorded)
+        return ModelChoice(*chosen) if chosen is not None else None
 
     def model_spec(self):
         """The :class:`~dvt_ms.models.CascadeSpec` of the named model, without building the network."""
         from .models import spec_for
+        from .models.loading import checked_build
 
-        name = self._require_model()
-        try:
-            return spec_for(name, **self.model_args())
-        except (ValueError, TypeError) as err:
-            raise ConfigError(f"cannot build model {name!r}: {err}") from None
+        return checked_build(spec_for, self._require_model(), **self.model_args())
 
     def build_model(self, **extra: Any):
         """``create_model(model, **model arguments, **extra)`` (weights not loaded)."""
         from .models import create_model
+        from .models.loading import checked_build
 
-        name = self._require_model()
-        try:
-            return create_model(name, **{**self.model_args(), **extra})
-        except (ValueError, TypeError) as err:
-            raise ConfigError(f"cannot build model {name!r}: {err}") from None
+        return checked_build(create_model, self._require_model(), **{**self.model_args(), **extra})
 
     def load_model(self, path: str):
         """:func:`dvt_ms.models.load_model` of ``path`` with the model named here (else the recorded one)."""
@@ -157,10 +161,8 @@ class EvalSettings(ModelSettings):
     throughput_rounds: int = flag(3, "timed rounds of the throughput comparison (the median is reported)", minimum=0)
 
     def check(self) -> None:
-        if self.thresholds is not None and self.budget is not None:
-            raise ConfigError("give either --thresholds or --budget, not both")
-        if not self.ckpt:
-            raise ConfigError("no checkpoint: pass --ckpt PATH (a .ckpt or .safetensors file)")
+        _one_operating_point(self)
+        _require(self.ckpt, NO_CKPT)
         if self.eval_mode > 0 and not self.data_dir:
             raise ConfigError(f"--eval_mode {self.eval_mode} needs --data_dir (the folder holding val/"
                               f"{' and train/' if self.eval_mode == 2 else ''}, or the CIFAR binary files)")
@@ -185,8 +187,7 @@ class OperatingSettings(ModelSettings):
                                        choices=("imagefolder", "cifar10", "cifar100"))
 
     def check(self) -> None:
-        if self.thresholds is not None and self.budget is not None:
-            raise ConfigError("give either --thresholds or --budget, not both")
+        _one_operating_point(self)
 
 
 @dataclass
@@ -201,7 +202,7 @@ class ExportSettings(OperatingSettings):
 
     def check(self) -> None:
         super().check()
-        _require(self.ckpt, "no checkpoint: pass --ckpt PATH (a .ckpt or .safetensors file)")
+        _require(self.ckpt, NO_CKPT)
 
 
 @dataclass
@@ -348,9 +349,7 @@ class ConvertSettings(ModelSettings):
                                          "(dvt-predict and dvt-export show them)", aliases=("class-names",))
 
     def check(self) -> None:
-        for name in ("src", "dst"):
-            if not getattr(self, name):
-                raise ConfigError(f"--{name} is required")
+        _require_flags(self, "src", "dst")
         if self.to_torch and self.backbone:
             raise ConfigError("--to_torch and --backbone cannot be combined")
         if self.class_names and self.backbone:
@@ -366,9 +365,7 @@ class StampSettings(Settings):
     dst: str | None = flag(None, "output checkpoint (default: overwrite --ckpt)")
 
     def check(self) -> None:
-        for name in ("ckpt", "results"):
-            if not getattr(self, name):
-                raise ConfigError(f"--{name} is required")
+        _require_flags(self, "ckpt", "results")
 
 
 @dataclass

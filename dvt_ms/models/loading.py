@@ -9,6 +9,7 @@ A dvt_ms checkpoint records the model that wrote it (``model`` and ``model_args`
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +18,7 @@ from ..config import ConfigError
 from .cascade import DVTCascade
 from .registry import create_model
 
-__all__ = ["LoadedModel", "load_model"]
+__all__ = ["LoadedModel", "checked_build", "choose_model", "load_model"]
 
 
 @dataclass
@@ -32,6 +33,27 @@ class LoadedModel:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
+def choose_model(model: str | None, model_args: dict[str, Any],
+                 recorded: dict | None) -> tuple[str, dict[str, Any], str] | None:
+    """``(name, arguments, chosen by)``: ``model`` with ``model_args`` when named, else the model a
+    checkpoint's metadata records (``model``, ``model_args``) with ``model_args`` on top; None when neither
+    names one."""
+    if model:
+        return model, dict(model_args), "given"
+    if recorded and recorded.get("model"):
+        return recorded["model"], {**(recorded.get("model_args") or {}), **model_args}, "recorded in the checkpoint"
+    return None
+
+
+def checked_build(builder: Callable[..., Any], name: str, **model_args: Any) -> Any:
+    """``builder(name, **model_args)`` (``create_model`` or ``spec_for``), a bad name or argument raised as
+    :class:`~dvt_ms.config.ConfigError`."""
+    try:
+        return builder(name, **model_args)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"cannot build model {name!r}: {err}") from None
+
+
 def load_model(path: str | os.PathLike, model: str | None = None, *, strict: bool = True,
                **model_args: Any) -> LoadedModel:
     """Build a model and load the checkpoint ``path`` (``.ckpt`` / ``.safetensors``) into it.
@@ -42,14 +64,11 @@ def load_model(path: str | os.PathLike, model: str | None = None, *, strict: boo
     :class:`~dvt_ms.checkpoint.CheckpointError` when the file cannot be read or does not fit."""
     path = os.fspath(path)
     metadata = read_metadata(path) or {}
-    if model is None:
-        if not metadata.get("model"):
-            raise ConfigError(f"no model given and {path} does not name one: pass --config configs/<model>.yaml "
-                              "or --model NAME")
-        model, model_args = metadata["model"], {**(metadata.get("model_args") or {}), **model_args}
-    try:
-        network = create_model(model, **model_args)
-    except (ValueError, TypeError) as err:
-        raise ConfigError(f"cannot build model {model!r}: {err}") from None
+    chosen = choose_model(model, model_args, metadata)
+    if chosen is None:
+        raise ConfigError(f"no model given and {path} does not name one: pass --config configs/<model>.yaml "
+                          "or --model NAME")
+    name, arguments, _ = chosen
+    network = checked_build(create_model, name, **arguments)
     load_checkpoint(network, path, strict=strict)
-    return LoadedModel(network, model, dict(model_args), path, metadata)
+    return LoadedModel(network, name, arguments, path, metadata)

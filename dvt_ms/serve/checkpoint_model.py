@@ -10,7 +10,7 @@ from ..data import default_crop_pct
 from ..data.class_names import check_class_names, read_class_names
 from ..data.transforms import EvalTransform
 from ..inference.operating_point import OperatingPoint, choose_operating_point
-from ..options import OperatingSettings
+from ..options import NO_CKPT, OperatingSettings
 
 __all__ = ["ServeError", "ServedCheckpoint", "override_class_names"]
 
@@ -44,7 +44,7 @@ class ServedCheckpoint:
         (``thresholds`` / ``budget``, else the stored calibrated one), the crop (``crop_pct``, else the
         recorded one, else the data set's default) and the class names (a file, else the stored ones)."""
         if not settings.ckpt:
-            raise ServeError("no checkpoint: pass --ckpt PATH (a .ckpt or .safetensors file)")
+            raise ServeError(NO_CKPT)
         loaded = settings.load_model(settings.ckpt)
         spec, metadata = loaded.model.spec, loaded.metadata
         point = choose_operating_point(spec.num_exits, thresholds=settings.thresholds, budget=settings.budget,
