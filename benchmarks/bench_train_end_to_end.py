@@ -54,7 +54,7 @@ def end_to_end(args, data: Path, out: Path) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"dvt-train failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     first = [line for line in proc.stdout.splitlines() if "first step" in line]
-    return {"epochs": json.loads((out / "results.json").read_text()), "first_step_line": first[:1],
+    return {"epochs": json.loads((out / "results.json").read_text())["epochs"], "first_step_line": first[:1],
             "workers": _config_value(args.config, "num_parallel_workers")}
 
 

@@ -11,6 +11,7 @@ status everywhere.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -20,7 +21,23 @@ from typing import Any
 from .config import ConfigError
 from .files import FileError
 
-__all__ = ["COMMANDS", "dispatch", "run_command"]
+__all__ = ["COMMANDS", "Interrupted", "abort", "dispatch", "run_command"]
+
+INTERRUPTED = 130
+
+
+class Interrupted(Exception):
+    """A run stopped on request (Ctrl-C) after putting its work in order; the message says what it kept."""
+
+
+def abort(prog: str, message: str, status: int = 1) -> None:
+    """End the process now, from any thread, with ``prog: error: message`` on stderr and ``status``: for an
+    event the main thread cannot be told of (it may be blocked for ever, e.g. on a lost data worker). Log
+    handlers are flushed first; nothing else runs (no ``finally`` blocks, no atexit handlers)."""
+    print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+    logging.shutdown()
+    sys.stdout.flush()
+    os._exit(status)
 
 
 def run_command(prog: str, parse: Callable[[], Any], run: Callable[[Any], str | None],
@@ -48,9 +65,12 @@ def run_command(prog: str, parse: Callable[[], Any], run: Callable[[Any], str | 
     except (*failures, FileError) as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 1
+    except Interrupted as err:
+        print(f"{prog}: interrupted: {err}", file=sys.stderr)
+        return INTERRUPTED
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
+        return INTERRUPTED
     except Exception as err:  # a bug: keep its traceback, end with the documented status
         logging.getLogger(logger).error("internal error\n%s", traceback.format_exc().rstrip())
         first = (str(err).strip().splitlines() or [""])[0]
@@ -70,6 +90,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "predict": ("dvt_ms.serve.predict", "dvt-predict", "classify image files with real early exit"),
     "convert": ("dvt_ms.convert.cli", "dvt-convert", "official PyTorch checkpoints <-> MindSpore"),
     "audit": ("dvt_ms.audit.cli", "dvt-audit", "check that every compiled graph is Ascend-clean"),
+    "data-check": ("dvt_ms.data.cli", "", "find every unreadable image of a data set before a run does"),
     "stamp": ("dvt_ms.inference.stamp", "", "store calibrated thresholds in a checkpoint"),
     "digits": ("dvt_ms.demo.digits", "", "write the handwritten-digits demo image folder"),
 }

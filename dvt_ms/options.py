@@ -24,11 +24,13 @@ from typing import Any, NamedTuple
 from .config import ConfigError, Option, Settings, flag, merge_options, parse_settings
 
 __all__ = [
-    "ALL_OPTIONS", "AuditSettings", "ConvertSettings", "DigitsSettings", "EvalSettings", "ExportSettings",
-    "ModelChoice", "ModelSettings", "PredictSettings", "StampSettings", "TrainSettings", "parse_command",
+    "ALL_OPTIONS", "AuditSettings", "ConvertSettings", "DataCheckSettings", "DigitsSettings", "EvalSettings",
+    "ExportSettings", "ModelChoice", "ModelSettings", "PredictSettings", "StampSettings", "TrainSettings",
+    "parse_command",
 ]
 
 
+DATA_CHECK_LEVELS = ("header", "full", "off")
 NO_CKPT = "no checkpoint: pass --ckpt PATH (a .ckpt or .safetensors file)"
 
 
@@ -239,11 +241,18 @@ class TrainSettings(ModelSettings):
                                       "imagefolder; the binary files for cifar10 / cifar100")
     dataset: str = flag("imagefolder", "data set format", choices=("imagefolder", "cifar10", "cifar100"))
     batch_size: int = flag(128, "images per device and step (global batch = batch_size x devices)", minimum=1)
-    num_parallel_workers: int = flag(8, "worker processes decoding and augmenting training images (threads for "
-                                        "validation)", minimum=0)
+    num_parallel_workers: int = flag(8, "worker processes decoding and augmenting training images and checking "
+                                        "them before the run (threads for validation)", minimum=0)
     dataset_sink_mode: bool = flag(False, "feed batches through MindSpore's device queue (data_sink, log_interval "
                                           "steps per call; Ascend/GPU)")
     shuffle: bool = flag(True, "draw a new sample order every epoch (from seed and epoch)")
+    data_check: str = flag("header", "before compiling, open every training image: header (format, size, mode; "
+                                     "fast), full (decode each one; as slow as an epoch's decoding) or off",
+                           choices=DATA_CHECK_LEVELS)
+    bad_images: str = flag("fail", "unreadable training images: fail (stop before the first step, naming them all) "
+                                   "or skip (leave them out of the sample order, log them and list them in "
+                                   "results.json; an image that cannot be decoded later is replaced by another "
+                                   "one chosen from the seed)", choices=("fail", "skip"))
     crop_scale: list[float] = flag([0.08, 1.0], "area range of RandomResizedCrop")
     crop_ratio: list[float] = flag([0.75, 1.3333333333333333], "aspect-ratio range of RandomResizedCrop")
     random_crop: bool = flag(True, "RandomResizedCrop (off: plain bicubic resize to img_size)")
@@ -294,7 +303,11 @@ class TrainSettings(ModelSettings):
     seed: int = flag(42, "seed of weights, sample order, augmentation and dropout")
     ckpt_save_dir: str = flag("outputs/train", "checkpoints, resolved config, results.json and logs")
     ckpt_interval: int = flag(1, "also keep epoch_<N>.ckpt every this many epochs (0: never)", minimum=0)
-    keep_checkpoint_max: int = flag(5, "epoch_<N>.ckpt files kept (oldest removed first)", minimum=0)
+    keep_checkpoint_max: int = flag(5, "epoch_<N>.ckpt and step_<N>.state.ckpt files kept, each (oldest removed "
+                                       "first; 0: all)", minimum=0)
+    ckpt_every_steps: int = flag(0, "also save the training state every this many steps inside an epoch "
+                                    "(latest.state.ckpt and step_<N>.state.ckpt; --resume continues from it "
+                                    "exactly; 0: only at the end of an epoch)", minimum=0)
     resume: str | None = flag(None, "resume from a training state: a *.state.ckpt file, or a directory holding "
                                     "latest.state.ckpt")
     auto_resume: bool = flag(False, "resume from <ckpt_save_dir>/latest.state.ckpt when it exists")
@@ -369,6 +382,28 @@ class StampSettings(Settings):
 
 
 @dataclass
+class DataCheckSettings(Settings):
+    """``python -m dvt_ms data-check``: find every unreadable image of a data set before a run does."""
+
+    data_dir: str | None = flag(None, "data root holding train/ and val/ (<class>/<images> below each), or one "
+                                      "such class folder tree")
+    dataset: str = flag("imagefolder", "data set format (only image folders have files to check)",
+                        choices=("imagefolder", "cifar10", "cifar100"))
+    split: str = flag("all", "which split of --data_dir: train, val, or all (every split present; a folder "
+                             "without train/ and val/ is checked as one split)", choices=("train", "val", "all"))
+    data_check: str = flag("header", "header: format, size and mode of every file (fast); full: decode every "
+                                     "file", choices=DATA_CHECK_LEVELS)
+    num_parallel_workers: int = flag(4, "processes checking files (large folders)", minimum=0)
+    output: str | None = flag(None, "also write the unreadable files (path<TAB>reason per line) to this file")
+
+    def check(self) -> None:
+        _require_flags(self, "data_dir")
+        _require(self.data_check != "off", "--data_check off checks nothing: use header or full")
+        _require(self.dataset == "imagefolder", f"--dataset {self.dataset}: only image folders have image files "
+                                                "to check (CIFAR's binary files are checked when opened)")
+
+
+@dataclass
 class DigitsSettings(Settings):
     """``python -m dvt_ms.demo.digits``: write scikit-learn's handwritten digits as an image folder."""
 
@@ -383,7 +418,7 @@ class DigitsSettings(Settings):
 
 
 COMMAND_SETTINGS: tuple[type[Settings], ...] = (
-    TrainSettings, EvalSettings, ExportSettings, PredictSettings, ConvertSettings, AuditSettings,
+    TrainSettings, EvalSettings, ExportSettings, PredictSettings, ConvertSettings, AuditSettings, DataCheckSettings,
 )
 
 #: every key a config file may hold (each command's own, validated by every command)

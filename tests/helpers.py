@@ -268,3 +268,69 @@ def max_abs_diff(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> fl
     """Largest absolute difference between two sets of weights with the same names."""
     assert sorted(a) == sorted(b)
     return max(float(np.max(np.abs(a[k].astype(np.float64) - b[k]))) for k in a)
+
+
+def photo_like(width: int, height: int, rng: np.random.Generator) -> np.ndarray:
+    """A uint8 [height, width, 3] image with the structure of a photo: smooth colour gradients, a few blobs
+    and sensor-like noise (so crops, resizes and colour ops meet realistic statistics)."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    y, x = y / max(height - 1, 1), x / max(width - 1, 1)
+    channels = []
+    for _ in range(3):
+        a, b, c = rng.uniform(-1, 1, 3)
+        plane = 128 + 80 * (a * x + b * y) + 40 * np.sin(6.28 * (c * x + (1 - abs(c)) * y))
+        for _ in range(3):
+            cx, cy, r = rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(0.05, 0.3)
+            plane += rng.uniform(-90, 90) * np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * r * r))
+        channels.append(plane)
+    image = np.stack(channels, axis=-1) + rng.normal(0, 6, (height, width, 3))
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+#: (mode, file suffix) of every kind of image file the readers meet: PIL's modes as each format stores them
+IMAGE_MODES = (("1", "png"), ("L", "png"), ("LA", "png"), ("P", "png"), ("PA", "png"), ("RGB", "jpg"),
+               ("RGBA", "png"), ("CMYK", "jpg"), ("I;16", "png"), ("I", "tif"), ("F", "tif"), ("YCbCr", "jpg"),
+               ("LAB", "tif"), ("RGB", "webp"), ("RGBA", "webp"), ("L", "bmp"), ("RGB", "ppm"), ("L", "pgm"))
+#: sizes down to 1x1 and extreme aspect ratios (4000x10 and 10x4000)
+EDGE_SIZES = ((1, 1), (1, 7), (7, 1), (4000, 10), (10, 4000), (2, 3))
+
+
+def image_in_mode(pixels: np.ndarray, mode: str) -> Image.Image:
+    """``pixels`` (uint8 RGB) as a PIL image of ``mode`` (16-bit and float modes scaled to their range)."""
+    rgb = Image.fromarray(pixels)
+    if mode == "I;16":
+        return Image.fromarray(pixels[..., 0].astype(np.uint16) * 257)
+    if mode == "I":
+        return Image.fromarray(pixels[..., 0].astype(np.int32))
+    if mode == "F":
+        return Image.fromarray(pixels[..., 0].astype(np.float32))
+    if mode == "PA":
+        return rgb.convert("P").convert("PA")
+    return rgb.convert(mode)
+
+
+def save_image(image: Image.Image, path: str) -> str:
+    """Save ``image`` at ``path`` (a PA image, which PNG cannot store, goes through RGBA)."""
+    if image.mode == "PA":
+        image = image.convert("RGBA")
+    image.save(path)
+    return path
+
+
+def write_mode_zoo(root: str, seed: int = 0, size: tuple[int, int] = (48, 36)) -> list[str]:
+    """Files of every mode of :data:`IMAGE_MODES` (photo-like), of every :data:`EDGE_SIZES`, all-black and
+    all-white (magnitudes 0 and max), and a PNG named ``.jpg``; returns their paths, sorted."""
+    os.makedirs(root, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i, (mode, suffix) in enumerate(IMAGE_MODES):
+        image = image_in_mode(photo_like(*size, rng), mode)
+        paths.append(save_image(image, os.path.join(root, f"mode_{i:02d}.{suffix}")))
+    for i, (w, h) in enumerate(EDGE_SIZES):
+        paths.append(save_image(Image.fromarray(photo_like(w, h, rng)), os.path.join(root, f"size_{i}.png")))
+    for value in (0, 255):
+        flat = Image.fromarray(np.full((size[1], size[0], 3), value, np.uint8))
+        paths.append(save_image(flat, os.path.join(root, f"flat_{value}.png")))
+    Image.fromarray(photo_like(*size, rng)).save(os.path.join(root, "png_named.jpg"), format="PNG")
+    paths.append(os.path.join(root, "png_named.jpg"))
+    return sorted(paths)

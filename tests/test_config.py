@@ -115,7 +115,8 @@ def test_one_config_file_serves_every_command(tmp_path):
         extra = {ConvertSettings: ["--src", "s.pth", "--dst", "d.ckpt"],
                  PredictSettings: ["--exported", ""]}.get(cls, [])
         settings = parse_command(cls, ["-c", str(path), *extra], "", "test")
-        assert settings.model == "dvt_vit" and settings.config_file == str(path)
+        assert getattr(settings, "model", "dvt_vit") == "dvt_vit" and settings.config_file == str(path)
+        assert getattr(settings, "data_dir", "d") == "d"
     assert parse_command(EvalSettings, ["-c", str(path)], "", "t").calib_size == 100
     assert parse_command(PredictSettings, ["-c", str(path), "--exported", ""], "", "t").top_k == 3
 

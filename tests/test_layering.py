@@ -25,7 +25,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("dvt_ms.audit", "dvt_ms.demo"),
 )
 COMMANDS = ("dvt_ms.train.cli", "dvt_ms.inference.cli", "dvt_ms.inference.stamp", "dvt_ms.convert.cli",
-            "dvt_ms.serve.export", "dvt_ms.serve.predict", "dvt_ms.audit.cli", "dvt_ms.demo.digits")
+            "dvt_ms.serve.export", "dvt_ms.serve.predict", "dvt_ms.audit.cli", "dvt_ms.demo.digits", "dvt_ms.data.cli")
 COMMAND_LAYER, MAIN_LAYER = len(LAYERS), len(LAYERS) + 1
 
 

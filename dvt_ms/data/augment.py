@@ -104,7 +104,13 @@ def _invert(image, level, rng, fill):
 
 
 def _posterize(bits: int, image: Image.Image) -> Image.Image:
-    return image if bits >= 8 else ImageOps.posterize(image, max(bits, 0))
+    """Keep the ``bits`` most significant bits of every channel; 0 bits gives a black image, as TensorFlow's
+    posterize and Pillow before 13 do (Pillow 13 refuses 0 bits, which RandAugment asks for at magnitude 10)."""
+    if bits >= 8:
+        return image
+    if bits <= 0:
+        return image.point([0] * 256 * len(image.getbands()))
+    return ImageOps.posterize(image, bits)
 
 
 def _posterize_increasing(image, level, rng, fill):
@@ -156,7 +162,8 @@ RAND_OPS_INCREASING = {**_COMMON, "Posterize": _posterize_increasing, "Solarize"
 
 def parse_rand_augment(spec: str) -> dict[str, float]:
     """Parse a timm-style policy string ``rand-m9-n2-mstd0.5-inc1-p0.5`` (every field after ``rand``
-    optional) into ``{"magnitude", "num_ops", "magnitude_std", "increasing", "prob"}``."""
+    optional; ``mstd`` above 100 means a magnitude uniform in [0, m], as in timm) into
+    ``{"magnitude", "num_ops", "magnitude_std", "increasing", "prob"}``."""
     parts = spec.split("-")
     if parts[0] != "rand":
         raise ValueError(f"auto_augment {spec!r}: only RandAugment policies ('rand-m9-mstd0.5-inc1') are supported")
@@ -169,6 +176,8 @@ def parse_rand_augment(spec: str) -> dict[str, float]:
                              "mstd<std>, inc<0|1>, p<prob>)")
         key, value = keys[match.group(1)], float(match.group(2))
         out[key] = bool(value) if key == "increasing" else int(value) if key == "num_ops" else value
+    if out["magnitude_std"] > 100:
+        out["magnitude_std"] = math.inf
     if not 0 <= out["magnitude"] <= MAX_LEVEL:
         raise ValueError(f"auto_augment {spec!r}: magnitude must lie in [0, {MAX_LEVEL:g}]")
     return out
@@ -176,7 +185,8 @@ def parse_rand_augment(spec: str) -> dict[str, float]:
 
 class RandAugment:
     """RandAugment on PIL images: ``num_ops`` operations drawn with replacement, each applied with
-    probability ``prob`` at a magnitude drawn from N(magnitude, magnitude_std) clipped to [0, 10].
+    probability ``prob`` at a magnitude drawn from N(magnitude, magnitude_std) clipped to [0, 10] (uniform in
+    [0, magnitude] when ``magnitude_std`` is infinite).
     Geometric operations use bicubic resampling and fill with ``fill`` (the mean colour)."""
 
     def __init__(self, magnitude: float = 9.0, num_ops: int = 2, magnitude_std: float = 0.0,
@@ -195,7 +205,9 @@ class RandAugment:
             if rng.random() > self.prob:
                 continue
             level = self.magnitude
-            if self.magnitude_std > 0:
+            if self.magnitude_std == math.inf:  # timm's mstd above 100: uniform in [0, magnitude]
+                level = float(rng.uniform(0.0, self.magnitude))
+            elif self.magnitude_std > 0:
                 level = float(np.clip(rng.normal(self.magnitude, self.magnitude_std), 0.0, MAX_LEVEL))
             image = self.ops[self.names[index]](image, level, rng, self.fill)
         return image

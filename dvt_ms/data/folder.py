@@ -9,14 +9,16 @@ by path: the same classes, indices and order as ``torchvision.datasets.ImageFold
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import DataError
 
-__all__ = ["IMG_EXTENSIONS", "ImageFolder", "is_image_file", "list_image_files", "load_image", "scan_image_folder"]
+__all__ = ["IMG_EXTENSIONS", "READ_ERRORS", "ImageFolder", "is_image_file", "list_image_files", "load_image",
+           "scan_image_folder", "to_rgb"]
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -65,13 +67,30 @@ def scan_image_folder(root: str | os.PathLike) -> tuple[list[Sample], list[str]]
     return samples, classes
 
 
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+#: what PIL raises for a file it cannot read (a bad header, a truncated or corrupt stream, a decoder bomb check)
+READ_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """``image`` as 8-bit RGB. 16-bit greyscale keeps its 8 most significant bits (PIL's own conversion clips
+    every value above 255 to white); every other mode converts as PIL does (alpha dropped, palettes expanded,
+    CMYK and YCbCr to RGB)."""
+    if image.mode in _SIXTEEN_BIT:
+        grey = (np.asarray(image, dtype=np.uint16) >> 8).astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
 def load_image(path: str | os.PathLike) -> Image.Image:
-    """Open an image file fully decoded as RGB; :class:`DataError` names the file when it cannot be read."""
+    """Open an image file fully decoded as RGB (:func:`to_rgb`); :class:`DataError` names the file when it
+    cannot be read."""
     path = os.fspath(path)
     try:
         with Image.open(path) as img:
-            return img.convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
+            img.load()
+            return to_rgb(img)
+    except READ_ERRORS as err:
         raise DataError(f"cannot read image {path}: {err}") from None
 
 
@@ -87,6 +106,15 @@ class ImageFolder:
         self.samples, self.classes = scan_image_folder(self.root)
         self.targets = [label for _, label in self.samples]
         self.transform = transform
+
+    def excluding(self, paths: Iterable[str]) -> ImageFolder:
+        """The same folder without the files ``paths`` (classes and their indices unchanged)."""
+        left_out = set(map(os.fspath, paths))
+        copy = object.__new__(ImageFolder)
+        copy.root, copy.classes, copy.transform = self.root, self.classes, self.transform
+        copy.samples = [s for s in self.samples if s[0] not in left_out]
+        copy.targets = [label for _, label in copy.samples]
+        return copy
 
     def __len__(self) -> int:
         return len(self.samples)

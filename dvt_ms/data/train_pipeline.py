@@ -15,6 +15,7 @@ a resumed run simply starts at a later epoch.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,9 @@ from .transforms import IMAGENET_MEAN, IMAGENET_STD
 __all__ = ["TrainData", "TrainSource", "data_error_from", "epoch_order", "open_train_reader"]
 
 _BATCH_STREAM = 0x6D6978  # separates the batch generators' seed sequences from the per-image ones
+_SUBSTITUTE_STREAM = 0x737562  # and those choosing a stand-in for an unreadable image
+_SUBSTITUTE_TRIES = 10
+_LOG = logging.getLogger(__name__)  # worker processes inherit the training log's handlers
 
 
 def open_train_reader(dataset: str, data_dir: str | os.PathLike):
@@ -46,19 +50,28 @@ def epoch_order(num_samples: int, seed: int, epoch: int, shuffle: bool = True) -
 
 
 class TrainSource:
-    """Random-access source over all remaining epochs of one shard: item ``j`` is position
-    ``j % per_shard`` of epoch ``start_epoch + j // per_shard`` of this shard, decoded and augmented."""
+    """Random-access source over the remaining steps of one shard: item ``j`` is position ``(skip + j) % per_shard``
+    of epoch ``start_epoch + (skip + j) // per_shard`` of this shard, decoded and augmented (``skip`` images of
+    the first epoch were read before a resume inside it).
+
+    ``skip_unreadable``: an image that cannot be decoded (one that passed the header check but whose data is
+    cut off) is replaced by another image of the data set, chosen from ``(seed, epoch, index)`` so that every
+    worker, device and restart makes the same choice, and a warning names it; otherwise its
+    :class:`~dvt_ms.data.errors.DataError` ends the run."""
 
     def __init__(self, reader: Any, transform: TrainTransform, seed: int, start_epoch: int, num_epochs: int,
-                 per_shard: int, num_shards: int = 1, shard_id: int = 0, shuffle: bool = True) -> None:
+                 per_shard: int, num_shards: int = 1, shard_id: int = 0, shuffle: bool = True, skip: int = 0,
+                 skip_unreadable: bool = False) -> None:
         self.reader, self.transform = reader, transform
         self.seed, self.start_epoch, self.num_epochs = int(seed), int(start_epoch), int(num_epochs)
         self.per_shard, self.num_shards, self.shard_id = int(per_shard), int(num_shards), int(shard_id)
-        self.shuffle = shuffle
+        self.shuffle, self.skip, self.skip_unreadable = shuffle, int(skip), bool(skip_unreadable)
+        if not 0 <= self.skip < max(self.per_shard, 1):
+            raise ValueError(f"skip must lie in [0, {self.per_shard}), got {skip}")
         self._cached: tuple[int, np.ndarray] | None = None
 
     def __len__(self) -> int:
-        return self.num_epochs * self.per_shard
+        return self.num_epochs * self.per_shard - self.skip
 
     def shard_indices(self, epoch: int) -> np.ndarray:
         """Data-set indices this shard reads in ``epoch``, in order."""
@@ -69,11 +82,30 @@ class TrainSource:
         return self._cached[1]
 
     def __getitem__(self, j: int) -> tuple[np.ndarray, np.int32]:
-        epoch = self.start_epoch + j // self.per_shard
-        index = int(self.shard_indices(epoch)[j % self.per_shard])
-        image, label = self.reader[index]
+        epoch, position = divmod(self.skip + j, self.per_shard)
+        epoch += self.start_epoch
+        index = int(self.shard_indices(epoch)[position])
+        image, label = self._read(epoch, index)
         rng = np.random.default_rng((self.seed, epoch, index))
         return self.transform(image, rng), np.int32(label)
+
+    def _read(self, epoch: int, index: int) -> tuple[Any, int]:
+        try:
+            return self.reader[index]
+        except DataError as err:
+            if not self.skip_unreadable:
+                raise
+            first = err
+        choices = np.random.default_rng((self.seed, epoch, index, _SUBSTITUTE_STREAM))
+        for _ in range(_SUBSTITUTE_TRIES):
+            other = int(choices.integers(len(self.reader)))
+            try:
+                item = self.reader[other]
+            except DataError:
+                continue
+            _LOG.warning("%s; image %d is read in its place (--bad_images skip)", first, other)
+            return item
+        raise DataError(f"{first}; and {_SUBSTITUTE_TRIES} images tried in its place could not be read either")
 
 
 class _BatchMixer:
@@ -121,6 +153,7 @@ class TrainData:
     mean: Sequence[float] = IMAGENET_MEAN
     std: Sequence[float] = IMAGENET_STD
     num_parallel_workers: int = 4
+    skip_unreadable: bool = False
     transform: TrainTransform = field(init=False)
     mixer: MixupCutmix = field(init=False)
 
@@ -149,18 +182,23 @@ class TrainData:
     def steps_per_epoch(self) -> int:
         return len(self.reader) // (self.batch_size * self.num_shards)
 
-    def source(self, start_epoch: int, num_epochs: int) -> TrainSource:
+    def source(self, start_epoch: int, num_epochs: int, start_step: int = 0) -> TrainSource:
+        """The images of epochs ``start_epoch ..`` (``num_epochs`` of them) from step ``start_step`` of the first."""
         return TrainSource(self.reader, self.transform, self.seed, start_epoch, num_epochs,
-                           self.steps_per_epoch * self.batch_size, self.num_shards, self.shard_id, self.shuffle)
+                           self.steps_per_epoch * self.batch_size, self.num_shards, self.shard_id, self.shuffle,
+                           start_step * self.batch_size, self.skip_unreadable)
 
-    def dataset(self, start_epoch: int, num_epochs: int):
-        """A ``mindspore.dataset`` pipeline of epochs ``start_epoch .. start_epoch + num_epochs - 1``:
-        columns ``image`` float32 [B, 3, S, S] and ``target`` float32 [B, num_classes] (soft targets)."""
-        source = self.source(start_epoch, num_epochs)
+    def dataset(self, start_epoch: int, num_epochs: int, start_step: int = 0):
+        """A ``mindspore.dataset`` pipeline of epochs ``start_epoch .. start_epoch + num_epochs - 1``, from step
+        ``start_step`` of the first (a resume inside an epoch): columns ``image`` float32 [B, 3, S, S] and
+        ``target`` float32 [B, num_classes] (soft targets). Its batches equal those of a pipeline started
+        earlier, from the same step on."""
+        if not 0 <= start_step < self.steps_per_epoch:
+            raise ValueError(f"start_step must lie in [0, {self.steps_per_epoch}), got {start_step}")
+        source = self.source(start_epoch, num_epochs, start_step)
         pipeline = reader_dataset(source, np.arange(len(source)), ["image", "label"], self.num_parallel_workers,
                                   processes=True)
-        mixer = _BatchMixer(self.mixer, self.seed, start_epoch * self.steps_per_epoch, self.steps_per_epoch,
-                            self.shard_id)
+        mixer = _BatchMixer(self.mixer, self.seed, start_epoch * self.steps_per_epoch + start_step,
+                            self.steps_per_epoch, self.shard_id)
         return pipeline.batch(self.batch_size, drop_remainder=True, per_batch_map=mixer,
                               input_columns=["image", "label"], output_columns=["image", "target"])
-

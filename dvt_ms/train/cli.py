@@ -20,9 +20,7 @@ from ..checkpoint import CheckpointError
 from ..command import run_command
 from ..data import DataError
 from ..options import TrainSettings, parse_command
-from .logs import LOGGER_NAME
-
-PROG = "dvt-train"
+from .logs import LOGGER_NAME, PROG
 
 
 def load_settings(argv: Sequence[str] | None) -> TrainSettings:

@@ -106,6 +106,15 @@ def sum_over_devices(runtime: Runtime, values):
     return _Collective(ops.AllReduce())(ms.Tensor(values)).asnumpy()
 
 
+def gather_over_devices(runtime: Runtime, values) -> np.ndarray:
+    """Every device's float32 vector ``values`` (the same length everywhere), stacked in rank order:
+    ``[group_size, len(values)]`` (one row on one device)."""
+    values = np.asarray(values, dtype=np.float32).reshape(-1)
+    if not runtime.distributed or runtime.group_size == 1:
+        return values[None]
+    return _Collective(ops.AllGather())(ms.Tensor(values)).asnumpy().reshape(runtime.group_size, -1)
+
+
 def weight_spread(runtime: Runtime, params) -> float:
     """Largest difference of any weight between two devices (0.0 when all replicas are identical;
     always 0.0 on one device). Data-parallel replicas must stay bit-identical; this checks it."""

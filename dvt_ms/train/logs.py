@@ -6,14 +6,17 @@ import logging
 import os
 import sys
 
+PROG = "dvt-train"
 LOGGER_NAME = "dvt_ms.train"
+_PACKAGE_LOGGER = "dvt_ms"  # its handlers also take what the library logs (data workers, kernel builds)
 
 
 def setup_logging(log_dir: str, rank: int, console: bool | None = None) -> logging.Logger:
-    """The ``dvt_ms.train`` logger writing to ``<log_dir>/train_rank<rank>.log`` (appending, so a
-    resumed run continues the same file) and, on rank 0 (or when ``console``), to stdout."""
+    """The ``dvt_ms.train`` logger, whose records (and those of every other ``dvt_ms`` logger) go to
+    ``<log_dir>/train_rank<rank>.log`` (appending, so a resumed run continues the same file) and, on rank 0 (or
+    when ``console``), to stdout."""
     os.makedirs(log_dir, exist_ok=True)
-    logger = logging.getLogger(LOGGER_NAME)
+    logger = logging.getLogger(_PACKAGE_LOGGER)
     logger.setLevel(logging.INFO)
     logger.propagate = False
     for handler in list(logger.handlers):
@@ -27,7 +30,7 @@ def setup_logging(log_dir: str, rank: int, console: bool | None = None) -> loggi
         stream = logging.StreamHandler(sys.stdout)
         stream.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
         logger.addHandler(stream)
-    return logger
+    return logging.getLogger(LOGGER_NAME)
 
 
 def format_duration(seconds: float) -> str:

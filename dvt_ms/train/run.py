@@ -31,6 +31,7 @@ from ..flops import cumulative_gflops
 from ..models import CascadeSpec
 from ..models.layers import bind_masks
 from ..options import TrainSettings
+from .data_check import DataCheck, check_training_images
 from .distributed import Runtime, grad_reducer, init_runtime
 from .ema import EMA
 from .logs import setup_logging
@@ -59,9 +60,13 @@ class TrainResult:
     run_dir: str
 
 
-def build_train_data(settings: TrainSettings, spec: CascadeSpec, runtime: Runtime) -> TrainData:
-    """The training split, sharded for this rank, with the configured augmentation."""
+def build_train_data(settings: TrainSettings, spec: CascadeSpec, runtime: Runtime,
+                     log: logging.Logger) -> tuple[TrainData, DataCheck]:
+    """The training split, checked (``--data_check``, ``--bad_images``), sharded for this rank, with the
+    configured augmentation; and what the check found."""
     reader = open_train_reader(settings.dataset, settings.data_dir)
+    reader, check = check_training_images(reader, settings.data_check, settings.bad_images,
+                                          settings.num_parallel_workers, runtime, settings.ckpt_save_dir, log)
     return TrainData(
         reader, settings.batch_size, spec.num_classes, spec.img_size, seed=settings.seed,
         num_shards=runtime.group_size, shard_id=runtime.rank, shuffle=settings.shuffle, crop_scale=settings.crop_scale,
@@ -69,7 +74,7 @@ def build_train_data(settings: TrainSettings, spec: CascadeSpec, runtime: Runtim
         auto_augment=settings.auto_augment, color_jitter=settings.color_jitter, reprob=settings.reprob,
         mixup=settings.mixup, cutmix=settings.cutmix, mixup_prob=settings.mixup_prob,
         mixup_switch_prob=settings.mixup_switch_prob, smoothing=settings.smoothing,
-        num_parallel_workers=settings.num_parallel_workers)
+        num_parallel_workers=settings.num_parallel_workers, skip_unreadable=settings.bad_images == "skip"), check
 
 
 def build_val_data(settings: TrainSettings, spec: CascadeSpec):
@@ -114,19 +119,22 @@ def build_train_step(settings: TrainSettings, model: nn.Cell, steps_per_epoch: i
     return step, ema
 
 
-def run_metadata(settings: TrainSettings, model: nn.Cell, data: TrainData, runtime: Runtime) -> dict[str, Any]:
-    """What every written checkpoint records about the run (and what a resume must find unchanged), with
-    what serving needs: the class names (class folders, CIFAR's names) and the evaluation crop."""
+def run_metadata(settings: TrainSettings, model: nn.Cell, data: TrainData, runtime: Runtime,
+                 check: DataCheck) -> dict[str, Any]:
+    """What every written checkpoint records about the run (and what a resume must find unchanged: the files
+    left out change the sample order), with what serving needs: the class names (class folders, CIFAR's
+    names) and the evaluation crop."""
     classes = list(getattr(data.reader, "classes", None) or [])
-    return {"model": settings.model, "model_args": settings.model_args(), "num_classes": model.num_classes,
-            "img_size": model.img_size, "flops": cumulative_gflops(model.spec), "epoch_size": settings.epoch_size,
-            "global_batch": settings.batch_size * runtime.group_size, "steps_per_epoch": data.steps_per_epoch,
-            "seed": settings.seed, "class_names": classes if len(classes) == model.num_classes else None,
-            "crop_pct": settings.crop_pct if settings.crop_pct is not None else default_crop_pct(settings.dataset)}
+    crop_pct = settings.crop_pct if settings.crop_pct is not None else default_crop_pct(settings.dataset)
+    return {**check.record(), "model": settings.model, "model_args": settings.model_args(),
+            "num_classes": model.num_classes, "img_size": model.img_size, "flops": cumulative_gflops(model.spec),
+            "epoch_size": settings.epoch_size, "global_batch": settings.batch_size * runtime.group_size,
+            "steps_per_epoch": data.steps_per_epoch, "seed": settings.seed,
+            "class_names": classes if len(classes) == model.num_classes else None, "crop_pct": crop_pct}
 
 
 RESUME_KEYS = ("model", "model_args", "num_classes", "img_size", "epoch_size", "global_batch", "steps_per_epoch",
-               "seed")
+               "seed", "skipped_images")
 
 
 def restore_progress(state_path: str | None, step: nn.Cell, metadata: dict[str, Any],
@@ -135,7 +143,8 @@ def restore_progress(state_path: str | None, step: nn.Cell, metadata: dict[str, 
     if state_path is None:
         return RunRecord()
     progress, notes = load_state(state_path, step, {k: metadata[k] for k in RESUME_KEYS})
-    log.info("resumed from %s: %d epochs done, step %d", state_path, progress.epoch, progress.global_step)
+    log.info("resumed from %s: %d epochs done, step %d%s", state_path, progress.epoch, progress.global_step,
+             f" ({progress.step_in_epoch} steps into epoch {progress.epoch + 1})" if progress.step_in_epoch else "")
     for note in notes:
         log.info(note)
     return progress
@@ -180,22 +189,25 @@ def train(settings: TrainSettings) -> TrainResult:
         log.info("Ascend SoC %s: precision_mode %s, jit_level %s", runtime.device.soc, runtime.device.precision_mode,
                  runtime.device.jit_level or "MindSpore's default")
     spec = settings.model_spec()
-    with settings_errors():
-        data = build_train_data(settings, spec, runtime)
-    val_data = build_val_data(settings, spec)
     state_path = find_state(settings.resume, settings.auto_resume, run_dir)
+    with settings_errors():
+        data, check = build_train_data(settings, spec, runtime, log)
+    val_data = build_val_data(settings, spec)
     model = build_training_model(settings, runtime, log)
     with settings_errors():
         step, ema = build_train_step(settings, model, data.steps_per_epoch, runtime, log)
-    metadata = run_metadata(settings, model, data, runtime)
+    metadata = run_metadata(settings, model, data, runtime, check)
     progress = restore_progress(state_path, step, metadata, log)
     ckpt = CheckpointManager(run_dir, settings.keep_checkpoint_max, settings.ckpt_interval, enabled=runtime.is_main)
+    if state_path is not None:
+        ckpt.note_saved(state_path, progress)
     if runtime.is_main:
         dump_yaml(settings.to_dict(), os.path.join(run_dir, "config.yaml"))
     validate = build_validation(settings, model, val_data, runtime)
     loop = LoopSettings(settings.epoch_size, metadata["global_batch"], settings.log_interval, settings.val_interval,
-                        settings.dataset_sink_mode, settings.max_bad_steps)
-    progress = Trainer(step, model, data, runtime, ckpt, loop, log, validate, ema, metadata).fit(progress)
+                        settings.dataset_sink_mode, settings.max_bad_steps, settings.ckpt_every_steps)
+    progress = Trainer(step, model, data, runtime, ckpt, loop, log, validate, ema, metadata,
+                       check.record()).fit(progress)
     best = progress.best_top1 if progress.best_top1 is not None and math.isfinite(progress.best_top1) else None
     log.info("finished %d epochs; best last-exit top-1 %s; checkpoints in %s", progress.epoch,
              f"{best:.2f} (epoch {progress.best_epoch})" if best is not None else "n/a", run_dir)

@@ -162,6 +162,23 @@ class TrainStep(nn.Cell):
         ops.assign(self.worst_streak, self.bad_streak * 1)
         return worst
 
+    def log_counters(self) -> np.ndarray:
+        """The running figures for the log (per-exit loss sums, their step count, the NaN/inf streaks) as one
+        float32 vector: what differs between data-parallel ranks in the step's state (each computes its loss on
+        its own images), so that a state saved by one rank can hold every rank's."""
+        counts = [int(p.asnumpy()) for p in (self.loss_steps, self.bad_streak, self.worst_streak)]
+        return np.concatenate([self.loss_sum.asnumpy().astype(np.float32), np.asarray(counts, np.float32)])
+
+    def set_log_counters(self, values) -> None:
+        """Set what :meth:`log_counters` returned."""
+        values = np.asarray(values, np.float32)
+        n = self.loss_sum.shape[0]
+        if values.shape != (n + 3,):
+            raise ValueError(f"log counters need {n + 3} values, got {values.shape}")
+        ops.assign(self.loss_sum, Tensor(values[:n]))
+        for param, value in zip((self.loss_steps, self.bad_streak, self.worst_streak), values[n:], strict=True):
+            ops.assign(param, Tensor(int(value), mstype.int32))
+
     def take_loss_sums(self) -> tuple[np.ndarray, int]:
         """Per-exit loss summed over the steps since the last call, and their count; resets both."""
         sums, steps = self.loss_sum.asnumpy().copy(), int(self.loss_steps.asnumpy())

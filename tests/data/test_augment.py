@@ -148,3 +148,45 @@ def test_no_mixing_gives_smoothed_one_hot_targets():
     out, targets = MixupCutmix(3, smoothing=0.3)(x, np.array([2, 0]), np.random.default_rng(0))
     assert out is x
     np.testing.assert_allclose(targets, one_hot([2, 0], 3, 0.3))
+
+
+# ---- every op at every magnitude, on every image the reader yields ----------------------------------------
+
+def _reader_images(tmp_path) -> list[Image.Image]:
+    """What ``load_image`` yields for files of every mode PIL writes (and 1x1 / extreme-aspect ones)."""
+    from dvt_ms.data.folder import load_image
+    from tests.helpers import write_mode_zoo
+
+    return [load_image(path) for path in write_mode_zoo(str(tmp_path))]
+
+
+@pytest.mark.parametrize("table", [RAND_OPS, RAND_OPS_INCREASING], ids=["inc0", "inc1"])
+def test_every_op_runs_at_every_magnitude_on_every_image_mode(table, tmp_path):
+    images = _reader_images(tmp_path)
+    assert {im.mode for im in images} == {"RGB"}
+    levels = np.linspace(0.0, 10.0, 21)  # both ends included
+    for name, op in table.items():
+        for level in levels:
+            for i, image in enumerate(images):
+                out = op(image, float(level), np.random.default_rng(i), (124, 116, 104))
+                assert out.size == image.size and out.mode == "RGB", (name, level, image.size)
+
+
+def test_posterize_to_zero_bits_is_black_as_the_reference_implementations():
+    img = _image()
+    for out in (RAND_OPS_INCREASING["Posterize"](img, 10.0, np.random.default_rng(0), (0, 0, 0)),
+                RAND_OPS["Posterize"](img, 0.0, np.random.default_rng(0), (0, 0, 0))):
+        assert out.mode == "RGB" and out.size == img.size and not np.asarray(out).any()
+    kept = RAND_OPS_INCREASING["Posterize"](img, 5.0, np.random.default_rng(0), (0, 0, 0))  # 2 bits
+    np.testing.assert_array_equal(np.asarray(kept), np.asarray(img) & 0b11000000)
+
+
+@pytest.mark.parametrize("spec", ["rand-m10-inc1", "rand-m10-inc0", "rand-m0-inc1", "rand-m0-inc0",
+                                  "rand-m9-mstd0.5-inc1", "rand-m10-n4-mstd100-p1.0-inc1"])
+def test_rand_augment_policies_at_the_ends_of_the_scale(spec, tmp_path):
+    aug = RandAugment.from_string(spec)
+    images = _reader_images(tmp_path)
+    for seed in range(200):
+        image = images[seed % len(images)]
+        out = aug(image, np.random.default_rng(seed))
+        assert out.size == image.size and out.mode == "RGB"

@@ -149,3 +149,56 @@ def test_cifar10_binary_training_data(tmp_path):
     assert len(batches) == 5
     x, t = batches[0]
     assert x.shape == (4, 3, 32, 32) and t.argmax(1).tolist() == labels[:4]
+
+
+class _FlakyReader(_Reader):
+    """``_Reader`` whose images ``bad`` cannot be decoded."""
+
+    def __init__(self, n: int, bad: set[int]) -> None:
+        super().__init__(n)
+        self.bad = bad
+
+    def __getitem__(self, i: int):
+        if i in self.bad:
+            raise DataError(f"cannot read image {i}.jpg: image file is truncated")
+        return super().__getitem__(i)
+
+
+def test_an_image_that_cannot_be_decoded_is_replaced_the_same_way_everywhere(caplog):
+    transform = _data().transform
+    bad = {3, 7}
+    skip = TrainSource(_FlakyReader(20, bad), transform, seed=1, start_epoch=0, num_epochs=2, per_shard=20,
+                       skip_unreadable=True)
+    again = TrainSource(_FlakyReader(20, bad), transform, seed=1, start_epoch=1, num_epochs=1, per_shard=20,
+                        skip_unreadable=True)
+    for epoch in (0, 1):
+        for j in np.flatnonzero(np.isin(skip.shard_indices(epoch), list(bad))):
+            with caplog.at_level("WARNING"):
+                image, label = skip[epoch * 20 + int(j)]
+            assert "cannot read image" in caplog.text and "is read in its place (--bad_images skip)" in caplog.text
+            if epoch == 1:  # a run resumed at epoch 1 (another worker, another process) makes the same choice
+                image2, label2 = again[int(j)]
+                np.testing.assert_array_equal(image, image2)
+                assert label == label2
+    fail = TrainSource(_FlakyReader(20, bad), transform, seed=1, start_epoch=0, num_epochs=1, per_shard=20)
+    j = int(np.flatnonzero(fail.shard_indices(0) == 3)[0])
+    with pytest.raises(DataError, match=r"3\.jpg"):
+        fail[j]
+    hopeless = TrainSource(_FlakyReader(4, {0, 1, 2, 3}), transform, seed=1, start_epoch=0, num_epochs=1,
+                           per_shard=4, skip_unreadable=True)
+    with pytest.raises(DataError, match="could not be read either"):
+        hopeless[0]
+
+
+def test_a_pipeline_started_inside_an_epoch_reads_the_same_batches(tmp_path):
+    data = TrainData(_Reader(24), 4, 5, 8, seed=1, mixup=0.8, cutmix=1.0, smoothing=0.1, auto_augment="rand-m9",
+                     num_parallel_workers=2)
+    whole = [(x.copy(), t.copy()) for x, t in data.dataset(0, 2).create_tuple_iterator(output_numpy=True)]
+    later = [(x.copy(), t.copy()) for x, t in data.dataset(0, 2, start_step=4).create_tuple_iterator(
+        output_numpy=True)]
+    assert len(later) == len(whole) - 4
+    for (x0, t0), (x1, t1) in zip(whole[4:], later, strict=True):
+        np.testing.assert_array_equal(x0, x1)
+        np.testing.assert_array_equal(t0, t1)
+    with pytest.raises(ValueError, match="start_step"):
+        data.dataset(0, 1, start_step=data.steps_per_epoch)

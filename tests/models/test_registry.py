@@ -85,7 +85,7 @@ def test_a_model_registered_in_the_test_trains_evaluates_and_converts(new_cascad
     assert train_main(["--model", NAME, "--data_dir", data, "--batch_size", "8", "--epoch_size", "1",
                        "--warmup_epochs", "0", "--num_parallel_workers", "1", "--ckpt_save_dir", run_dir]) == 0
     with open(os.path.join(run_dir, "results.json"), encoding="utf-8") as f:
-        results = json.load(f)
+        results = json.load(f)["epochs"]
     assert [r["epoch"] for r in results] == [1] and len(results[0]["train_loss"]) == 2  # 8 images: one step
     weights, meta = read_checkpoint(os.path.join(run_dir, "latest.ckpt"))
     assert meta["model"] == NAME and set(weights) == set(create_model(NAME).parameters_dict())

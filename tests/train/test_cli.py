@@ -47,7 +47,9 @@ def test_tiny_config_thirty_steps_lower_the_loss(data_240, tmp_path):
     losses = _summed_losses(os.path.join(run_dir, "logs", "train_rank0.log"))
     assert len(losses) == 6  # 240 images / batch 8 = 30 steps, a line every 5
     assert losses[-1] < losses[0] - 1.0, losses  # three exits start near 3 ln(10) = 6.9
-    results = json.load(open(os.path.join(run_dir, "results.json")))
+    record = json.load(open(os.path.join(run_dir, "results.json")))
+    assert record["data_check"] == "header" and record["checked_images"] == 240 and record["skipped_images"] == []
+    results = record["epochs"]
     assert len(results) == 1
     entry = results[0]
     assert entry["epoch"] == 1 and len(entry["train_loss"]) == 3 and len(entry["val_top1"]) == 3
@@ -72,7 +74,7 @@ def test_pynative_mode_runs(data_40, tmp_path):
     assert "(mode 1)" in proc.stdout
     losses = _summed_losses(os.path.join(run_dir, "logs", "train_rank0.log"))
     assert len(losses) == 3 and all(0 < v < 20 for v in losses)
-    entry = json.load(open(os.path.join(run_dir, "results.json")))[0]
+    entry = json.load(open(os.path.join(run_dir, "results.json")))["epochs"][0]
     assert entry["val_top1"] is not None and entry["val_top1_ema"] is not None
     assert os.path.isfile(os.path.join(run_dir, "ema.ckpt"))
 
@@ -108,14 +110,17 @@ def test_pretrained_file_that_does_not_fit(tmp_path, data_40):
     _assert_clean_failure(proc, path, "does not fit")
 
 
-def test_corrupt_image_is_named(tmp_path):
+def test_an_unreadable_image_is_named_before_the_first_step(tmp_path):
     root = make_image_folder(str(tmp_path / "d"), 2, 1, classes=2)
     bad = os.path.join(root, "train", "class_01", "img_000.png")
     with open(bad, "wb") as f:
         f.write(b"\x89PNG truncated")
+    run_dir = tmp_path / "run"
     proc = run_train("-c", TINY_CONFIG, "--data_dir", root, "--batch_size", "2", "--depth", "1", "--epoch_size", "1",
-                     "--warmup_epochs", "0", "--num_parallel_workers", "2", "--ckpt_save_dir", str(tmp_path / "run"))
-    _assert_clean_failure(proc, "cannot read image", bad)
+                     "--warmup_epochs", "0", "--num_parallel_workers", "2", "--ckpt_save_dir", str(run_dir))
+    _assert_clean_failure(proc, "1 of 4 training images", "cannot be read (header check)", bad, "--bad_images skip")
+    assert proc.returncode == 1 and "first step" not in proc.stdout
+    assert (run_dir / "bad_images.txt").read_text().startswith(bad + "\t")
 
 
 def test_bad_flag_values(tmp_path, data_40):

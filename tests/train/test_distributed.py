@@ -56,12 +56,12 @@ def test_msrun_two_workers_equal_one_process(tmp_path):
         with open(os.path.join(multi, "logs", f"train_rank{rank}.log"), encoding="utf-8") as f:
             text = f.read()
         assert f"rank {rank} of 2 (msrun)" in text and "global batch 8 (4 x 2 devices), 5 steps/epoch" in text
-    results = json.load(open(os.path.join(multi, "results.json")))
+    results = json.load(open(os.path.join(multi, "results.json")))["epochs"]
     assert [r["weight_spread_across_ranks"] for r in results] == [0.0, 0.0]  # both ranks hold identical weights
     diff = max_abs_diff(checkpoint_weights(os.path.join(single, "latest.ckpt")),
                         checkpoint_weights(os.path.join(multi, "latest.ckpt")))
     assert diff <= 1e-5, diff
-    single_results = json.load(open(os.path.join(single, "results.json")))
+    single_results = json.load(open(os.path.join(single, "results.json")))["epochs"]
     for a, b in zip(single_results, results, strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
         assert a["val_top1"] == pytest.approx(b["val_top1"])

@@ -113,8 +113,9 @@ def test_keep_checkpoint_max_and_interval(tmp_path, graph_mode):
         manager.save(step, model, RunRecord(epoch=epoch, global_step=epoch), {}, is_best=epoch == 3)
     assert [e for e, _ in manager.epoch_files()] == [4, 6]
     assert read_checkpoint(str(tmp_path / STATE))[1]["epoch"] == 7
-    manager.write_results([{"epoch": 1}])
-    assert json.loads((tmp_path / "results.json").read_text()) == [{"epoch": 1}]
+    manager.write_results([{"epoch": 1}], {"skipped_images": ["a/b.jpg"]})
+    assert json.loads((tmp_path / "results.json").read_text()) == {"epochs": [{"epoch": 1}],
+                                                                    "skipped_images": ["a/b.jpg"]}
     assert not [n for n in os.listdir(tmp_path) if "partial" in n]
 
 
