@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from importlib import import_module
 from typing import Any
 
+from . import interrupts
 from .config import ConfigError
 from .files import FileError
 
@@ -58,7 +59,8 @@ def run_command(prog: str, parse: Callable[[], Any], run: Callable[[Any], str | 
     except SystemExit as stop:  # argparse: --help or a usage error (already printed)
         return stop.code if isinstance(stop.code, int) else 2
     try:
-        text = run(cfg)
+        with interrupts.deferred():  # Ctrl-C stops the run where it can stop cleanly
+            text = run(cfg)
     except ConfigError as err:  # a setting found unusable only once the run looked at it: still bad usage
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2

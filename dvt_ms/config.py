@@ -35,6 +35,7 @@ class Option:
     ``float_or_list``, ``paths`` (one or more strings: ``--images a.jpg b/``), ``any``. ``choices``
     restricts a ``str`` or ``int`` option, ``minimum`` a number. A ``bool`` flag given without a value
     means True. ``aliases`` are further spellings of the flag (``--to-torch`` for ``--to_torch``).
+    ``exists`` marks an input that a command checks before it runs (:meth:`Settings.check_inputs`).
     """
 
     name: str
@@ -44,6 +45,7 @@ class Option:
     choices: tuple[Any, ...] | None = None
     minimum: float | None = None
     aliases: tuple[str, ...] = ()
+    exists: str | None = None  # "file", "dir" or "path": what the value must name on disk (an input)
 
 
 def merge_options(*tables: Iterable[Option]) -> list[Option]:
@@ -172,7 +174,7 @@ def build_parser(options: Iterable[Option], description: str = "", prog: str | N
     """An argparse parser with ``-c/--config`` and one ``--name`` flag per option. No defaults are applied
     (unset flags stay ``None`` so that YAML values are not overwritten); the help shows each option's
     default once."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False)
     parser.add_argument("-c", "--config", default=None, help="flat YAML config whose keys are these flags")
     for o in options:
         shape = {"paths": {"nargs": "+"}, "bool": {"nargs": "?", "const": "True"}}.get(o.kind, {})
@@ -215,17 +217,22 @@ def dump_yaml(cfg: dict[str, Any], path: str | os.PathLike) -> None:
 
 # ---- typed settings ------------------------------------------------------------------------------
 
+_EXISTS = {"file": (os.path.isfile, "no such file"), "dir": (os.path.isdir, "no such directory"),
+           "path": (os.path.exists, "no such file or directory")}
 _KINDS = {"str": "str", "int": "int", "float": "float", "bool": "bool", "list[float]": "list", "list[int]": "list",
           "list[str]": "paths"}
 
 
 def flag(default: Any = None, help: str = "", *, kind: str | None = None, choices: tuple[Any, ...] | None = None,
-         minimum: float | None = None, aliases: tuple[str, ...] = ()) -> Any:
+         minimum: float | None = None, aliases: tuple[str, ...] = (), exists: str | None = None) -> Any:
     """A field of a :class:`Settings` dataclass that is also a flag and a config key.
 
     ``kind`` is read from the field's annotation (``int``, ``float | None``, ``list[float]``, ...) unless
-    given; a list default is copied for every instance."""
-    meta = {"help": help, "kind": kind, "choices": choices, "minimum": minimum, "aliases": aliases}
+    given; a list default is copied for every instance. ``exists`` (``file``, ``dir``, ``path``): the value
+    names an input that must be there when the command runs."""
+    if exists not in (None, *_EXISTS):
+        raise ValueError(f"exists must be one of {', '.join(_EXISTS)}, got {exists!r}")
+    meta = {"help": help, "kind": kind, "choices": choices, "minimum": minimum, "aliases": aliases, "exists": exists}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -241,7 +248,7 @@ def options_of(cls: type) -> tuple[Option, ...]:
             raise TypeError(f"{cls.__name__}.{f.name}: cannot tell the option kind of {f.type!r}; pass kind=")
         default = f.default_factory() if f.default is MISSING else f.default
         table.append(Option(f.name, kind, default, f.metadata.get("help", ""), f.metadata.get("choices"),
-                            f.metadata.get("minimum"), f.metadata.get("aliases", ())))
+                            f.metadata.get("minimum"), f.metadata.get("aliases", ()), f.metadata.get("exists")))
     return tuple(table)
 
 
@@ -260,6 +267,19 @@ class Settings:
 
     def check(self) -> None:
         """Rules between fields; raise :class:`ConfigError`. The base has none."""
+
+    def check_inputs(self) -> None:
+        """Every input the settings name (options declared with ``exists``) is there: a :class:`ConfigError`
+        naming the first flag and path that is not (a command checks this before it runs; the library
+        functions report a missing file when they reach it)."""
+        for option in options_of(type(self)):
+            value = getattr(self, option.name)
+            if option.exists is None or not value:
+                continue
+            test, missing = _EXISTS[option.exists]
+            for path in value if isinstance(value, list) else [value]:
+                if not test(path):
+                    raise ConfigError(f"--{option.name} {path}: {missing}")
 
     @classmethod
     def options(cls) -> tuple[Option, ...]:
@@ -289,4 +309,5 @@ def parse_settings(cls: type, argv: Sequence[str] | None = None, description: st
     cfg = resolve(cls.options(), argv, description, prog, shared_with=shared_with)
     settings = cls.from_config(cfg)
     settings.config_file = cfg["config"]
+    settings.check_inputs()
     return settings

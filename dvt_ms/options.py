@@ -45,8 +45,15 @@ def _require_flags(settings: Settings, *names: str) -> None:
         _require(getattr(settings, name), f"--{name} is required")
 
 
-def _one_operating_point(settings: Any) -> None:
+def _check_operating_point(settings: Any) -> None:
+    """``--thresholds`` or ``--budget``, not both; thresholds are probabilities; a budget is positive."""
     _require(settings.thresholds is None or settings.budget is None, "give either --thresholds or --budget, not both")
+    for k, value in enumerate(settings.thresholds or [], start=1):
+        _require(0.0 <= value <= 1.0, f"--thresholds: {value:g} for exit {k} is not a probability in [0, 1]"
+                 + (f" (the top softmax probability never exceeds 1, so exit {k} would never be taken)"
+                    if value > 1 else ""))
+    _require(settings.budget is None or settings.budget > 0,
+             f"--budget must be a positive number of GFLOPs per image, got {settings.budget}")
 
 
 class ModelChoice(NamedTuple):
@@ -130,9 +137,9 @@ _MODEL_ARGS = tuple(f.name for f in fields(ModelSettings) if f.name != "model")
 class EvalSettings(ModelSettings):
     """``dvt-eval``: evaluate a checkpoint in the official modes with real early exit."""
 
-    ckpt: str | None = flag(None, "MindSpore checkpoint (.ckpt / .safetensors) to evaluate")
+    ckpt: str | None = flag(None, "MindSpore checkpoint (.ckpt / .safetensors) to evaluate", exists="file")
     data_dir: str | None = flag(None, "data root: <data_dir>/val/<class>/<images> (and train/ for --eval_mode 2) for "
-                                      "imagefolder; the binary files for cifar10 / cifar100")
+                                      "imagefolder; the binary files for cifar10 / cifar100", exists="dir")
     dataset: str = flag("imagefolder", "data set format", choices=("imagefolder", "cifar10", "cifar100"))
     eval_mode: int = flag(1, "0: print the metadata stored with the checkpoint; 1: evaluate with the thresholds "
                              "stored with the checkpoint; 2: calibrate thresholds on a random subset of the training "
@@ -163,7 +170,7 @@ class EvalSettings(ModelSettings):
     throughput_rounds: int = flag(3, "timed rounds of the throughput comparison (the median is reported)", minimum=0)
 
     def check(self) -> None:
-        _one_operating_point(self)
+        _check_operating_point(self)
         _require(self.ckpt, NO_CKPT)
         if self.eval_mode > 0 and not self.data_dir:
             raise ConfigError(f"--eval_mode {self.eval_mode} needs --data_dir (the folder holding val/"
@@ -178,18 +185,19 @@ class EvalSettings(ModelSettings):
 class OperatingSettings(ModelSettings):
     """What ``dvt-export`` and ``dvt-predict`` share: the checkpoint's operating point, class names and crop."""
 
-    ckpt: str | None = flag(None, "MindSpore checkpoint (.ckpt / .safetensors)")
+    ckpt: str | None = flag(None, "MindSpore checkpoint (.ckpt / .safetensors)", exists="file")
     thresholds: list[float] | None = flag(None, "confidence thresholds, one per exit but the last (default: the "
                                                 "stored calibrated point)")
     budget: float | None = flag(None, "the most accurate calibrated point costing <= this many GFLOPs per image")
-    class_names: str | None = flag(None, "text file with one class name per line (default: the stored names)")
+    class_names: str | None = flag(None, "text file with one class name per line (default: the stored names)",
+                                   exists="file")
     crop_pct: float | None = flag(None, "with --ckpt: centre-crop fraction (default: the checkpoint's, else 224/256 "
                                         "for imagefolder, 1.0 for CIFAR; exports store theirs)")
     dataset: str = flag("imagefolder", "with --ckpt: the training data set (sets the default crop_pct)",
                                        choices=("imagefolder", "cifar10", "cifar100"))
 
     def check(self) -> None:
-        _one_operating_point(self)
+        _check_operating_point(self)
 
 
 @dataclass
@@ -212,8 +220,9 @@ class PredictSettings(OperatingSettings):
     """``dvt-predict``: classify image files with real early exit, from an export or a checkpoint."""
 
     exported: str | None = flag(None, "export folder written by dvt-export (manifest.json + per-exit graphs); "
-                                      "or give --ckpt with -c CONFIG or --model")
-    images: list[str] | None = flag(None, "image files, folders (recursive) and list files (.txt: one path per line)")
+                                      "or give --ckpt with -c CONFIG or --model", exists="dir")
+    images: list[str] | None = flag(None, "image files, folders (recursive) and list files (.txt: one image path per "
+                                          "line, # for comments)", exists="path")
     batch_size: int = flag(64, "images per batch", minimum=1)
     top_k: int = flag(5, "classes reported per image", minimum=1)
     output_dir: str = flag("outputs/predict", "where predictions.csv/.jsonl, summary.json and exit_examples.png go")
@@ -238,7 +247,7 @@ class TrainSettings(ModelSettings):
     """``dvt-train``: train or fine-tune a cascade (every key of the flat YAML configs in ``configs/``)."""
 
     data_dir: str | None = flag(None, "data root: <data_dir>/train and <data_dir>/val with <class>/<images> for "
-                                      "imagefolder; the binary files for cifar10 / cifar100")
+                                      "imagefolder; the binary files for cifar10 / cifar100", exists="dir")
     dataset: str = flag("imagefolder", "data set format", choices=("imagefolder", "cifar10", "cifar100"))
     batch_size: int = flag(128, "images per device and step (global batch = batch_size x devices)", minimum=1)
     num_parallel_workers: int = flag(8, "worker processes decoding and augmenting training images and checking "
@@ -309,10 +318,10 @@ class TrainSettings(ModelSettings):
                                     "(latest.state.ckpt and step_<N>.state.ckpt; --resume continues from it "
                                     "exactly; 0: only at the end of an epoch)", minimum=0)
     resume: str | None = flag(None, "resume from a training state: a *.state.ckpt file, or a directory holding "
-                                    "latest.state.ckpt")
+                                    "latest.state.ckpt", exists="path")
     auto_resume: bool = flag(False, "resume from <ckpt_save_dir>/latest.state.ckpt when it exists")
     pretrained: str | None = flag(None, "initial weights (.ckpt / .safetensors); heads are re-initialised when "
-                                        "num_classes differs")
+                                        "num_classes differs", exists="file")
     val_interval: int = flag(1, "validate every this many epochs and after the last (0: never)", minimum=0)
     log_interval: int = flag(100, "steps between log lines", minimum=1)
     max_bad_steps: int = flag(100, "stop when the loss is NaN/inf for more than this many steps in a row (checked "
@@ -320,6 +329,13 @@ class TrainSettings(ModelSettings):
 
     def check(self) -> None:
         self._require_model()
+        _require_flags(self, "data_dir")
+        self._check_schedule()
+
+    def _check_schedule(self) -> None:
+        _require(self.lr > 0, f"--lr must be positive, got {self.lr:g}")
+        _require(0 <= self.min_lr <= self.lr, f"--min_lr must lie in [0, lr={self.lr:g}], got {self.min_lr:g}")
+        _require(0 <= self.warmup_lr, f"--warmup_lr must be >= 0, got {self.warmup_lr:g}")
         if self.warmup_epochs > self.epoch_size:
             raise ConfigError(f"--warmup_epochs must lie in [0, epoch_size={self.epoch_size}], "
                               f"got {self.warmup_epochs}")
@@ -337,7 +353,8 @@ class AuditSettings(TrainSettings):
     keep_dumps: bool = flag(False, "keep MindSpore's IR files of every graph under <audit_dir>/ir")
 
     def check(self) -> None:
-        super().check()
+        self._require_model()  # no data: the audit compiles on random batches
+        self._check_schedule()
         if self.device_target not in (None, "CPU"):
             raise ConfigError(f"dvt-audit compiles on the CPU (as Ascend would see the graphs); drop "
                               f"--device_target {self.device_target}")
@@ -347,7 +364,7 @@ class AuditSettings(TrainSettings):
 class ConvertSettings(ModelSettings):
     """``dvt-convert``: official PyTorch checkpoints -> MindSpore, back, or a cascade from a backbone."""
 
-    src: str | None = flag(None, "source checkpoint")
+    src: str | None = flag(None, "source checkpoint", exists="file")
     dst: str | None = flag(None, "output file (.ckpt or .safetensors; with --to_torch .pth/.pth.tar or .safetensors)")
     ckpt_format: str | None = flag(None, "output format of a MindSpore checkpoint; must agree with the --dst "
                                          "suffix", choices=("ckpt", "safetensors"), aliases=("format",))
@@ -359,7 +376,8 @@ class ConvertSettings(ModelSettings):
     verify_batch: int = flag(2, "batch size of --verify", minimum=1, aliases=("verify-batch",))
     seed: int = flag(0, "seed of the --verify batch")
     class_names: str | None = flag(None, "text file with one class name per line, stored with the weights "
-                                         "(dvt-predict and dvt-export show them)", aliases=("class-names",))
+                                         "(dvt-predict and dvt-export show them)", aliases=("class-names",),
+                                   exists="file")
 
     def check(self) -> None:
         _require_flags(self, "src", "dst")
@@ -373,8 +391,8 @@ class ConvertSettings(ModelSettings):
 class StampSettings(Settings):
     """``python -m dvt_ms stamp``: store calibrated thresholds and evaluation figures in a checkpoint."""
 
-    ckpt: str | None = flag(None, "checkpoint whose weights are kept")
-    results: str | None = flag(None, "eval_results.json written by dvt-eval --eval_mode 2")
+    ckpt: str | None = flag(None, "checkpoint whose weights are kept", exists="file")
+    results: str | None = flag(None, "eval_results.json written by dvt-eval --eval_mode 2", exists="file")
     dst: str | None = flag(None, "output checkpoint (default: overwrite --ckpt)")
 
     def check(self) -> None:
@@ -386,7 +404,7 @@ class DataCheckSettings(Settings):
     """``python -m dvt_ms data-check``: find every unreadable image of a data set before a run does."""
 
     data_dir: str | None = flag(None, "data root holding train/ and val/ (<class>/<images> below each), or one "
-                                      "such class folder tree")
+                                      "such class folder tree", exists="dir")
     dataset: str = flag("imagefolder", "data set format (only image folders have files to check)",
                         choices=("imagefolder", "cifar10", "cifar100"))
     split: str = flag("all", "which split of --data_dir: train, val, or all (every split present; a folder "

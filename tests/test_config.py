@@ -109,6 +109,10 @@ def test_each_command_accepts_the_keys_of_the_commands_sharing_its_config(tmp_pa
 
 def test_one_config_file_serves_every_command(tmp_path):
     path = tmp_path / "all.yaml"  # keys of training, evaluation, export and prediction in one file
+    for name in ("a.png", "names.txt", "m.ckpt", "s.pth"):  # the inputs it names (checked before a command runs)
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "out" / "x").mkdir(parents=True)
+    (tmp_path / "d").mkdir()
     path.write_text("model: dvt_vit\nlr: 1e-3\ncalib_size: 100\nimages: [a.png]\ntop_k: 3\nexported: out/x\n"
                     "class_names: names.txt\nckpt: m.ckpt\noutput_dir: out/o\ndata_dir: d\n")
     for cls in COMMAND_SETTINGS:
@@ -140,19 +144,20 @@ def test_settings_check_values_as_flags_do():
     with pytest.raises(ConfigError, match="needs --data_dir"):
         EvalSettings(ckpt="m.ckpt", eval_mode=2)
     with pytest.raises(ConfigError, match="--warmup_epochs must lie in"):
-        TrainSettings(model="dvt_vit", epoch_size=2, warmup_epochs=5)
+        TrainSettings(model="dvt_vit", data_dir="d", epoch_size=2, warmup_epochs=5)
     settings = EvalSettings(ckpt="m.ckpt", eval_mode=0, batch_size="8")  # converted like a flag value
     assert settings.batch_size == 8 and settings.replace(batch_size=16).batch_size == 16
     with pytest.raises(ConfigError, match="batch_size must be >= 1"):
         settings.replace(batch_size=-1)
-    assert TrainSettings(model="a").betas is not TrainSettings(model="b").betas  # list defaults are copied
+    assert TrainSettings(model="a", data_dir="d").betas is not TrainSettings(model="b", data_dir="d").betas
 
 
-def test_help_shows_each_default_once_and_aliases_work(capsys):
+def test_help_shows_each_default_once_and_aliases_work(capsys, tmp_path):
     with pytest.raises(SystemExit):
         build_parser(TRAIN_OPTIONS, prog="t").parse_args(["--help"])
     text = capsys.readouterr().out
     assert "(default: None)" not in text and "[default: 128]" in text
     assert text.count("default: 128") == 1
+    (tmp_path / "a.pth").write_bytes(b"")
     settings = parse_command(ConvertSettings, ["--src", "a.pth", "--dst", "b.ckpt", "--to-torch"], "", "t")
     assert settings.to_torch is True

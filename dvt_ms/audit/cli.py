@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
+from .. import interrupts
 from ..command import run_command
 from ..options import AuditSettings, parse_command
 
@@ -61,6 +62,7 @@ def audit(settings: AuditSettings) -> tuple[list[str], list[Any], dict[str, Any]
     tables, findings, report = [], [], {"model": settings.model, "graphs": {}}
     try:
         for graph in graphs:
+            interrupts.check()  # Ctrl-C: stop between graphs
             start = time.perf_counter()
             with capture(os.path.join(dump_root, graph.name)) as files:
                 try:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .. import interrupts
 from .errors import data_error_from
 
 if TYPE_CHECKING:
@@ -114,6 +115,7 @@ def iterate_batches(dataset: Any, batch_size: int, indices: Sequence[int] | None
     batches = pipeline.create_tuple_iterator(num_epochs=1, output_numpy=True)
     try:
         for row in batches:  # a list [images, labels, indices]
+            interrupts.check()  # Ctrl-C: stop between batches
             yield tuple(row)
     except RuntimeError as err:
         if items.failures:

@@ -1,8 +1,9 @@
 """``exit_examples.png``: sample images per exit, the easy ones that left early next to the hard ones.
 
 One row per exit: its token grid, the share of images that left there and up to ``per_exit`` of those
-images, each captioned with its predicted class and confidence. Written by ``dvt-eval`` and
-``dvt-predict``; drawn with PIL from the image files themselves.
+images, each framed (a white image stays visible on the white page) and captioned with its predicted class
+and confidence, as a line under the title explains. Written by ``dvt-eval`` and ``dvt-predict``; drawn with
+PIL from the image files themselves.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ __all__ = ["EXAMPLES_NAME", "pick_examples", "write_exit_examples"]
 
 EXAMPLES_NAME = "exit_examples.png"
 THUMB, CAPTION, LABEL_WIDTH, GAP = 96, 18, 190, 8
-TEXT, MUTED = (40, 40, 40), (120, 120, 120)
+TEXT, MUTED, FRAME = (40, 40, 40), (120, 120, 120), (170, 170, 170)
+LEGEND = ("under each image: the class it was given and that exit's confidence (its top softmax probability), "
+          "which cleared the exit's threshold")
 
 
 def pick_examples(exits: np.ndarray, num_exits: int, per_exit: int = 8) -> list[np.ndarray]:
@@ -52,13 +55,14 @@ def write_exit_examples(path: str, image_paths: Sequence[str], exits: np.ndarray
     n, num_exits = max(len(exits), 1), len(grids)
     picked = pick_examples(exits, num_exits, per_exit)
     small, normal = _font(12), _font(15)
-    width = LABEL_WIDTH + per_exit * (THUMB + GAP) + GAP
+    width = max(LABEL_WIDTH + per_exit * (THUMB + GAP) + GAP, round(small.getlength(LEGEND)) + 4 * GAP)
     row_height = THUMB + CAPTION + GAP
-    top = 40
+    top = 58
     figure = Image.new("RGB", (width, top + num_exits * row_height + GAP), "white")
     draw = ImageDraw.Draw(figure)
-    draw.text((width / 2, 14), title or "images by the exit they left at (easy: early, hard: late)", fill=TEXT,
+    draw.text((width / 2, 12), title or "images by the exit they left at (easy: early, hard: late)", fill=TEXT,
               font=normal, anchor="ma")
+    draw.text((width / 2, 33), LEGEND, fill=MUTED, font=small, anchor="ma")
     for k, rows in enumerate(picked):
         y = top + k * row_height
         share = 100.0 * float(np.mean(exits == k)) if len(exits) else 0.0
@@ -69,6 +73,7 @@ def write_exit_examples(path: str, image_paths: Sequence[str], exits: np.ndarray
         for j, i in enumerate(rows):
             x = LABEL_WIDTH + j * (THUMB + GAP)
             figure.paste(_thumbnail(image_paths[i]), (x, y))
+            draw.rectangle((x - 1, y - 1, x + THUMB, y + THUMB), outline=FRAME)
             caption = captions[i]
             while caption and draw.textlength(caption, font=small) > THUMB:
                 caption = caption[:-1]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..config import ConfigError
 from .thresholds import CurvePoint, normalize_thresholds, pick_budget_point
 
 __all__ = ["OperatingPoint", "ThresholdError", "choose_operating_point", "explicit_thresholds",
@@ -40,8 +41,8 @@ def explicit_thresholds(values: Sequence[float] | None, num_exits: int) -> np.nd
         return None
     try:
         return normalize_thresholds(values, num_exits, "--thresholds")
-    except ValueError as err:
-        raise ThresholdError(str(err)) from None
+    except ValueError as err:  # a wrong count for this model: bad usage, like any other bad value
+        raise ConfigError(str(err)) from None
 
 
 def stored_threshold_table(metadata: dict | None, num_exits: int, source: str) -> np.ndarray | None:
@@ -96,6 +97,8 @@ def choose_operating_point(num_exits: int, *, thresholds: Sequence[float] | None
     try:
         index = pick_budget_point(curve, budget)
     except ValueError as err:
+        if budget is not None:  # a budget below every point: a value out of range for this model
+            raise ConfigError(str(err)) from None
         raise ThresholdError(str(err)) from None
     chosen_by = f"--budget {budget}" if budget is not None else "most accurate curve point"
     return OperatingPoint(normalize_thresholds(rows[index], num_exits), chosen_by, index + 1)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..checkpoint import load_checkpoint, read_metadata
+from ..checkpoint import CheckpointError, load_checkpoint, read_metadata
 from ..config import ConfigError
 from .cascade import DVTCascade
 from .registry import create_model
@@ -70,5 +70,25 @@ def load_model(path: str | os.PathLike, model: str | None = None, *, strict: boo
                           "or --model NAME")
     name, arguments, _ = chosen
     network = checked_build(create_model, name, **arguments)
-    load_checkpoint(network, path, strict=strict)
+    try:
+        load_checkpoint(network, path, strict=strict)
+    except CheckpointError as err:
+        hint = _recorded_model_hint(name, arguments, metadata)
+        if hint:
+            raise CheckpointError(f"{err} {hint}") from None
+        raise
     return LoadedModel(network, name, arguments, path, metadata)
+
+
+def _recorded_model_hint(name: str, arguments: dict[str, Any], metadata: dict) -> str:
+    """When the model built is not the one the checkpoint records, what differs and how to build that one."""
+    recorded, recorded_args = metadata.get("model"), metadata.get("model_args") or {}
+    if not recorded:
+        return ""
+    differs = [f"model {name} vs {recorded}"] if name != recorded else []
+    differs += [f"{k} {arguments[k]!r} vs {recorded_args.get(k)!r}" for k in sorted(arguments)
+                if arguments[k] != recorded_args.get(k)]
+    if not differs:
+        return ""
+    return (f"The checkpoint records its own model ({recorded}); the settings given build another "
+            f"({'; '.join(differs[:6])}): drop -c / --config and the model flags to build the recorded one.")

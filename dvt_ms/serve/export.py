@@ -86,8 +86,9 @@ def _export_mindir(model, k: int, directory: str, stem: str) -> str:
     """Exit ``k`` as ``directory/stem.mindir`` (a dynamic batch); returns the file name."""
     import mindspore as ms
 
-    from .. import kernels
+    from .. import interrupts, kernels
 
+    interrupts.check()  # Ctrl-C: stop between exits (the export folder is only written whole)
     with kernels.kernels_restored(model.exit(k)):  # the model keeps its fused CPU kernels for later calls
         graph, placeholders = export_graph(model, k)
         ms.export(graph, *placeholders, file_name=os.path.join(directory, stem), file_format="MINDIR")

@@ -52,7 +52,9 @@ CSV_NAME, JSONL_NAME, SUMMARY_NAME = "predictions.csv", "predictions.jsonl", "su
 # ---- inputs -------------------------------------------------------------------------------------------
 
 def collect_images(entries: Sequence[str]) -> list[str]:
-    """The image paths named by ``entries``: files, folders (recursive, sorted) and list files."""
+    """The image paths named by ``entries``: image files, folders (recursive, sorted) and list files
+    (``.txt``: one image path per line, relative to the list's folder; blank lines and ``#`` comments skipped).
+    Anything else is a :class:`DataError` naming the entry, or the list file and line."""
     paths: list[str] = []
     for entry in entries:
         if os.path.isdir(entry):
@@ -60,12 +62,15 @@ def collect_images(entries: Sequence[str]) -> list[str]:
             if not found:
                 raise DataError(f"no image files in folder {entry} (accepted: {', '.join(IMG_EXTENSIONS)})")
             paths += found
-        elif os.path.isfile(entry) and entry.lower().endswith(LIST_SUFFIXES):
+        elif not os.path.exists(entry):
+            raise DataError(f"--images: {entry} does not exist")
+        elif entry.lower().endswith(LIST_SUFFIXES):
             paths += _read_list(entry)
-        elif os.path.isfile(entry) or is_image_file(entry):
-            paths.append(entry)  # a missing image file is reported per image, like an unreadable one
+        elif is_image_file(entry):
+            paths.append(entry)
         else:
-            raise DataError(f"--images: {entry} is neither an image file, a folder nor a list file")
+            raise DataError(f"--images: {entry} is not an image file (accepted: {', '.join(IMG_EXTENSIONS)}), a "
+                            f"folder or a list file ({', '.join(LIST_SUFFIXES)})")
     if not paths:
         raise DataError("--images names no image")
     return paths
@@ -73,10 +78,22 @@ def collect_images(entries: Sequence[str]) -> list[str]:
 
 def _read_list(path: str) -> list[str]:
     base = os.path.dirname(os.path.abspath(path))
-    with open(path, encoding="utf-8") as f:
-        lines = [line.strip() for line in f]
-    entries = [line if os.path.isabs(line) else os.path.join(base, line) for line in lines
-               if line and not line.startswith("#")]
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except UnicodeDecodeError:
+        raise DataError(f"list file {path} is not UTF-8 text (a list file holds one image path per line)") from None
+    entries = []
+    for number, line in enumerate(lines, start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        entry = line if os.path.isabs(line) else os.path.join(base, line)
+        if not (os.path.isfile(entry) and is_image_file(entry)):
+            what = "does not exist" if not os.path.exists(entry) else "is not an image file"
+            raise DataError(f"{path}:{number}: {line!r} {what} (a list file holds one image path per line, "
+                            "relative to its folder; # starts a comment)")
+        entries.append(entry)
     if not entries:
         raise DataError(f"list file {path} names no image")
     return entries

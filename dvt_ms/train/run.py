@@ -45,7 +45,8 @@ from .train_step import TrainStep
 from .trainer import LoopSettings, Trainer
 from .validate import Accuracy, exit_accuracy
 
-__all__ = ["TrainResult", "build_train_data", "build_train_step", "build_training_model", "build_val_data", "train"]
+__all__ = ["TrainResult", "build_train_data", "build_train_step", "build_training_model", "build_val_data",
+           "settings_for_data", "train"]
 
 
 @dataclass
@@ -60,11 +61,28 @@ class TrainResult:
     run_dir: str
 
 
-def build_train_data(settings: TrainSettings, spec: CascadeSpec, runtime: Runtime,
+def settings_for_data(settings: TrainSettings, reader: Any, log: logging.Logger) -> TrainSettings:
+    """``settings`` with ``num_classes`` set to the training split's class count when the config left it unset
+    (a logged note); a :class:`~dvt_ms.config.ConfigError` when the config or a flag sets another count."""
+    classes = getattr(reader, "classes", None)
+    if not classes:
+        return settings
+    if settings.num_classes is None:
+        log.info("num_classes %d: the class folders of %s (set --num_classes to say so)", len(classes),
+                 getattr(reader, "root", settings.data_dir))
+        return settings.replace(num_classes=len(classes))
+    if settings.num_classes != len(classes):
+        where = f" ({settings.config_file})" if getattr(settings, "config_file", None) else ""
+        raise ConfigError(f"--num_classes {settings.num_classes}{where} but the training data "
+                          f"{getattr(reader, 'root', settings.data_dir)} has {len(classes)} classes: pass "
+                          f"--num_classes {len(classes)}")
+    return settings
+
+
+def build_train_data(settings: TrainSettings, reader: Any, spec: CascadeSpec, runtime: Runtime,
                      log: logging.Logger) -> tuple[TrainData, DataCheck]:
-    """The training split, checked (``--data_check``, ``--bad_images``), sharded for this rank, with the
-    configured augmentation; and what the check found."""
-    reader = open_train_reader(settings.dataset, settings.data_dir)
+    """The training split ``reader``, checked (``--data_check``, ``--bad_images``), sharded for this rank, with
+    the configured augmentation; and what the check found."""
     reader, check = check_training_images(reader, settings.data_check, settings.bad_images,
                                           settings.num_parallel_workers, runtime, settings.ckpt_save_dir, log)
     return TrainData(
@@ -188,10 +206,12 @@ def train(settings: TrainSettings) -> TrainResult:
     if runtime.device is not None and runtime.device.soc:
         log.info("Ascend SoC %s: precision_mode %s, jit_level %s", runtime.device.soc, runtime.device.precision_mode,
                  runtime.device.jit_level or "MindSpore's default")
+    reader = open_train_reader(settings.dataset, settings.data_dir)
+    settings = settings_for_data(settings, reader, log)
     spec = settings.model_spec()
     state_path = find_state(settings.resume, settings.auto_resume, run_dir)
     with settings_errors():
-        data, check = build_train_data(settings, spec, runtime, log)
+        data, check = build_train_data(settings, reader, spec, runtime, log)
     val_data = build_val_data(settings, spec)
     model = build_training_model(settings, runtime, log)
     with settings_errors():

@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +25,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn
 
+from .. import interrupts
 from ..command import Interrupted, abort
 from ..data.errors import DataError
 from ..data.train_pipeline import TrainData, data_error_from
@@ -142,7 +141,6 @@ class Trainer:
         # PyNative mode: the train step is still one compiled graph; validation and the loop run eagerly.
         self.step_fn = ms.jit(train_step) if runtime.mode == 1 else train_step
         self.progress = RunRecord()
-        self._stop_requested = threading.Event()
 
     # ---- the pipeline, interrupts and lost workers ------------------------------------------------------
 
@@ -158,29 +156,11 @@ class Trainer:
             iterator = dataset.create_tuple_iterator(num_epochs=1)
         return _Feed(lambda: self.step_fn(*next(iterator)), 1, iterator)
 
-    @contextlib.contextmanager
-    def _interruptible(self) -> Iterator[None]:
-        """On one device, SIGINT or SIGTERM asks the loop to stop after the current step; a second one stops at
-        once. Both are caught because MindSpore's runtime turns a SIGINT that arrives while it runs a graph into
-        a SIGTERM to its own process. A data-parallel run keeps the default handlers: its ranks could not agree
+    def _interruptible(self) -> contextlib.AbstractContextManager:
+        """On one device, an interrupt (:mod:`dvt_ms.interrupts`: Ctrl-C or SIGTERM inside a command) is acted
+        on after the step under way; a data-parallel run keeps the default handlers: its ranks could not agree
         on a step to stop at once one of them is gone, and msrun ends the whole job."""
-        if self.runtime.distributed or threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def on_signal(signum, frame):
-            if self._stop_requested.is_set():
-                raise KeyboardInterrupt
-            self._stop_requested.set()
-            self.log.warning("interrupted: finishing the step under way, then saving the training state "
-                             "(Ctrl-C again to stop at once)")
-
-        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+        return interrupts.immediate() if self.runtime.distributed else contextlib.nullcontext()
 
     def _lost_worker(self, lost: LostWorker) -> None:
         """Called by the worker watch: report, then end the process once no checkpoint is being written."""
@@ -207,7 +187,7 @@ class Trainer:
             try:
                 for epoch in range(progress.epoch, s.epochs):
                     self._train_epoch(epoch, feed)
-                    if epoch + 1 < s.epochs and self._stop_requested.is_set():
+                    if epoch + 1 < s.epochs and interrupts.requested():
                         self._interrupt()
             except DataError as err:  # an image the run cannot read: say where to continue once it is fixed
                 raise DataError(f"{err}; {self.ckpt.resume_hint()}") from None
@@ -269,7 +249,7 @@ class Trainer:
                     s.global_batch), clock.seconds_per_step() * remaining)
             if done >= self.steps_per_epoch:
                 break
-            stop = self._stop_requested.is_set()
+            stop = interrupts.requested()
             if stop or crossed(progress.global_step - feed.per_call, progress.global_step, s.ckpt_every_steps):
                 progress.rank_states = self._rank_states(tally)
                 self.ckpt.save_step(self.step, progress, self.metadata)
@@ -320,7 +300,8 @@ class Trainer:
                                  "lr": lr, "img_per_sec": speed, "epoch_seconds": seconds}
         is_best = False
         if self._due_validation(epoch):
-            acc = self.validate()
+            with interrupts.held():  # an interrupt is acted on once the epoch is validated and saved
+                acc = self.validate()
             entry["val_top1"], entry["val_top5"] = acc.top1, acc.top5
             is_best = progress.best_top1 is None or acc.top1[-1] > progress.best_top1
             if is_best:
@@ -329,7 +310,8 @@ class Trainer:
                 params = self.model.trainable_params()
                 saved = self.ema.swap_into(params)
                 try:
-                    ema_acc = self.validate()
+                    with interrupts.held():
+                        ema_acc = self.validate()
                 finally:
                     self.ema.restore(params, saved)
                 entry["val_top1_ema"], entry["val_top5_ema"] = ema_acc.top1, ema_acc.top5

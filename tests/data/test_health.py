@@ -115,11 +115,11 @@ def test_data_check_command(tmp_path, capsys):
     assert sorted(line.split("\t")[0] for line in listing.read_text().splitlines()) == sorted(bad)
     assert _data_check("--data_dir", root, "--split", "train") == 0  # the bad files are all in val/
     assert _data_check("--data_dir", os.path.join(root, "train")) == 0  # a class folder tree on its own
-    assert _data_check("--data_dir", str(tmp_path / "missing")) == 1
+    assert _data_check("--data_dir", str(tmp_path / "missing")) == 2  # a named input that does not exist
     assert _data_check("--data_dir", root, "--data_check", "off") == 2
     assert _data_check("--data_dir", root, "--dataset", "cifar10") == 2
     assert _data_check() == 2
-    assert "data directory not found" in capsys.readouterr().err
+    assert "missing: no such directory" in capsys.readouterr().err
 
 
 def test_large_sets_are_checked_by_worker_processes_with_the_same_result(tmp_path):

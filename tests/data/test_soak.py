@@ -76,11 +76,14 @@ def test_twenty_thousand_draws_of_the_recipe_transform(tmp_path):
 @pytest.mark.parametrize("config", sorted(glob.glob(os.path.join(REPO, "configs", "*.yaml"))),
                          ids=os.path.basename)
 def test_every_shipped_config_s_data_settings_run_through_the_pipeline(config, tmp_path_factory):
-    settings = TrainSettings.from_config(load_config(config))
-    images = max(300, 2 * settings.batch_size)
+    recipe = load_config(config)
+    images = max(300, 2 * recipe.get("batch_size", 128))
     root = _photo_folder(str(tmp_path_factory.mktemp("photos")), per_class=-(-images // CLASSES))
-    settings = settings.replace(data_dir=root, num_classes=CLASSES, ckpt_save_dir=str(tmp_path_factory.mktemp("run")))
-    data, check = build_train_data(settings, settings.model_spec(), Runtime("CPU", 0), logging.getLogger("test"))
+    settings = TrainSettings.from_config({**recipe, "data_dir": root, "num_classes": CLASSES,
+                                          "ckpt_save_dir": str(tmp_path_factory.mktemp("run"))})
+    reader = open_train_reader(settings.dataset, settings.data_dir)
+    data, check = build_train_data(settings, reader, settings.model_spec(), Runtime("CPU", 0),
+                                   logging.getLogger("test"))
     assert check.checked >= images and check.skipped_images == []
     spec = settings.model_spec()
     seen = 0

@@ -119,7 +119,7 @@ def test_mode_1_uses_the_stored_thresholds_and_budget(data, tmp_path, capsys):
 
 def test_explicit_thresholds_are_run(data, tmp_path):
     args = base_args(data, tmp_path, "--eval_mode", "1", "--ckpt", str(data / "with_meta.ckpt"),
-                     "--thresholds", "2,0", "--throughput_batches", "0")
+                     "--thresholds", "1,0", "--throughput_batches", "0")
     assert main(args) == 0
     results = read_results(tmp_path)
     assert results["exit_shares"] == [0.0, 1.0, 0.0]
@@ -145,7 +145,7 @@ def error_of(args, capsys) -> tuple[int, str]:
 def test_missing_data_dir(data, tmp_path, capsys):
     args = base_args(data, tmp_path, "--data_dir", str(tmp_path / "nowhere"))
     code, err = error_of(args, capsys)
-    assert code == 1 and f"data directory not found: {tmp_path / 'nowhere'}" in err
+    assert code == 2 and f"--data_dir {tmp_path / 'nowhere'}: no such directory" in err
     assert "Traceback" not in err
 
 
@@ -168,7 +168,7 @@ def test_unreadable_image_is_named(data, tmp_path, capsys):
 
 def test_thresholds_of_the_wrong_length(data, tmp_path, capsys):
     code, err = error_of(base_args(data, tmp_path, "--eval_mode", "1", "--thresholds", "0.1,0.2,0.3,0.4"), capsys)
-    assert code == 1 and "--thresholds: got 4 value(s) for a model with 3 exits" in err
+    assert code == 2 and "--thresholds: got 4 value(s) for a model with 3 exits" in err
 
 
 def test_checkpoint_that_does_not_fit_the_config(data, tmp_path, capsys):
@@ -178,15 +178,16 @@ def test_checkpoint_that_does_not_fit_the_config(data, tmp_path, capsys):
 
 @pytest.mark.parametrize("extra, status, message", [
     (["--ckpt", ""], 2, "no checkpoint: pass --ckpt"),
-    (["--ckpt", "{tmp_path}/no/such.ckpt"], 1, "checkpoint not found: {tmp_path}/no/such.ckpt"),
+    (["--ckpt", "{tmp_path}/no/such.ckpt"], 2, "--ckpt {tmp_path}/no/such.ckpt: no such file"),
     (["--eval_mode", "1"], 1, "stores no thresholds"),
-    (["--eval_mode", "2", "--budget", "0.0001"], 1, "below every point of the curve"),
+    (["--eval_mode", "2", "--budget", "0.0001"], 2, "below every point of the curve"),
     (["--eval_mode", "1", "--budget", "1", "--thresholds", "0.5,0.5"], 2, "either --thresholds or --budget"),
     (["--eval_mode", "2", "--calib_size", "0"], 2, "--calib_size: calib_size must be >= 1, got 0"),
     (["--eval_mode", "2", "--pad_to_buckets", "True", "--buckets", "2"], 2, "include one of at least --batch_size 4"),
 ])
 def test_other_usage_errors(data, tmp_path, capsys, extra, status, message):
-    """Settings that cannot work together exit 2 before anything runs; what only the files reveal exits 1."""
+    """Settings that cannot work together, inputs that are not there and values out of range for the model exit 2;
+    what only the files reveal exits 1."""
     extra = [arg.format(tmp_path=tmp_path) for arg in extra]  # no test names a path outside its own folders
     code, err = error_of(base_args(data, tmp_path, *extra), capsys)
     assert code == status and message.format(tmp_path=tmp_path) in err

@@ -90,13 +90,15 @@ def test_unknown_config_key_is_named(tmp_path, data_40):
 def test_missing_data_folder(tmp_path):
     missing = str(tmp_path / "no_such_data")
     proc = run_train("-c", TINY_CONFIG, "--data_dir", missing, "--ckpt_save_dir", str(tmp_path / "run"))
-    _assert_clean_failure(proc, "data directory not found", missing)
+    _assert_clean_failure(proc, f"--data_dir {missing}: no such directory")
+    assert proc.returncode == 2  # a named input that does not exist: fix the command line
 
 
 def test_data_folder_without_val_split(tmp_path):
     root = make_image_folder(str(tmp_path / "d"), 8, 0, classes=2)
     shutil.rmtree(os.path.join(root, "val"))
-    proc = run_train("-c", TINY_CONFIG, "--data_dir", root, "--ckpt_save_dir", str(tmp_path / "run"))
+    proc = run_train("-c", TINY_CONFIG, "--data_dir", root, "--num_classes", "2", "--ckpt_save_dir",
+                     str(tmp_path / "run"))
     _assert_clean_failure(proc, "has no val/", root)
 
 
@@ -116,8 +118,9 @@ def test_an_unreadable_image_is_named_before_the_first_step(tmp_path):
     with open(bad, "wb") as f:
         f.write(b"\x89PNG truncated")
     run_dir = tmp_path / "run"
-    proc = run_train("-c", TINY_CONFIG, "--data_dir", root, "--batch_size", "2", "--depth", "1", "--epoch_size", "1",
-                     "--warmup_epochs", "0", "--num_parallel_workers", "2", "--ckpt_save_dir", str(run_dir))
+    proc = run_train("-c", TINY_CONFIG, "--data_dir", root, "--num_classes", "2", "--batch_size", "2", "--depth",
+                     "1", "--epoch_size", "1", "--warmup_epochs", "0", "--num_parallel_workers", "2",
+                     "--ckpt_save_dir", str(run_dir))
     _assert_clean_failure(proc, "1 of 4 training images", "cannot be read (header check)", bad, "--bad_images skip")
     assert proc.returncode == 1 and "first step" not in proc.stdout
     assert (run_dir / "bad_images.txt").read_text().startswith(bad + "\t")
