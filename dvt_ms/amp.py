@@ -24,7 +24,7 @@ import mindspore as ms
 from mindspore import nn
 
 from .models.exit import DVTExit
-from .models.layers import AttentionScores, Block, LayerNorm, RelationReuse, TokenPerformer
+from .models.layers import AttentionScores, LayerNorm, RelationReuse, TokenPerformer
 from .models.layers.patch_embed import PatchProjection
 
 __all__ = ["AMP_LEVELS", "FLOAT32_CELLS", "LOW_PRECISION_CELLS", "apply_precision", "low_precision_dtype"]
@@ -32,7 +32,7 @@ __all__ = ["AMP_LEVELS", "FLOAT32_CELLS", "LOW_PRECISION_CELLS", "apply_precisio
 AMP_LEVELS = ("O0", "O2", "O3")
 FLOAT32_CELLS: tuple[type[nn.Cell], ...] = (LayerNorm, AttentionScores, RelationReuse, TokenPerformer)
 LOW_PRECISION_CELLS: tuple[type[nn.Cell], ...] = (nn.Dense, PatchProjection)
-FUSED_LAYER_CELLS: tuple[type[nn.Cell], ...] = (Block, DVTExit, TokenPerformer)  # whole layers in one CPU kernel
+FUSED_LAYER_CELLS: tuple[type[nn.Cell], ...] = (DVTExit, TokenPerformer)  # whole layers in one CPU kernel
 _DTYPES = {"float16": ms.float16, "bfloat16": ms.bfloat16}
 
 

@@ -10,11 +10,12 @@ status everywhere.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from importlib import import_module
 from typing import Any
 
@@ -59,7 +60,7 @@ def run_command(prog: str, parse: Callable[[], Any], run: Callable[[Any], str | 
     except SystemExit as stop:  # argparse: --help or a usage error (already printed)
         return stop.code if isinstance(stop.code, int) else 2
     try:
-        with interrupts.deferred():  # Ctrl-C stops the run where it can stop cleanly
+        with interrupts.deferred(), _console_log():  # Ctrl-C stops the run where it can stop cleanly
             text = run(cfg)
     except ConfigError as err:  # a setting found unusable only once the run looked at it: still bad usage
         print(f"{prog}: error: {err}", file=sys.stderr)
@@ -82,6 +83,26 @@ def run_command(prog: str, parse: Callable[[], Any], run: Callable[[Any], str | 
     if text:
         print(text)
     return 0
+
+
+@contextlib.contextmanager
+def _console_log() -> Iterator[None]:
+    """The library's log records (``dvt_ms.*`` loggers, INFO and up) on stderr while a command runs, unless the
+    command (training: its log files) or the caller set up handlers of their own."""
+    package = logging.getLogger("dvt_ms")
+    if package.handlers:
+        yield
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    level = package.level
+    package.addHandler(handler)
+    package.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        package.removeHandler(handler)
+        package.setLevel(level)
 
 
 #: command -> (module whose ``main(argv)`` runs it, console script, one line of help)

@@ -29,7 +29,7 @@ JIT_LEVELS = ("auto", "O0", "O1", "O2")
 PRECISION_MODES = ("auto", "must_keep_origin_dtype", "allow_fp32_to_fp16", "force_fp32")
 """The operator precision modes accepted: those that keep float32 vector operators in float32. Modes that
 lower them (``force_fp16``, ``allow_mix_precision*``) would break the precision policy's float32 parts and
-the exact float32 steps of the mask generator (:mod:`dvt_ms.models.layers.dropout`)."""
+the exact float32 steps of the mask generator (:mod:`dvt_ms.rng`)."""
 NO_BFLOAT16_SOCS = ("ascend910", "ascend310", "ascend310p")
 """SoC versions (as MindSpore reports them) without bfloat16: Ascend 910A and the 310 series."""
 NO_FLOAT32_MATRIX_SOCS = ("ascend910",)

@@ -18,14 +18,15 @@ settings object checks every value (:class:`~dvt_ms.config.ConfigError`, exit st
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
-from typing import Any, NamedTuple
+from dataclasses import dataclass, make_dataclass
+from typing import Any
 
 from .config import ConfigError, Option, Settings, flag, merge_options, parse_settings
+from .model_arguments import MODEL_ARGUMENTS
 
 __all__ = [
     "ALL_OPTIONS", "AuditSettings", "ConvertSettings", "DataCheckSettings", "DigitsSettings", "EvalSettings",
-    "ExportSettings", "ModelChoice", "ModelSettings", "PredictSettings", "StampSettings", "TrainSettings",
+    "ExportSettings", "ModelSettings", "PredictSettings", "StampSettings", "TrainSettings",
     "parse_command",
 ]
 
@@ -56,53 +57,21 @@ def _check_operating_point(settings: Any) -> None:
              f"--budget must be a positive number of GFLOPs per image, got {settings.budget}")
 
 
-class ModelChoice(NamedTuple):
-    """The model a command builds: registered name, arguments, and where the choice came from."""
-
-    name: str
-    args: dict[str, Any]
-    chosen_by: str
-
-
 @dataclass
-class ModelSettings(Settings):
-    """The model flags: a registered name and overrides of any argument of its spec function."""
-
-    model: str | None = flag(None, "registered model name, see dvt_ms.list_models()")
-    num_classes: int | None = flag(None, "classes of every exit head")
-    img_size: int | None = flag(None, "input side in pixels")
-    in_chans: int | None = flag(None, "input channels")
-    exit_grids: list[int] | None = flag(None, "token grid side of each exit, e.g. 7,10,14")
-    embed_dim: int | list[int] | None = flag(None, "embedding width (one value or one per exit)", kind="int_or_list")
-    depth: int | list[int] | None = flag(None, "blocks per exit (one value or one per exit)", kind="int_or_list")
-    num_heads: int | list[int] | None = flag(None, "attention heads (one value or one per exit)", kind="int_or_list")
-    mlp_ratio: float | list[float] | None = flag(None, "MLP width ratio (one value or one per exit)",
-                                                       kind="float_or_list")
-    qkv_bias: bool | None = flag(None, "bias in the qkv projection")
-    norm_eps: float | None = flag(None, "LayerNorm epsilon of the transformer blocks")
-    patch_sizes: list[int] | None = flag(None, "patch-embedding kernel per exit (patch stems)")
-    patch_paddings: list[int] | None = flag(None, "patch-embedding padding per exit (patch stems)")
-    t2t_unfolds: Any = flag(None, "per exit three [kernel, stride, padding] soft splits (T2T stems)", kind="any")
-    t2t_variant: str | None = flag(None, "T2T token module", choices=("performer", "transformer"))
-    token_dim: int | None = flag(None, "T2T token width")
-    drop_rate: float | None = flag(None, "dropout")
-    attn_drop_rate: float | None = flag(None, "attention dropout")
-    drop_path_rate: float | None = flag(None, "stochastic depth rate of the last block")
-    feature_reuse: bool | None = flag(None, "downstream exits reuse the previous exit's features")
-    relation_reuse: bool | None = flag(None, "downstream exits reuse the previous exit's attention logits")
-    exit_names: Any = flag(None, "attribute names of the exits (parameter prefixes)", kind="any")
+class _ModelSettingsBase(Settings):
+    """The behaviour of :class:`ModelSettings`, whose fields are made from the model-argument table."""
 
     def model_args(self) -> dict[str, Any]:
         """The model arguments set here (every model field but ``model`` that is not None)."""
-        return {name: getattr(self, name) for name in _MODEL_ARGS if getattr(self, name) is not None}
+        return {a.name: getattr(self, a.name) for a in MODEL_ARGUMENTS if getattr(self, a.name) is not None}
 
-    def choose_model(self, recorded: dict | None = None) -> ModelChoice | None:
-        """The model named here with its arguments, else the one a checkpoint's metadata records
-        (``model``, ``model_args``) with these arguments on top; None when neither names one."""
+    def choose_model(self, recorded: dict | None = None):
+        """The :class:`~dvt_ms.models.loading.ModelChoice` (name, arguments, chosen by): the model named here
+        with its arguments, else the one a checkpoint's metadata records (``model``, ``model_args``) with these
+        arguments on top; None when neither names one."""
         from .models.loading import choose_model
 
-        chosen = choose_model(self.model, self.model_args(), recorded)
-        return ModelChoice(*chosen) if chosen is not None else None
+        return choose_model(self.model, self.model_args(), recorded)
 
     def model_spec(self):
         """The :class:`~dvt_ms.models.CascadeSpec` of the named model, without building the network."""
@@ -130,7 +99,15 @@ class ModelSettings(Settings):
         return self.model
 
 
-_MODEL_ARGS = tuple(f.name for f in fields(ModelSettings) if f.name != "model")
+#: The model flags: a registered name and overrides of any argument of its spec function, one field per entry of
+#: :data:`dvt_ms.model_arguments.MODEL_ARGUMENTS` (every one None unless set).
+ModelSettings = make_dataclass(
+    "ModelSettings",
+    [("model", str | None, flag(None, "registered model name, see dvt_ms.list_models()")),
+     *((a.name, a.annotation, flag(None, a.help, kind=a.kind, choices=a.choices)) for a in MODEL_ARGUMENTS)],
+    bases=(_ModelSettingsBase,), namespace={"__module__": __name__})
+ModelSettings.__doc__ = ("The model flags: a registered name and overrides of any argument of its spec function "
+                         "(dvt_ms.model_arguments).")
 
 
 @dataclass

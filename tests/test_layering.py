@@ -17,7 +17,7 @@ PACKAGE = Path(REPO) / "dvt_ms"
 # Lowest first. A module belongs to the longest prefix listed; commands sit above every library module.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("dvt_ms.files", "dvt_ms.device", "dvt_ms.interrupts"),
-    ("dvt_ms.config", "dvt_ms.checkpoint", "dvt_ms.kernels"),
+    ("dvt_ms.config", "dvt_ms.checkpoint", "dvt_ms.kernels", "dvt_ms.rng", "dvt_ms.model_arguments"),
     ("dvt_ms.models", "dvt_ms.data"),
     ("dvt_ms.flops", "dvt_ms.amp", "dvt_ms.reference", "dvt_ms.options", "dvt_ms.command"),
     ("dvt_ms.convert", "dvt_ms.inference"),

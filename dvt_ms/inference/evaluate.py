@@ -15,8 +15,8 @@ the three ways of running the model are timed on the first ``--throughput_batche
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -46,6 +46,7 @@ from .throughput import speed_report
 
 __all__ = ["EvalError", "EvalResults", "ExitOutputs", "collect_exit_outputs", "evaluate", "run_early_exit", "summary"]
 
+_LOG = logging.getLogger(__name__)
 METADATA_FIELDS = ("flops", "anytime_classification", "budgeted_batch_classification", "dynamic_threshold")
 
 
@@ -82,10 +83,6 @@ class EvalResults:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # ---- set-up -------------------------------------------------------------------------------------
@@ -254,8 +251,8 @@ def _calibrated_thresholds(settings: EvalSettings, run: EvalSetup) -> tuple[np.n
                         f"({len(train.classes)} vs {len(run.val.classes)}); they must match for calibration")
     subset = np.sort(np.random.default_rng(settings.seed).permutation(len(train))[: settings.calib_size])
     if subset.size < settings.calib_size:
-        _log(f"note: the training set has {len(train)} images, fewer than --calib_size {settings.calib_size}: "
-             "all of them calibrate the thresholds")
+        _LOG.warning("note: the training set has %d images, fewer than --calib_size %d: all of them calibrate "
+                     "the thresholds", len(train), settings.calib_size)
     calib = collect_exit_outputs(run.engine, train, settings.batch_size, subset, settings.num_parallel_workers,
                                  "calibration")
     return calibrate(calib.confidences), int(subset.size)
@@ -301,7 +298,7 @@ def _throughput(settings: EvalSettings, run: EvalSetup) -> dict[str, Any] | None
     if settings.throughput_batches == 0:
         return None
     batches = _first_batches(run.val, settings.batch_size, settings.throughput_batches, settings.num_parallel_workers)
-    _log(f"timing early exit / all exits / last exit alone on {sum(len(b) for b in batches)} images ...")
+    _LOG.info("timing early exit / all exits / last exit alone on %d images ...", sum(len(b) for b in batches))
     report = speed_report(run.engine, batches, settings.throughput_rounds, run.buckets)
     report["device_target"] = settings.device_target
     return report

@@ -9,20 +9,21 @@ from mindspore import Tensor
 
 from .. import kernels
 from .exit import DVTExit, ExitStage
-from .graph_cell import GraphCell
 from .layers import bind_masks
 from .spec import CascadeSpec
+from .top_level import TopLevelCell
 
 
 @dataclass
 class ReuseState:
-    """What exit k hands to exit k+1 for the same images: its last tokens and its attention logits."""
+    """What exit k hands to exit k+1 for the same images: its features (last tokens) and relations (attention
+    logits)."""
 
     features: Tensor | None = None
     relations: Tensor | None = None
 
 
-class DVTCascade(kernels.StaticShapeKernels, GraphCell):
+class DVTCascade(kernels.StaticShapeKernels, TopLevelCell):
     """A Dynamic Vision Transformer: ``construct(x)`` returns the logits of every exit (a tuple).
 
     Exits are attributes named ``spec.exit_names`` (``less_less_token``, ``less_token``,
@@ -111,6 +112,6 @@ class DVTCascade(kernels.StaticShapeKernels, GraphCell):
             raise ValueError(f"exit {k + 1} reuses relations: pass the relations produced by exit {k}")
         if k not in self._stages:
             self._stages[k] = ExitStage(self.exit(k))
-        logits, tokens, rel = ExitStage.unpack(self._stages[k](x, state.features if want_features else None,
-                                                               state.relations if want_relations else None))
-        return logits, ReuseState(tokens, rel)
+        logits, features, relations = ExitStage.unpack(self._stages[k](
+            x, state.features if want_features else None, state.relations if want_relations else None))
+        return logits, ReuseState(features, relations)

@@ -10,14 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ..model_arguments import SHARED_ARGUMENTS
 from .registry import register_variant
 from .spec import CascadeSpec, ExitSpec, default_exit_names, patch_for_grid, per_exit, t2t_unfolds_for_grid
 
 PUBLISHED_GRIDS = (7, 10, 14)
-# the arguments every family's spec function has and hands to _assemble unchanged
-SHARED_ARGUMENTS = ("img_size", "in_chans", "num_classes", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias",
-                    "norm_eps", "drop_rate", "attn_drop_rate", "drop_path_rate", "feature_reuse", "relation_reuse",
-                    "exit_names")
 
 
 def vit_cascade_spec(*, img_size: int = 224, in_chans: int = 3, num_classes: int = 1000,

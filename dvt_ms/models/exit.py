@@ -7,21 +7,31 @@ import numpy as np
 from mindspore import Parameter, nn, ops
 
 from .. import kernels
-from .graph_cell import GraphCell
-from .layers import Dropout, DropPathMasks, LayerNorm, PatchEmbed, RelationReuse, T2TStem, block_class
+from .layers import (
+    BlockConfig,
+    Dropout,
+    DropPathMasks,
+    FusedBlockStack,
+    LayerNorm,
+    PatchEmbed,
+    RelationReuse,
+    T2TStem,
+    block_class,
+)
 from .layers.init import frozen, sinusoid_table, trunc_normal
 from .layers.mlp import dense
 from .spec import CascadeSpec
+from .top_level import TopLevelCell
 
 
 class DVTExit(nn.Cell):
     """Exit ``k`` of a cascade spec (attributes mirror the official PyTorch sub-model).
 
-    ``construct(x, features=None, relations=None)`` returns ``(logits, tokens, relations_out)``:
-    ``tokens`` [B, N+1, D] are the last block's output (what the next exit's feature reuse reads) and
+    ``construct(x, features=None, relations=None)`` returns ``(logits, features_out, relations_out)``:
+    ``features_out`` [B, N+1, D] are the last block's tokens (what the next exit's feature reuse reads) and
     ``relations_out`` [B, depth*heads, N+1, N+1] the concatenated attention logits of every block (what
     the next exit's relation reuse reads; ``None`` unless :attr:`emit_relations`). ``features`` and
-    ``relations`` are the previous exit's ``tokens`` and ``relations_out`` for the same images.
+    ``relations`` are the previous exit's ``features_out`` and ``relations_out`` for the same images.
     """
 
     def __init__(self, spec: CascadeSpec, k: int) -> None:
@@ -53,13 +63,15 @@ class DVTExit(nn.Cell):
 
         up = spec.exits[k - 1] if k > 0 else None
         up_grid = up.grid(spec.img_size) if up is not None else 0
-        reuse_from = (up.embed_dim, up_grid) if e.feature_reuse else None
         dpr = np.linspace(0, spec.drop_path_rate, e.depth) if e.depth > 1 else [0.0]
         block = block_class()
         self.blocks = nn.CellList([
-            block(d, e.num_heads, e.mlp_hidden, self.num_tokens, e.qkv_bias, e.norm_eps, spec.drop_rate,
-                  spec.attn_drop_rate, float(dpr[i]), reuse_from, spec.reuse_channels, spec.reuse_hidden,
-                  self.emit_relations, 2 * i)
+            block(BlockConfig(dim=d, num_heads=e.num_heads, mlp_hidden=e.mlp_hidden, num_tokens=self.num_tokens,
+                              qkv_bias=e.qkv_bias, norm_eps=e.norm_eps, drop=spec.drop_rate,
+                              attn_drop=spec.attn_drop_rate, drop_path=float(dpr[i]),
+                              reuse_from=(up.embed_dim, up_grid) if e.feature_reuse else None,
+                              reuse_channels=spec.reuse_channels, reuse_hidden=spec.reuse_hidden,
+                              emit_relations=self.emit_relations))
             for i in range(e.depth)])
         # columns 2i, 2i+1: the attention and MLP branches of block i
         self.drop_path_masks = DropPathMasks([float(dpr[i]) for i in range(e.depth) for _ in range(2)])
@@ -70,31 +82,9 @@ class DVTExit(nn.Cell):
                                                      spec.relation_expansion * channels, up_grid, self.grid,
                                                      e.depth)
         self.head = dense(d, spec.num_classes)
-        self.fused = None
-        if all(blk.fused is not None for blk in self.blocks):
-            self._bind_fused_stack()
-
-    def _bind_fused_stack(self) -> None:
-        """Inference on CPU in float32: every block in one fused kernel (:func:`dvt_ms.kernels.block_stack_op`),
-        ``None`` where the blocks run one by one."""
-        self.fused = kernels.block_stack_op(self.num_heads, False, self.emit_relations)
-        if self.fused is None:
-            return
-        first = self.blocks[0]
-        self.placeholder = first.placeholder
-        self.stack_resize = first.resize if self.feature_reuse else first.placeholder
-        self.stack_eps = first.eps_tensor
-        self.stack_config = first.stack_config(self.relation_reuse, False, False, depth=self.depth)
-        # not registered: the parameters belong to the blocks
-        self.__dict__["stack_weights"] = tuple(w for blk in self.blocks for w in blk.fused_weights)
-
-    def fused_features(self, t, features, relations):
-        """:meth:`forward_features` after the embedding, in inference through the fused kernel."""
-        rel = self.relation_reuse_conv.mixed(relations) if self.relation_reuse else self.placeholder
-        up = features if self.feature_reuse else self.placeholder
-        t, logits = self.fused(t, up, rel, self.stack_resize, self.placeholder, self.stack_config, self.stack_eps,
-                               *self.stack_weights)
-        return self.norm(t)[:, 0], t, (logits if self.emit_relations else None)
+        # CPU, float32: the blocks through the fused kernel (None: the blocks themselves run); named ``fused`` as
+        # every cell's kernel is, so that dvt_ms.kernels can switch it off for dynamic shapes
+        self.fused = FusedBlockStack.for_blocks(list(self.blocks))
 
     def embed(self, x):
         """Image [B, C, H, W] -> tokens with class token and position embedding [B, N+1, D]."""
@@ -104,34 +94,45 @@ class DVTExit(nn.Cell):
         return self.pos_drop(t)
 
     def forward_features(self, x, features=None, relations=None):
-        """Returns (normed class feature [B, D], last tokens [B, N+1, D], logits [B, depth*heads, N+1, N+1])."""
+        """Returns (normed class feature [B, D], the features the next exit reuses (the last tokens,
+        [B, N+1, D]), the relations it reuses (attention logits [B, depth*heads, N+1, N+1]) or None)."""
         t = self.embed(x)
-        if self.fused is not None and not self.training and t.dtype == ms.float32:
-            return self.fused_features(t, features, relations)
-        biases = self.relation_reuse_conv(relations) if self.relation_reuse else None
         masks = self.drop_path_masks(t)  # every block's drop-path masks in one draw; None in inference
+        if self.fused is not None and t.dtype == ms.float32:
+            t, out_rel = self.fused(t, features, self.relation_terms(relations, split=self.training), masks)
+        else:
+            t, out_rel = self.run_blocks(t, features, self.relation_terms(relations, split=True), masks)
+        return self.norm(t)[:, 0], t, out_rel
+
+    def relation_terms(self, relations, split: bool):
+        """Relation reuse's additive terms for the blocks: one per block (``split``) or all in one tensor;
+        ``None`` without relation reuse."""
+        if not self.relation_reuse:
+            return None
+        return self.relation_reuse_conv(relations) if split else self.relation_reuse_conv.mixed(relations)
+
+    def run_blocks(self, t, features, terms, masks):
+        """The blocks one after the other: (last tokens, their attention logits concatenated or None)."""
         logits = ()
         for i, blk in enumerate(self.blocks):
-            bias = biases[i] if self.relation_reuse else None
-            block_masks = None
-            if masks is not None:  # the fused kernel reads its columns of the exit's masks itself
-                block_masks = masks if blk.fused is not None else masks[:, 2 * i:2 * i + 2]
-            t, logit = blk(t, features, bias, block_masks)
+            term = terms[i] if self.relation_reuse else None
+            block_masks = masks[:, 2 * i:2 * i + 2] if masks is not None else None
+            t, logit = blk(t, features, term, block_masks)
             if self.emit_relations:
                 logits = (*logits, logit)
-        out_rel = ops.cat(logits, 1) if self.emit_relations else None
-        return self.norm(t)[:, 0], t, out_rel
+        return t, (ops.cat(logits, 1) if self.emit_relations else None)
 
     def forward_head(self, feature):
         return self.head(feature)
 
     def construct(self, x, features=None, relations=None):
-        feature, tokens, out_rel = self.forward_features(x, features, relations)
-        return self.forward_head(feature), tokens, out_rel
+        feature, features_out, relations_out = self.forward_features(x, features, relations)
+        return self.forward_head(feature), features_out, relations_out
 
 
-class ExitStage(kernels.StaticShapeKernels, GraphCell):
-    """Exit ``k`` as a stand-alone compiled stage ``(x, features, relations) -> (logits, tokens[, relations])``.
+class ExitStage(kernels.StaticShapeKernels, TopLevelCell):
+    """Exit ``k`` as a stand-alone compiled stage ``(x, features, relations) -> (logits, features[, relations])``
+    (the outputs are what the next exit takes).
 
     The output tuple holds tensors only (``relations`` only when the exit emits them): a ``None`` among
     a compiled graph's outputs sends MindSpore down a run-time graph path that cannot run custom ops.
@@ -142,15 +143,15 @@ class ExitStage(kernels.StaticShapeKernels, GraphCell):
     def __init__(self, exit_cell: DVTExit) -> None:
         super().__init__(auto_prefix=False)
         self.exit_cell = exit_cell
-        self.emits_relations = exit_cell.emit_relations
+        self.emit_relations = exit_cell.emit_relations
 
     def construct(self, x, features=None, relations=None):
-        logits, tokens, out_rel = self.exit_cell(x, features, relations)
-        if self.emits_relations:
-            return logits, tokens, out_rel
-        return logits, tokens
+        logits, features_out, relations_out = self.exit_cell(x, features, relations)
+        if self.emit_relations:
+            return logits, features_out, relations_out
+        return logits, features_out
 
     @staticmethod
     def unpack(outputs) -> tuple:
-        """``(logits, tokens, relations)`` from a stage's outputs, ``relations`` ``None`` when not emitted."""
+        """``(logits, features, relations)`` from a stage's outputs, ``relations`` ``None`` when not emitted."""
         return outputs[0], outputs[1], (outputs[2] if len(outputs) > 2 else None)

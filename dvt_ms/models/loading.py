@@ -11,14 +11,14 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..checkpoint import CheckpointError, load_checkpoint, read_metadata
 from ..config import ConfigError
 from .cascade import DVTCascade
 from .registry import create_model
 
-__all__ = ["LoadedModel", "checked_build", "choose_model", "load_model"]
+__all__ = ["LoadedModel", "ModelChoice", "checked_build", "choose_model", "load_model"]
 
 
 @dataclass
@@ -33,15 +33,22 @@ class LoadedModel:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-def choose_model(model: str | None, model_args: dict[str, Any],
-                 recorded: dict | None) -> tuple[str, dict[str, Any], str] | None:
-    """``(name, arguments, chosen by)``: ``model`` with ``model_args`` when named, else the model a
-    checkpoint's metadata records (``model``, ``model_args``) with ``model_args`` on top; None when neither
-    names one."""
+class ModelChoice(NamedTuple):
+    """The model a command builds: registered name, arguments, and where the choice came from."""
+
+    name: str
+    args: dict[str, Any]
+    chosen_by: str
+
+
+def choose_model(model: str | None, model_args: dict[str, Any], recorded: dict | None) -> ModelChoice | None:
+    """``model`` with ``model_args`` when named, else the model a checkpoint's metadata records (``model``,
+    ``model_args``) with ``model_args`` on top; None when neither names one."""
     if model:
-        return model, dict(model_args), "given"
+        return ModelChoice(model, dict(model_args), "given")
     if recorded and recorded.get("model"):
-        return recorded["model"], {**(recorded.get("model_args") or {}), **model_args}, "recorded in the checkpoint"
+        return ModelChoice(recorded["model"], {**(recorded.get("model_args") or {}), **model_args},
+                           "recorded in the checkpoint")
     return None
 
 

@@ -34,7 +34,7 @@ from ..options import TrainSettings
 from .data_check import DataCheck, check_training_images
 from .distributed import Runtime, grad_reducer, init_runtime
 from .ema import EMA
-from .logs import setup_logging
+from .logs import training_log
 from .loss import NetWithLoss
 from .loss_scale import LossScaling, resolve_loss_scale_type
 from .lr_schedule import cosine_schedule, scaled_lr
@@ -194,13 +194,19 @@ def settings_errors() -> Iterator[None]:
 
 
 def train(settings: TrainSettings) -> TrainResult:
-    """Train as ``settings`` say: each line below builds what the next ones need."""
+    """Train as ``settings`` say: set up the device and the run's log, then the chain of factories of
+    :func:`_train`, each line building what the next ones need."""
     with settings_errors():
         runtime = init_runtime(settings.device_target, settings.mode, settings.distribute, settings.seed,
                                jit_level=settings.jit_level, precision_mode=settings.precision_mode,
                                amp_level=settings.amp_level, amp_dtype=settings.amp_dtype)
     run_dir = settings.ckpt_save_dir
-    log = setup_logging(os.path.join(run_dir, "logs"), runtime.rank)
+    with training_log(os.path.join(run_dir, "logs"), runtime.rank) as log:
+        return _train(settings, runtime, run_dir, log)
+
+
+def _train(settings: TrainSettings, runtime: Runtime, run_dir: str, log: logging.Logger) -> TrainResult:
+    """The chain of :func:`train` once the device and the log are set up."""
     log.info("%s on %s (mode %d), rank %d of %d (%s)", settings.model, runtime.device_target, runtime.mode,
              runtime.rank, runtime.group_size, runtime.launcher)
     if runtime.device is not None and runtime.device.soc:

@@ -10,7 +10,7 @@ from mindspore import Tensor, nn
 import dvt_ms
 from dvt_ms.models import DVTCascade
 from dvt_ms.models.layers import Dropout, DropPath, DropPathMasks, MaskStreams, bind_masks
-from dvt_ms.models.layers.dropout import TABLE_BITS, mask_table, philox4x16, stream_key, stream_words
+from dvt_ms.rng import TABLE_BITS, mask_table, philox4x16, stream_key, stream_words
 
 MULTIPLIERS, WEYL = (0x6929, 0x66CF), (0x9E37, 0xBB67)
 MASK = (1 << TABLE_BITS) - 1

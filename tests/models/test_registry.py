@@ -112,3 +112,21 @@ def test_a_model_registered_in_the_test_trains_evaluates_and_converts(new_cascad
     restored, _ = read_checkpoint(back)
     for key, value in weights.items():
         np.testing.assert_array_equal(restored[key], value, err_msg=key)
+
+
+def test_every_argument_of_every_registered_model_is_a_model_flag():
+    """The commands' model flags are made from dvt_ms.model_arguments: every argument a registered spec function
+    takes is one of them, so every argument can be set from a config file or the command line."""
+    import inspect
+
+    from dvt_ms.model_arguments import MODEL_ARGUMENTS, SHARED_ARGUMENTS
+    from dvt_ms.options import ModelSettings
+
+    flags = {o.name for o in ModelSettings.options()}
+    assert flags == {"model", *(a.name for a in MODEL_ARGUMENTS)}
+    for name in dvt_ms.list_models():
+        params = inspect.signature(dvt_ms.models.registry.model_entrypoint(name)).parameters.values()
+        named = {p.name for p in params if p.kind is not p.VAR_KEYWORD}
+        assert named <= flags, (name, named - flags)
+    for family in (dvt_ms.models.vit_cascade_spec, dvt_ms.models.t2t_cascade_spec):
+        assert set(SHARED_ARGUMENTS) <= set(inspect.signature(family).parameters)

@@ -107,7 +107,7 @@ def test_a_killed_msrun_worker_ends_the_job(tmp_path):
         os.kill(workers[-1], signal.SIGKILL)
         code = job.wait(timeout=300)  # the launcher notices the lost worker and ends the job (no hang)
         assert code != 0, code
-        deadline = time.time() + 60
+        deadline = time.time() + 300  # a guard against a hang, not a speed claim
         while _job_processes(run_dir) and time.time() < deadline:  # msrun reaps its children as it exits
             time.sleep(0.2)
         assert _job_processes(run_dir) == {}  # nothing left behind: workers, scheduler
