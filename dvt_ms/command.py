@@ -76,6 +76,7 @@ def run_command(prog: str, parse: Callable[[], Any], run: Callable[[Any], str | 
         return INTERRUPTED
     except Exception as err:  # a bug: keep its traceback, end with the documented status
         logging.getLogger(logger).error("internal error\n%s", traceback.format_exc().rstrip())
+        err = _kernel_error(err) or err
         first = (str(err).strip().splitlines() or [""])[0]
         print(f"{prog}: internal error: {type(err).__name__}: {first} (the traceback is above or in the log)",
               file=sys.stderr)
@@ -103,6 +104,16 @@ def _console_log() -> Iterator[None]:
     finally:
         package.removeHandler(handler)
         package.setLevel(level)
+
+
+def _kernel_error(err: Exception) -> Exception | None:
+    """MindSpore's report of a fused kernel that refused its arguments, as the kernel's own message (naming the
+    argument, what it expects and what it got), else ``None``."""
+    if not (isinstance(err, RuntimeError) and "AOT kernel(" in str(err)):
+        return None
+    from .kernels import kernel_error_from  # only here: commands start without importing MindSpore
+
+    return kernel_error_from(err)
 
 
 #: command -> (module whose ``main(argv)`` runs it, console script, one line of help)

@@ -22,15 +22,26 @@ warning says so, once), or when switched off with ``DVT_MS_KERNELS=0`` or :func:
 made when a cell is built; the layers take the kernel path for float32 inputs, the stock path otherwise
 (float16). The custom ops need static shapes: :func:`drop_kernels_if_dynamic` switches a network back to the
 stock ops before it is compiled for a dynamic batch dimension (``set_inputs`` with ``None``).
+
+Every kernel checks the count, dtypes and shapes of the tensors it is handed before it touches one, and refuses
+what it cannot compute (float32 everywhere, int32 for its config or geometry): it returns an error code, which
+MindSpore raises as a ``RuntimeError`` of its own wording, and records a message naming the kernel, the argument,
+what it expects and what it got. :func:`kernel_error_from` and :func:`kernel_errors` turn MindSpore's error into a
+:class:`KernelError` with that message. The kernels share one pool of worker threads, ``$DVT_MS_KERNEL_THREADS``
+of them (the caller included; default one per core, at most 8).
 """
 
 from __future__ import annotations
 
 import contextvars
+import ctypes
 import functools
 import logging
+import os
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 
 import mindspore as ms
 from mindspore import Tensor, nn, ops
@@ -39,10 +50,12 @@ from mindspore import dtype as mstype
 from ..device import env_switch
 from .build import KernelBuildError, build_library, has_layer_kernels
 
-__all__ = ["BLOCK_WEIGHTS", "PERFORMER_WEIGHTS", "KernelBuildError", "StaticShapeKernels", "adamw_op", "all_finite_op",
-           "all_float32", "block_stack_op", "drop_kernels_if_dynamic", "dropout_mask_op", "gelu_op", "kernels_enabled",
-           "kernels_restored", "layer_norm_op", "sandwich_op", "stack_saved_floats", "token_performer_op",
-           "train_update_op", "unfold_op", "use_fused", "use_kernels"]
+__all__ = ["BLOCK_WEIGHTS", "MAX_THREADS", "PERFORMER_WEIGHTS", "THREADS_VARIABLE", "KernelBuildError", "KernelError",
+           "StaticShapeKernels", "adamw_op", "all_finite_op", "all_float32", "block_stack_op",
+           "drop_kernels_if_dynamic", "dropout_mask_op", "gelu_op", "kernel_error_from", "kernel_errors",
+           "kernel_threads", "kernels_enabled", "kernels_restored", "last_kernel_error", "layer_norm_op",
+           "pool_threads", "sandwich_op", "token_performer_op", "train_update_op", "unfold_op", "use_fused",
+           "use_kernels"]
 
 _LOG = logging.getLogger(__name__)
 # None: the environment decides; a context variable, so threads and asyncio tasks each see their own block
@@ -67,13 +80,106 @@ def use_kernels(enabled: bool) -> Iterator[None]:
         _override.reset(token)
 
 
+THREADS_VARIABLE = "DVT_MS_KERNEL_THREADS"
+MAX_THREADS = 256  # the most the library takes (kMaxThreads in kernel_common.h)
+
+
+def kernel_threads() -> int | None:
+    """The size of the kernels' worker pool that ``$DVT_MS_KERNEL_THREADS`` asks for (the calling thread included),
+    or ``None`` when it is unset or empty: one thread per core, at most 8. Raises ``ValueError`` for anything but a
+    whole number from 1 to :data:`MAX_THREADS`. The pool is made on the first kernel call, with the value then."""
+    text = os.environ.get(THREADS_VARIABLE, "").strip()
+    if not text:
+        return None
+    if not text.isdigit() or not 1 <= int(text) <= MAX_THREADS:
+        raise ValueError(f"${THREADS_VARIABLE} must be a whole number of threads from 1 to {MAX_THREADS}, got {text!r}")
+    return int(text)
+
+
 @functools.lru_cache(maxsize=1)
 def _library() -> str | None:
+    kernel_threads()  # a bad value is refused before any kernel runs
     try:
         return str(build_library())
     except KernelBuildError as err:
         _LOG.warning("dvt_ms: fused CPU kernels unavailable, using MindSpore's stock ops (%s)", err)
         return None
+
+
+@functools.cache
+def _functions(library: str) -> ctypes.CDLL:
+    """The library's plain C functions, called through ctypes (the process shares one copy with MindSpore)."""
+    lib = ctypes.CDLL(library)
+    lib.dvt_last_error.restype, lib.dvt_last_error.argtypes = ctypes.c_char_p, []
+    lib.dvt_kernel_threads.restype, lib.dvt_kernel_threads.argtypes = ctypes.c_int, []
+    for name, sizes in (("dvt_block_stack_saved_floats", 10), ("dvt_performer_saved_floats", 5)):
+        if hasattr(lib, name):  # layer kernels: built only where MindSpore ships oneDNN
+            function = getattr(lib, name)
+            function.restype, function.argtypes = ctypes.c_int64, [ctypes.c_int64] * sizes
+    return lib
+
+
+class KernelError(RuntimeError):
+    """A fused kernel refused its arguments (count, dtype, shape or config) or failed: the message names the kernel,
+    the argument, what it expects and what it got."""
+
+
+def last_kernel_error(library: str | None = None) -> str | None:
+    """The most recent failure recorded by ``library`` (default: the one in use), ``"kernel: message"``, or
+    ``None`` when no kernel has failed (or there are no kernels)."""
+    library = library or _library()
+    if library is None:
+        return None
+    return _functions(library).dvt_last_error().decode("utf-8", "replace") or None
+
+
+# MindSpore's wording for a kernel that returned non-zero: "Return value from CPU AOT kernel(<path>)'s
+# function(<symbol>) is <code>. ..."
+_AOT_FAILURE = re.compile(r"AOT kernel\((?P<path>[^()]+)\)'s function\((?P<symbol>dvt_\w+)\) is (?P<code>-?\d+)")
+
+
+def kernel_error_from(err: BaseException) -> KernelError | None:
+    """The :class:`KernelError` behind ``err`` when it is MindSpore's report of a kernel of this library returning
+    an error code (``err`` itself when it already is one), else ``None``. Its message is the one the kernel
+    recorded, or says that there is none."""
+    if isinstance(err, KernelError):
+        return err
+    match = _AOT_FAILURE.search(str(err)) if isinstance(err, RuntimeError) else None
+    if match is None or not Path(match["path"]).name.startswith("dvt_cpu_kernels-"):
+        return None
+    symbol, code = match["symbol"], match["code"]
+    message = last_kernel_error(match["path"])
+    if message is None or not message.startswith(f"{symbol}: "):
+        message = f"{symbol}: failed with error code {code}, and recorded no message"
+    return KernelError(message)
+
+
+@contextmanager
+def kernel_errors() -> Iterator[None]:
+    """Within the block, MindSpore's report of a failed kernel of this library is raised as the
+    :class:`KernelError` that says why (chained to MindSpore's error); other errors pass unchanged."""
+    try:
+        yield
+    except RuntimeError as err:
+        found = kernel_error_from(err)
+        if found is None or found is err:
+            raise
+        raise found from err
+
+
+def pool_threads() -> int | None:
+    """Threads of the kernels' worker pool (the calling thread included; the pool is made on first use), or
+    ``None`` when the kernels are not in use."""
+    library = _library() if kernels_enabled() else None
+    return None if library is None else int(_functions(library).dvt_kernel_threads())
+
+
+def _saved_floats(symbol: str, *sizes: int) -> int:
+    """What a layer kernel's ``saved`` output holds, from the library's one description of its layout."""
+    floats = int(getattr(_functions(_library()), symbol)(*sizes))
+    if floats < 0:
+        raise KernelError(last_kernel_error() or f"{symbol}: refused the sizes {sizes}")
+    return floats
 
 
 def _custom(symbol: str, out_shape, out_dtype, bprop=None):
@@ -182,68 +288,59 @@ weight, bias; qkv weight, bias; proj weight, bias; norm2 weight, bias; fc1 weigh
 reuse MLP's norm weight, bias, fc1 weight, bias, fc2 weight, bias."""
 
 
-def stack_saved_floats(heads: int, x, upstream, weights) -> int:
-    """Floats a training call of :func:`block_stack_op` keeps for its backward (its ``saved`` output), from
-    its input shapes; mirrors ``Stack::saved_per_block`` of ``layer_kernels.cc`` (which checks it)."""
-    b, n, c = x
-    rows, total = b * n, 0
-    for k in range(0, len(weights), BLOCK_WEIGHTS):
-        w = weights[k:k + BLOCK_WEIGHTS]
-        reuse_width = w[16][0] if list(w[12]) != [1] else 0
-        hidden = w[8][0]
-        # halves' inputs, LayerNorm 1 output, qkv, probabilities, mixed values, statistics 1; LayerNorm 2 output,
-        # fc1 output, statistics 2
-        total += (2 * rows * c + rows * c + 3 * rows * c + b * heads * n * n + rows * c + 2 * rows
-                  + rows * (c + reuse_width) + rows * hidden + 2 * rows)
-        if reuse_width:  # resized features; the reuse MLP's LayerNorm output, fc1 output, statistics and output
-            up_rows = b * upstream[1]
-            total += rows * reuse_width + up_rows * (upstream[2] + w[14][0] + 2 + reuse_width)
-    return total
+def _stack_saved_floats(heads: int, x, features, weights) -> int:
+    """Floats a training call of :func:`block_stack_op` keeps for its backward (its ``saved`` output), from its
+    input shapes (the weights' give the MLP widths and whether features are reused)."""
+    reuse = list(weights[12]) != [1]
+    reused = (features[1], features[2], weights[14][0], weights[16][0]) if reuse else (0, 0, 0, 0)
+    return _saved_floats("dvt_block_stack_saved_floats", x[0], x[1], x[2], heads, weights[8][0], *reused,
+                         len(weights) // BLOCK_WEIGHTS)
 
 
 @_shared
-def block_stack_op(heads: int, training: bool, emit_logits: bool):
-    """``op(x, upstream, relation, resize, masks, config, eps, *weights)`` -> ``(y, logits[, saved])``: the
+def block_stack_op(heads: int, training: bool, emit_relations: bool):
+    """``op(x, features, relation, resize, masks, config, eps, *weights)`` -> ``(y, logits[, saved])``: the
     transformer blocks of an exit, one after the other, for float32 tokens ``x`` [B, N, C] with ``heads``
-    heads (see ``dvt_block_stack`` in ``layer_kernels.cc`` for the inputs, ``config`` and placeholders);
-    ``logits`` are the blocks' attention logits [B, depth * heads, N, N], or ``[1]`` unless ``emit_logits``.
-    ``None`` where the stock ops must be used.
+    heads, ``features`` the previous exit's tokens when the blocks reuse them (see ``dvt_block_stack`` in
+    ``layer_kernels.cc`` for the inputs, ``config`` and placeholders); ``logits`` are the blocks' attention logits
+    [B, depth * heads, N, N], the relations the next exit reuses, or ``[1]`` unless ``emit_relations``. ``None``
+    where the stock ops must be used.
 
     With ``training`` the op takes one block (``BLOCK_WEIGHTS`` weights: its backward's signature is fixed),
     also returns ``saved`` (what the backward reads) and has that backward: the gradients of ``x``,
-    ``upstream``, ``relation`` and every weight."""
+    ``features``, ``relation`` and every weight."""
 
     def logits_shape(x, weights):
-        return [x[0], len(weights) // BLOCK_WEIGHTS * heads, x[1], x[1]] if emit_logits else [1]
+        return [x[0], len(weights) // BLOCK_WEIGHTS * heads, x[1], x[1]] if emit_relations else [1]
 
     if not training:
-        def eval_shapes(x, upstream, relation, resize, masks, config, eps, *weights):
+        def eval_shapes(x, features, relation, resize, masks, config, eps, *weights):
             return x, logits_shape(x, weights)
 
         op = _layer_custom("dvt_block_stack", eval_shapes, lambda x, *_: (x, x))
     else:
-        def grad_shapes(x, upstream, relation, resize, masks, config, eps, *rest):
-            return (x, upstream, relation, *rest[:BLOCK_WEIGHTS])
+        def grad_shapes(x, features, relation, resize, masks, config, eps, *rest):
+            return (x, features, relation, *rest[:BLOCK_WEIGHTS])
 
         grad = _layer_custom("dvt_block_stack_grad", grad_shapes, lambda x, *_: (x,) * (3 + BLOCK_WEIGHTS))
         if grad is None:
             return None
 
-        def bprop(x, upstream, relation, resize, masks, config, eps, norm1_w, norm1_b, qkv_w, qkv_b, proj_w, proj_b,
+        def bprop(x, features, relation, resize, masks, config, eps, norm1_w, norm1_b, qkv_w, qkv_b, proj_w, proj_b,
                   norm2_w, norm2_b, fc1_w, fc1_b, fc2_w, fc2_b, reuse_norm_w, reuse_norm_b, reuse_fc1_w, reuse_fc1_b,
                   reuse_fc2_w, reuse_fc2_b, out, dout):
-            g = grad(x, upstream, relation, resize, masks, config, eps, norm1_w, norm1_b, qkv_w, qkv_b, proj_w, proj_b,
+            g = grad(x, features, relation, resize, masks, config, eps, norm1_w, norm1_b, qkv_w, qkv_b, proj_w, proj_b,
                      norm2_w, norm2_b, fc1_w, fc1_b, fc2_w, fc2_b, reuse_norm_w, reuse_norm_b, reuse_fc1_w,
                      reuse_fc1_b, reuse_fc2_w, reuse_fc2_b, out[2], dout[0], dout[1])
             return (g[0], g[1], g[2], ops.zeros_like(resize), ops.zeros_like(masks), ops.zeros_like(config),
                     ops.zeros_like(eps), *g[3:])
 
-        def train_shapes(x, upstream, relation, resize, masks, config, eps, *weights):
-            return x, logits_shape(x, weights), [stack_saved_floats(heads, x, upstream, weights)]
+        def train_shapes(x, features, relation, resize, masks, config, eps, *weights):
+            return x, logits_shape(x, weights), [_stack_saved_floats(heads, x, features, weights)]
 
         op = _layer_custom("dvt_block_stack", train_shapes, lambda x, *_: (x, x, x), bprop)
     if op is not None:  # output shapes depend on the head count: part of the op's identity for PyNative
-        op.add_prim_attr("dvt_output", f"{heads}-{training}-{emit_logits}")
+        op.add_prim_attr("dvt_output", f"{heads}-{training}-{emit_relations}")
     return op
 
 
@@ -257,14 +354,6 @@ def adamw_op():
 PERFORMER_WEIGHTS = 13
 """Weights of :func:`token_performer_op`, in this order: norm1 weight, bias; kqv weight, bias; the random
 features ``w``; proj weight, bias; norm2 weight, bias; the MLP's first and second Linear (weight, bias each)."""
-
-
-def performer_saved_floats(x, kqv_weight, features) -> int:
-    """Floats a training call of :func:`token_performer_op` keeps for its backward; mirrors
-    ``Performer::saved`` of ``layer_kernels.cc`` (which checks it)."""
-    b, tokens, d = x
-    e, m, rows = kqv_weight[0] // 3, features[0], b * tokens
-    return rows * (d + 2 + 3 * e + 2 * m + e + 1 + e + e + 2 + e) + b * (e + 1) * m
 
 
 @_shared
@@ -281,15 +370,16 @@ def token_performer_op(training: bool):
     if grad is None:
         return None
 
-    def bprop(x, dropout1, dropout2, config, eps, norm1_w, norm1_b, kqv_w, kqv_b, features, proj_w, proj_b, norm2_w,
+    def bprop(x, dropout1, dropout2, config, eps, norm1_w, norm1_b, kqv_w, kqv_b, random_w, proj_w, proj_b, norm2_w,
               norm2_b, fc1_w, fc1_b, fc2_w, fc2_b, out, dout):
-        g = grad(x, dropout1, dropout2, config, eps, norm1_w, norm1_b, kqv_w, kqv_b, features, proj_w, proj_b, norm2_w,
+        g = grad(x, dropout1, dropout2, config, eps, norm1_w, norm1_b, kqv_w, kqv_b, random_w, proj_w, proj_b, norm2_w,
                  norm2_b, fc1_w, fc1_b, fc2_w, fc2_b, out[1], dout[0])
         return (g[0], ops.zeros_like(dropout1), ops.zeros_like(dropout2), ops.zeros_like(config), ops.zeros_like(eps),
                 *g[1:])
 
-    def shapes(x, m1, m2, c, eps, n1w, n1b, kqv, kqv_b, features, *_):
-        return [x[0], x[1], kqv[0] // 3], [performer_saved_floats(x, kqv, features)]
+    def shapes(x, m1, m2, c, eps, n1w, n1b, kqv, kqv_b, random_w, *_):
+        saved = _saved_floats("dvt_performer_saved_floats", x[0], x[1], x[2], kqv[0] // 3, random_w[0])
+        return [x[0], x[1], kqv[0] // 3], [saved]
 
     return _layer_custom("dvt_token_performer", shapes, lambda x, *_: (x, x), bprop)
 

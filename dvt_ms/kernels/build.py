@@ -10,6 +10,12 @@ compiler, the flags (oneDNN's path included) and the processor's features, so th
 or machine never loads a stale build. Concurrent processes (data-parallel workers) take a file lock, so that one of them
 builds and the others load its result; the build writes to a temporary file and renames it into place, and
 temporary files that a killed build left behind are removed by the next build.
+
+``DVT_MS_KERNEL_SANITIZE=1`` builds (and caches, under a name of its own) a variant instrumented with
+AddressSanitizer and UndefinedBehaviorSanitizer, where any finding ends the process with a report. Python itself is
+not instrumented, so the sanitizer's runtime must be loaded first: ``LD_PRELOAD=$(python -c "from
+dvt_ms.kernels.build import sanitizer_preload; print(sanitizer_preload())")``, as ``scripts/run_tests.sh
+--sanitize`` does.
 """
 
 from __future__ import annotations
@@ -36,12 +42,56 @@ HEADERS = (HERE / "kernel_common.h",)
 # -fno-math-errno / -fno-trapping-math: sqrt and the clamps of exp vectorise (3-4x faster GELU and AdamW)
 FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared",
          "-fopenmp-simd", "-pthread", "-std=c++17")
+SANITIZE_FLAGS = ("-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g")
+SANITIZE_VARIABLE = "DVT_MS_KERNEL_SANITIZE"
 STALE_SECONDS = 3600  # a temporary file this old belongs to a build that was killed
 _LOG = logging.getLogger(__name__)
 
 
 class KernelBuildError(RuntimeError):
     """The kernels could not be compiled or cached (no compiler, the compiler failed, an unwritable cache)."""
+
+
+def sanitizing() -> bool:
+    """Whether ``$DVT_MS_KERNEL_SANITIZE`` asks for the sanitizer build (1 / true / on / yes; unset: no)."""
+    return os.environ.get(SANITIZE_VARIABLE, "").strip().lower() in ("1", "true", "on", "yes")
+
+
+def compile_flags() -> tuple[str, ...]:
+    """The compiler flags of the build in use: :data:`FLAGS`, plus :data:`SANITIZE_FLAGS` when sanitizing."""
+    return (*FLAGS, *SANITIZE_FLAGS) if sanitizing() else FLAGS
+
+
+def _runtime_file(compiler: str, name: str) -> str | None:
+    try:
+        found = subprocess.run([compiler, f"-print-file-name={name}"], capture_output=True, text=True,
+                               timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return os.path.realpath(found) if os.path.isabs(found) and os.path.isfile(found) else None
+
+
+def sanitizer_preload(compiler: str | None = None) -> str:
+    """The ``LD_PRELOAD`` value a Python process needs to load the sanitizer build made by ``compiler`` (default:
+    :func:`find_compiler`'s): its AddressSanitizer runtime, then the C++ runtime, without which the sanitizer
+    cannot intercept the kernels' C++ exceptions (it looks for them when it starts, before Python loads any C++).
+    Raises :class:`KernelBuildError` when the compiler has no such runtime."""
+    compiler = compiler or find_compiler()
+    if compiler is None:
+        raise KernelBuildError("no C++ compiler found (set $CXX, or install g++)")
+    asan = _runtime_file(compiler, "libasan.so") or _runtime_file(compiler, f"libclang_rt.asan-{platform.machine()}.so")
+    if asan is None:
+        raise KernelBuildError(f"{Path(compiler).name} has no AddressSanitizer runtime (gcc: install libasan)")
+    cxx = _runtime_file(compiler, "libstdc++.so")
+    return f"{asan}:{cxx}" if cxx else asan
+
+
+def _sanitizer_loaded() -> bool:
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as maps:
+            return any("libasan" in line or "clang_rt.asan" in line for line in maps)
+    except OSError:
+        return False
 
 
 def find_compiler() -> str | None:
@@ -104,10 +154,11 @@ def library_path(compiler: str) -> Path:
     sources, links = _sources_and_links()
     key = hashlib.sha256()
     for part in (*(p.read_bytes() for p in (*sources, *HEADERS)), _compiler_version(compiler).encode(),
-                 " ".join((*FLAGS, *links)).encode(), platform.machine().encode(), _cpu_features().encode()):
+                 " ".join((*compile_flags(), *links)).encode(), platform.machine().encode(), _cpu_features().encode()):
         key.update(part)
         key.update(b"\0")
-    return cache_dir() / f"dvt_cpu_kernels-{key.hexdigest()[:16]}.so"
+    variant = "sanitized-" if sanitizing() else ""
+    return cache_dir() / f"dvt_cpu_kernels-{variant}{key.hexdigest()[:16]}.so"
 
 
 @contextlib.contextmanager
@@ -133,7 +184,7 @@ def _compile(compiler: str, target: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
     os.close(fd)
     try:
-        cmd = [compiler, *FLAGS, *map(str, sources), "-o", tmp, *links]
+        cmd = [compiler, *compile_flags(), *map(str, sources), "-o", tmp, *links]
         _LOG.info("building CPU kernels: %s", " ".join(cmd))
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         if proc.returncode != 0:
@@ -152,11 +203,14 @@ def build_library() -> Path:
     """Return the path of the compiled kernel library, building it first if it is not cached.
 
     Raises :class:`KernelBuildError` when no compiler is found, compilation fails or the cache folder
-    cannot be written.
+    cannot be written, or for the sanitizer build when this process has not loaded the sanitizer's runtime.
     """
     compiler = find_compiler()
     if compiler is None:
         raise KernelBuildError("no C++ compiler found (set $CXX, or install g++)")
+    if sanitizing() and not _sanitizer_loaded():
+        raise KernelBuildError(f"${SANITIZE_VARIABLE} asks for the kernels built with AddressSanitizer, whose runtime "
+                               f"this process has not loaded: start it with LD_PRELOAD={sanitizer_preload(compiler)}")
     target = library_path(compiler)
     if target.is_file():
         return target

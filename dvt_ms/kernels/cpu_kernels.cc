@@ -1,9 +1,10 @@
 // Fused float32 CPU kernels for DVT (forward, and the backward of those training uses), called through
 // mindspore.ops.Custom (func_type "aot").
 //
-// Every entry point has MindSpore's AOT signature: params holds the inputs then the output, shapes and
-// ndims describe them. Every kernel checks the shapes it is handed and returns an error code instead of
-// reading or writing out of bounds; no C++ exception crosses the C boundary (dvt::guarded). Large calls
+// Every entry point has MindSpore's AOT signature: params holds the inputs then the outputs, ndims, shapes and
+// dtypes describe them. Every kernel checks the count, dtypes and shapes it is handed (dvt::Call) before it touches
+// a buffer, and returns an error code instead of reading or writing out of bounds, with a message naming the
+// argument that dvt_last_error returns; no C++ exception crosses the C boundary (dvt::guarded). Large calls
 // split their rows over the worker pool of kernel_common.h (parallel_for); no OpenMP team: its idle threads
 // spin against MindSpore's own (measured: slower than one thread). The loops are written so that the
 // compiler vectorises them (no branches, no libm calls).
@@ -12,39 +13,54 @@
 
 namespace {
 
-using dvt::count;
-using dvt::erf_approx;
-using dvt::exp_approx;
-using dvt::is_shape;
+using dvt::Call;
 using dvt::parallel_for;
-using dvt::same_shape;
+using dvt::Param;
+
+constexpr dvt::Dtype kF32 = dvt::Dtype::kFloat32, kI32 = dvt::Dtype::kInt32;
+
+// The elements of a tensor of ndim dimensions.
+int64_t count(int ndim, const int64_t *shape) {
+  int64_t n = 1;
+  for (int i = 0; i < ndim; ++i) n *= shape[i];
+  return n;
+}
 
 // The geometry of a soft split, checked against the shapes MindSpore hands over. Inputs 0, 1, 2 of both
 // kernels: x, an image [B, C, side, side] (channels_last 0) or a square grid of tokens [B, side * side, C] (1);
 // the geometry int32 [5]; the unfolded tensor [B, out * out, C * kernel * kernel] (the output of the unfold,
 // the incoming gradient of the fold). A geometry that disagrees with either shape is refused, so that no
-// kernel reads or writes outside its buffers.
+// kernel reads or writes outside its buffers. Every dtype is checked before.
 struct SoftSplit {
   bool channels_last = false;
   int64_t batch = 0, channels = 0, side = 0, k = 0, stride = 0, pad = 0, out = 0, features = 0;
 
-  // False when the geometry {channels_last, side, kernel, stride, padding} or the shapes disagree.
-  bool read(void **params, const int *ndims, int64_t *const *shapes) {
-    if (!dvt::is_shape(ndims[1], shapes[1], {5})) return false;
-    const int32_t *geometry = static_cast<const int32_t *>(params[1]);
-    const int x_ndim = ndims[0];
-    const int64_t *x_shape = shapes[0];
+  // Reads the geometry {channels_last, side, kernel, stride, padding}; fails when it or the shapes disagree.
+  void read(const Call &call) {
+    call.expect_shape(1, {5});
+    const int32_t *geometry = call.in<int32_t>(1);
     channels_last = geometry[0] != 0;
     side = geometry[1], k = geometry[2], stride = geometry[3], pad = geometry[4];
-    if (side <= 0 || k <= 0 || stride <= 0 || pad < 0 || side + 2 * pad < k) return false;
+    call.check(side > 0 && k > 0 && stride > 0 && pad >= 0 && side + 2 * pad >= k, [&] {
+      return call.arg(1) + " " + dvt::shape_text(5, std::vector<int64_t>(geometry, geometry + 5).data()) +
+             " is no soft split: side, kernel and stride must be positive, padding not negative and the kernel at "
+             "most side + 2 padding";
+    });
     out = (side + 2 * pad - k) / stride + 1;
-    if (channels_last ? !(x_ndim == 3 && x_shape[1] == side * side)
-                      : !(x_ndim == 4 && x_shape[2] == side && x_shape[3] == side))
-      return false;
-    batch = x_shape[0];
-    channels = channels_last ? x_shape[2] : x_shape[1];
+    const int64_t *x = call.shape(0);
+    const bool fits = channels_last ? call.ndim(0) == 3 && x[1] == side * side
+                                    : call.ndim(0) == 4 && x[2] == side && x[3] == side;
+    call.check(fits, [&] {
+      const std::string side_text = std::to_string(side);
+      return call.arg(0) + " must be " +
+             (channels_last ? "a grid of tokens [B, " + std::to_string(side * side) + ", C]"
+                            : "an image [B, C, " + side_text + ", " + side_text + "]") +
+             " for the geometry's side " + side_text + ", got " + dvt::shape_text(call.ndim(0), x);
+    });
+    batch = x[0];
+    channels = channels_last ? x[2] : x[1];
     features = channels * k * k;
-    return dvt::is_shape(ndims[2], shapes[2], {batch, out * out, features});
+    call.expect_shape(2, {batch, out * out, features});
   }
 };
 
@@ -53,16 +69,19 @@ struct SoftSplit {
 extern "C" {
 
 // LayerNorm over the last axis. Inputs: x [..., D], weight [D], bias [D], eps [1]. Output: [..., D].
-int dvt_layer_norm(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
-  return dvt::guarded([&]() -> int {
-    if (nparam != 5 || ndims[0] < 1) return dvt::kBadArguments;
+int dvt_layer_norm(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
+  return dvt::guarded(__func__, [&]() -> int {
+    static constexpr Param kArgs[] = {{"x", kF32}, {"weight", kF32}, {"bias", kF32}, {"eps", kF32}, {"y", kF32}};
+    Call call(nparam, params, ndims, shapes, dtypes);
+    call.expect(kArgs, 4);
+    call.check(ndims[0] >= 1, [&] { return call.arg(0) + " must have at least one dimension"; });
     const int64_t d = shapes[0][ndims[0] - 1];
-    if (!is_shape(ndims[1], shapes[1], {d}) || !is_shape(ndims[2], shapes[2], {d}) ||
-        !is_shape(ndims[3], shapes[3], {1}) || !same_shape(ndims, shapes, 4, 0))
-      return dvt::kBadArguments;
-    const dvt::Tensors t{params};
-    const float *x = t.in(0), *w = t.in(1), *b = t.in(2), eps = *t.in(3);
-    float *y = t.out(4);
+    call.expect_shape(1, {d});
+    call.expect_shape(2, {d});
+    call.expect_shape(3, {1});
+    call.expect_same_shape(4, 0);
+    const float *x = call.in(0), *w = call.in(1), *b = call.in(2), eps = *call.in(3);
+    float *y = call.out(4);
     const int64_t rows = count(ndims[0] - 1, shapes[0]);
     parallel_for(rows, 4 * d, [&](int64_t first, int64_t last, int64_t) {
       for (int64_t r = first; r < last; ++r) {
@@ -79,14 +98,15 @@ int dvt_layer_norm(int nparam, void **params, int *ndims, int64_t **shapes, cons
 }
 
 // Exact (erf) GELU, element-wise: 0.5 x (1 + erf(x / sqrt 2)). Input x, output of the same shape.
-int dvt_gelu(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
-  return dvt::guarded([&]() -> int {
-    if (nparam != 2 || !same_shape(ndims, shapes, 1, 0)) return dvt::kBadArguments;
-    const float *x = dvt::Tensors{params}.in(0);
-    float *y = dvt::Tensors{params}.out(1);
-    dvt::for_each_element(count(ndims[0], shapes[0]), 16, [&](int64_t i) {
-      y[i] = 0.5f * x[i] * (1.0f + erf_approx(x[i] * 0.70710678118654752f));
-    });
+int dvt_gelu(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
+  return dvt::guarded(__func__, [&]() -> int {
+    static constexpr Param kArgs[] = {{"x", kF32}, {"y", kF32}};
+    Call call(nparam, params, ndims, shapes, dtypes);
+    call.expect(kArgs, 1);
+    call.expect_same_shape(1, 0);
+    const float *x = call.in(0);
+    float *y = call.out(1);
+    dvt::for_each_element(count(ndims[0], shapes[0]), 16, [&](int64_t i) { y[i] = dvt::gelu(x[i]); });
     return 0;
   });
 }
@@ -94,12 +114,15 @@ int dvt_gelu(int nparam, void **params, int *ndims, int64_t **shapes, const char
 // Soft split: torch's unfold with the tokens axis first. Inputs: x, geometry int32 [5] (see SoftSplit).
 // Output [B, L, C * kernel * kernel], L = out * out with out = (side + 2 padding - kernel) / stride + 1,
 // features ordered (c, ki, kj) as torch orders them; zero padding.
-int dvt_unfold(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
-  return dvt::guarded([&]() -> int {
+int dvt_unfold(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
+  return dvt::guarded(__func__, [&]() -> int {
+    static constexpr Param kArgs[] = {{"x", kF32}, {"geometry", kI32}, {"y", kF32}};
+    Call call(nparam, params, ndims, shapes, dtypes);
+    call.expect(kArgs, 2);
     SoftSplit g;
-    if (nparam != 3 || !g.read(params, ndims, shapes)) return dvt::kBadArguments;
-    const float *x = static_cast<const float *>(params[0]);
-    float *y = static_cast<float *>(params[2]);
+    g.read(call);
+    const float *x = call.in(0);
+    float *y = call.out(2);
     const int64_t side = g.side, k = g.k, stride = g.stride, pad = g.pad, out = g.out, channels = g.channels;
     const int64_t features = g.features;
     parallel_for(g.batch * out, out * features, [&](int64_t first, int64_t last, int64_t) {
@@ -149,15 +172,17 @@ int dvt_unfold(int nparam, void **params, int *ndims, int64_t **shapes, const ch
 // Resize both token axes of every plane: out[b, c] = P x[b, c] P^T. Inputs: x [B, C, n_in, n_in],
 // P [n_out, n_in] (a resize operator: a few non-zeros per row). Output [B, C, n_out, n_out]. P is read
 // as a sparse matrix, so the cost is proportional to its non-zeros, not to n_out * n_in.
-int dvt_sandwich(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
-  return dvt::guarded([&]() -> int {
-    if (nparam != 3 || ndims[0] != 4 || ndims[1] != 2 || shapes[0][2] != shapes[1][1] || shapes[0][3] != shapes[1][1] ||
-        !(ndims[2] == 4 && shapes[2][0] == shapes[0][0] && shapes[2][1] == shapes[0][1] &&
-          shapes[2][2] == shapes[1][0] && shapes[2][3] == shapes[1][0]))
-      return dvt::kBadArguments;
-    const float *x = static_cast<const float *>(params[0]);
-    const float *p = static_cast<const float *>(params[1]);
-    float *y = static_cast<float *>(params[2]);
+int dvt_sandwich(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
+  return dvt::guarded(__func__, [&]() -> int {
+    static constexpr Param kArgs[] = {{"x", kF32}, {"p", kF32}, {"y", kF32}};
+    Call call(nparam, params, ndims, shapes, dtypes);
+    call.expect(kArgs, 2);
+    call.expect_ndim(0, 4);
+    call.expect_ndim(1, 2);
+    call.expect_shape(0, {shapes[0][0], shapes[0][1], shapes[1][1], shapes[1][1]});  // planes of p's n_in
+    call.expect_shape(2, {shapes[0][0], shapes[0][1], shapes[1][0], shapes[1][0]});
+    const float *x = call.in(0), *p = call.in(1);
+    float *y = call.out(2);
     const int64_t planes = shapes[0][0] * shapes[0][1];
     const int64_t n_in = shapes[1][1], n_out = shapes[1][0];
     std::vector<int64_t> start(n_out + 1, 0), col;
@@ -206,21 +231,23 @@ int dvt_sandwich(int nparam, void **params, int *ndims, int64_t **shapes, const 
 // x_hat = (x - mean) * rstd and g = dy * weight: dx = rstd * (g - mean(g) - x_hat * mean(g * x_hat)),
 // dweight = sum over rows of dy * x_hat, dbias = sum over rows of dy (partial sums over fixed chunks of rows,
 // added in order).
-int dvt_layer_norm_grad(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
-  return dvt::guarded([&]() -> int {
-    if (nparam != 7 || ndims[0] < 1) return dvt::kBadArguments;
+int dvt_layer_norm_grad(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
+                        void *) {
+  return dvt::guarded(__func__, [&]() -> int {
+    static constexpr Param kArgs[] = {{"x", kF32},  {"weight", kF32},  {"dy", kF32},   {"eps", kF32},
+                                      {"dx", kF32}, {"dweight", kF32}, {"dbias", kF32}};
+    Call call(nparam, params, ndims, shapes, dtypes);
+    call.expect(kArgs, 4);
+    call.check(ndims[0] >= 1, [&] { return call.arg(0) + " must have at least one dimension"; });
     const int64_t d = shapes[0][ndims[0] - 1];
-    if (!is_shape(ndims[1], shapes[1], {d}) || !same_shape(ndims, shapes, 2, 0) ||
-        !is_shape(ndims[3], shapes[3], {1}) ||
-        !same_shape(ndims, shapes, 4, 0) || !is_shape(ndims[5], shapes[5], {d}) || !is_shape(ndims[6], shapes[6], {d}))
-      return dvt::kBadArguments;
-    const float *x = static_cast<const float *>(params[0]);
-    const float *w = static_cast<const float *>(params[1]);
-    const float *dy = static_cast<const float *>(params[2]);
-    const float eps = *static_cast<const float *>(params[3]);
-    float *dx = static_cast<float *>(params[4]);
-    float *dw = static_cast<float *>(params[5]);
-    float *db = static_cast<float *>(params[6]);
+    call.expect_shape(1, {d});
+    call.expect_same_shape(2, 0);
+    call.expect_shape(3, {1});
+    call.expect_same_shape(4, 0);
+    call.expect_shape(5, {d});
+    call.expect_shape(6, {d});
+    const float *x = call.in(0), *w = call.in(1), *dy = call.in(2), eps = *call.in(3);
+    float *dx = call.out(4), *dw = call.out(5), *db = call.out(6);
     const int64_t rows = count(ndims[0] - 1, shapes[0]);
     dvt::layer_norm_backward(rows, d, nullptr, eps, w, dy, dx, nullptr, 0, dw, db,
                              [&](int64_t r, float *) { return x + r * d; });
@@ -229,18 +256,16 @@ int dvt_layer_norm_grad(int nparam, void **params, int *ndims, int64_t **shapes,
 }
 
 // Backward of dvt_gelu: dx = dy * (Phi(x) + x phi(x)), Phi the normal CDF, phi its density.
-int dvt_gelu_grad(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
-  return dvt::guarded([&]() -> int {
-    if (nparam != 3 || !same_shape(ndims, shapes, 1, 0) || !same_shape(ndims, shapes, 2, 0)) return dvt::kBadArguments;
-    const dvt::Tensors t{params};
-    const float *x = t.in(0), *dy = t.in(1);
-    float *dx = t.out(2);
-    dvt::for_each_element(count(ndims[0], shapes[0]), 24, [&](int64_t i) {
-      const float v = x[i];
-      const float cdf = 0.5f * (1.0f + erf_approx(v * 0.70710678118654752f));
-      const float pdf = 0.39894228040143268f * exp_approx(-0.5f * v * v);
-      dx[i] = dy[i] * (cdf + v * pdf);
-    });
+int dvt_gelu_grad(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
+  return dvt::guarded(__func__, [&]() -> int {
+    static constexpr Param kArgs[] = {{"x", kF32}, {"dy", kF32}, {"dx", kF32}};
+    Call call(nparam, params, ndims, shapes, dtypes);
+    call.expect(kArgs, 2);
+    call.expect_same_shape(1, 0);
+    call.expect_same_shape(2, 0);
+    const float *x = call.in(0), *dy = call.in(1);
+    float *dx = call.out(2);
+    dvt::for_each_element(count(ndims[0], shapes[0]), 24, [&](int64_t i) { dx[i] = dy[i] * dvt::gelu_slope(x[i]); });
     return 0;
   });
 }
@@ -248,13 +273,16 @@ int dvt_gelu_grad(int nparam, void **params, int *ndims, int64_t **shapes, const
 // Backward of dvt_unfold (torch's fold): every output feature adds its gradient to the pixel it was read
 // from. Inputs: x (for its shape only), geometry as dvt_unfold, dy [B, L, C * kernel * kernel]. Output:
 // dx of x's shape. Each image is summed by one thread, in a fixed order.
-int dvt_unfold_grad(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
-  return dvt::guarded([&]() -> int {
+int dvt_unfold_grad(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
+  return dvt::guarded(__func__, [&]() -> int {
+    static constexpr Param kArgs[] = {{"x", kF32}, {"geometry", kI32}, {"dy", kF32}, {"dx", kF32}};
+    Call call(nparam, params, ndims, shapes, dtypes);
+    call.expect(kArgs, 3);
     SoftSplit g;
-    if (nparam != 4 || !g.read(params, ndims, shapes) || !same_shape(ndims, shapes, 3, 0))
-      return dvt::kBadArguments;
-    const float *dy = static_cast<const float *>(params[2]);
-    float *dx = static_cast<float *>(params[3]);
+    g.read(call);
+    call.expect_same_shape(3, 0);
+    const float *dy = call.in(2);
+    float *dx = call.out(3);
     const bool channels_last = g.channels_last;
     const int64_t side = g.side, k = g.k, stride = g.stride, pad = g.pad, out = g.out, channels = g.channels;
     const int64_t batch = g.batch, features = g.features;
@@ -289,27 +317,22 @@ int dvt_unfold_grad(int nparam, void **params, int *ndims, int64_t **shapes, con
   });
 }
 
-// One AdamW update of a float32 tensor, as torch.optim.AdamW and dvt_ms.train.optimizer compute it, in one
-// pass. Inputs: param, grad, exp_avg, exp_avg_sq (same shape), hyper [9] = {lr, step_size (lr / bias
+// One AdamW update of a float32 tensor (dvt::AdamW, as torch.optim.AdamW and dvt_ms.train.optimizer compute it),
+// in one pass. Inputs: param, grad, exp_avg, exp_avg_sq (same shape), hyper [9] = {lr, step_size (lr / bias
 // correction 1), sqrt(bias correction 2), 1 - beta1, beta2, 1 - beta2, eps, weight_decay, apply}. Outputs: the
 // new param, exp_avg and exp_avg_sq; with apply 0 (a step whose gradients overflowed) the old ones, unchanged.
-// Every operation is a separate float32 rounding, in the order of the stock ops (built with
-// -ffp-contract=off: no fused multiply-adds), so both paths give the same bits.
-int dvt_adamw(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
-  return dvt::guarded([&]() -> int {
-    if (nparam != 8 || !is_shape(ndims[4], shapes[4], {9})) return dvt::kBadArguments;
-    for (int t : {1, 2, 3, 5, 6, 7})
-      if (!same_shape(ndims, shapes, t, 0)) return dvt::kBadArguments;
-    const float *p = static_cast<const float *>(params[0]);
-    const float *g = static_cast<const float *>(params[1]);
-    const float *m = static_cast<const float *>(params[2]);
-    const float *v = static_cast<const float *>(params[3]);
-    const float *hyper = static_cast<const float *>(params[4]);
-    float *p_out = static_cast<float *>(params[5]);
-    float *m_out = static_cast<float *>(params[6]);
-    float *v_out = static_cast<float *>(params[7]);
-    const float lr = hyper[0], step_size = hyper[1], bias2_sqrt = hyper[2], one_minus_beta1 = hyper[3];
-    const float beta2 = hyper[4], one_minus_beta2 = hyper[5], eps = hyper[6], weight_decay = hyper[7];
+int dvt_adamw(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
+  return dvt::guarded(__func__, [&]() -> int {
+    static constexpr Param kArgs[] = {{"param", kF32},     {"grad", kF32},    {"exp_avg", kF32},
+                                      {"exp_avg_sq", kF32}, {"hyper", kF32},   {"new_param", kF32},
+                                      {"new_exp_avg", kF32}, {"new_exp_avg_sq", kF32}};
+    Call call(nparam, params, ndims, shapes, dtypes);
+    call.expect(kArgs, 5);
+    call.expect_shape(4, {9});
+    for (int t : {1, 2, 3, 5, 6, 7}) call.expect_same_shape(t, 0);
+    const float *p = call.in(0), *g = call.in(1), *m = call.in(2), *v = call.in(3), *hyper = call.in(4);
+    float *p_out = call.out(5), *m_out = call.out(6), *v_out = call.out(7);
+    const dvt::AdamW adamw = dvt::AdamW::from(hyper);
     const int64_t n = count(ndims[0], shapes[0]);
     if (hyper[8] == 0.0f) {
       std::memcpy(p_out, p, n * sizeof(float));
@@ -317,19 +340,17 @@ int dvt_adamw(int nparam, void **params, int *ndims, int64_t **shapes, const cha
       std::memcpy(v_out, v, n * sizeof(float));
       return 0;
     }
-    const float keep = weight_decay != 0.0f ? 1.0f - lr * weight_decay : 1.0f;
+    const float keep = adamw.keep();
     const int64_t block = 4096;
     parallel_for((n + block - 1) / block, 12 * block, [&](int64_t first, int64_t last, int64_t) {
       const int64_t end = std::min(n, last * block);
 #pragma omp simd
       for (int64_t i = first * block; i < end; ++i) {
-        const float decayed = p[i] * keep;
-        const float m_new = m[i] + (g[i] - m[i]) * one_minus_beta1;
-        const float v_new = v[i] * beta2 + g[i] * g[i] * one_minus_beta2;
-        const float denom = std::sqrt(v_new) / bias2_sqrt + eps;
-        m_out[i] = m_new;
-        v_out[i] = v_new;
-        p_out[i] = decayed - step_size * (m_new / denom);
+        float param = p[i], exp_avg = m[i], exp_avg_sq = v[i];
+        adamw.step(g[i], keep, param, exp_avg, exp_avg_sq);
+        m_out[i] = exp_avg;
+        v_out[i] = exp_avg_sq;
+        p_out[i] = param;
       }
     });
     return 0;
@@ -343,17 +364,22 @@ int dvt_adamw(int nparam, void **params, int *ndims, int64_t **shapes, const cha
 // 2^18: offset r P2, stride (C + 2r) mod 2^11) and is kept when that is below keep_below. Inputs: x (its shape
 // only), words int32 [6, 1], table int32 [2^18], config int32 {rank, ranks, keep_below}, scale float32 [1]
 // (1 / keep). Output: float32 of x's shape, scale where kept, else 0.
-int dvt_dropout_mask(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
-  return dvt::guarded([&]() -> int {
+int dvt_dropout_mask(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
+  return dvt::guarded(__func__, [&]() -> int {
     constexpr int64_t kTable = 1 << 18, kMask = kTable - 1;
-    if (nparam != 6 || ndims[0] < 1 || !is_shape(ndims[1], shapes[1], {6, 1}) ||
-        !is_shape(ndims[2], shapes[2], {kTable}) || !is_shape(ndims[3], shapes[3], {3}) ||
-        !is_shape(ndims[4], shapes[4], {1}) || !same_shape(ndims, shapes, 5, 0))
-      return dvt::kBadArguments;
-    const dvt::Tensors t{params};
-    const int32_t *w = t.in<int32_t>(1), *table = t.in<int32_t>(2), *cfg = t.in<int32_t>(3);
-    const float scale = *t.in(4);
-    float *out = t.out(5);
+    static constexpr Param kArgs[] = {{"x", kF32},      {"words", kI32}, {"table", kI32},
+                                      {"config", kI32}, {"scale", kF32}, {"mask", kF32}};
+    Call call(nparam, params, ndims, shapes, dtypes);
+    call.expect(kArgs, 5);
+    call.check(ndims[0] >= 1, [&] { return call.arg(0) + " must have at least one dimension"; });
+    call.expect_shape(1, {6, 1});
+    call.expect_shape(2, {kTable});
+    call.expect_shape(3, {3});
+    call.expect_shape(4, {1});
+    call.expect_same_shape(5, 0);
+    const int32_t *w = call.in<int32_t>(1), *table = call.in<int32_t>(2), *cfg = call.in<int32_t>(3);
+    const float scale = *call.in(4);
+    float *out = call.out(5);
     const int64_t batch = shapes[0][0], size = count(ndims[0] - 1, shapes[0] + 1);
     const int64_t rank = cfg[0], ranks = cfg[1], keep_below = cfg[2];
     const int64_t c = w[0], o = w[1], p_stride = w[2], o2 = w[3], p2 = w[4], x_word = w[5];
@@ -379,28 +405,45 @@ int dvt_dropout_mask(int nparam, void **params, int *ndims, int64_t **shapes, co
 }
 
 // The whole update of a CPU train step in one pass over every tensor, in place: the overflow check of the
-// scaled gradients, unscaling, AdamW (exactly as dvt_adamw) and the EMA of the updated weights. Inputs: hyper
+// scaled gradients, unscaling, AdamW (dvt::AdamW, as dvt_adamw) and the EMA of the updated weights. Inputs: hyper
 // float32 [12] = {lr, step_size, sqrt(bias correction 2), 1 - beta1, beta2, 1 - beta2, eps, weight_decay,
 // 1 / loss scale, EMA decay, 1 - EMA decay, EMA on}; decayed float32 [T] (1: the tensor takes the weight decay);
 // then T parameters, T scaled gradients, T exp_avg, T exp_avg_sq and, with the EMA, T shadows. Output: float32
 // [1], 1 when every gradient was finite (the step was applied), else 0 (nothing changed). The tensors are
 // updated in place (the op is marked side_effect_mem: MindSpore orders it after every read of them and before
 // every later one).
-int dvt_train_update(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
-  return dvt::guarded([&]() -> int {
-    if (nparam < 4 || !is_shape(ndims[0], shapes[0], {12}) || ndims[1] != 1) return dvt::kBadArguments;
-    const float *hyper = static_cast<const float *>(params[0]);
-    const float *decayed = static_cast<const float *>(params[1]);
-    const int64_t groups = hyper[11] != 0.0f ? 5 : 4, tensors = shapes[1][0];
-    if (tensors < 1 || nparam != 3 + groups * tensors || !(ndims[nparam - 1] == 1 && shapes[nparam - 1][0] == 1))
-      return dvt::kBadArguments;
+int dvt_train_update(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
+                     void *) {
+  return dvt::guarded(__func__, [&]() -> int {
+    Call call(nparam, params, ndims, shapes, dtypes);
+    int64_t tensors = 0;  // known once "decayed" is checked
+    call.name_with([&](int i) {
+      static constexpr const char *kGroups[] = {"param", "grad", "exp_avg", "exp_avg_sq", "ema_shadow"};
+      if (i < 2) return Call::label(i == 0 ? "hyper" : "decayed", i, nparam - 1);
+      if (i == nparam - 1 || tensors < 1) return Call::label(i == nparam - 1 ? "applied" : "tensor", i, nparam - 1);
+      const int64_t group = (i - 2) / tensors, t = (i - 2) % tensors;
+      return Call::label(std::string(kGroups[std::min<int64_t>(group, 4)]) + " " + std::to_string(t), i, nparam - 1);
+    });
+    call.count_at_least(4);
+    call.dtype(0, kF32);
+    call.dtype(1, kF32);
+    call.expect_shape(0, {12});
+    call.expect_ndim(1, 1);
+    const float *hyper = call.in(0), *decayed = call.in(1);
+    const int64_t groups = hyper[11] != 0.0f ? 5 : 4;
+    tensors = shapes[1][0];
+    call.check(tensors >= 1, [&] { return call.arg(1) + " must name at least one tensor, got shape [0]"; });
+    call.check(nparam == 3 + groups * tensors, [&] {
+      return "takes hyper, decayed, " + std::to_string(groups) + " groups of " + std::to_string(tensors) +
+             " tensors (decayed's length" + (groups == 5 ? ", EMA on" : "") + ") and the output: " +
+             std::to_string(3 + groups * tensors) + " tensors, got " + std::to_string(nparam);
+    });
+    call.dtypes(2, nparam, kF32);
+    call.expect_shape(nparam - 1, {1});
     std::vector<int64_t> start(tensors + 1, 0);  // each tensor's first element in the concatenation of all
     for (int64_t t = 0; t < tensors; ++t) {
       const int64_t n = count(ndims[2 + t], shapes[2 + t]);
-      for (int64_t g = 1; g < groups; ++g) {
-        const int64_t k = 2 + g * tensors + t;
-        if (ndims[k] != ndims[2 + t] || count(ndims[k], shapes[k]) != n) return dvt::kBadArguments;
-      }
+      for (int64_t g = 1; g < groups; ++g) call.expect_same_size(static_cast<int>(2 + g * tensors + t), 2 + t);
       start[t + 1] = start[t] + n;
     }
     auto tensor = [&](int64_t group, int64_t t) { return static_cast<float *>(params[2 + group * tensors + t]); };
@@ -428,10 +471,9 @@ int dvt_train_update(int nparam, void **params, int *ndims, int64_t **shapes, co
     const bool apply = std::all_of(finite.begin(), finite.end(), [](unsigned char f) { return f != 0; });
     static_cast<float *>(params[nparam - 1])[0] = apply ? 1.0f : 0.0f;
     if (!apply) return 0;
-    const float lr = hyper[0], step_size = hyper[1], bias2_sqrt = hyper[2], one_minus_beta1 = hyper[3];
-    const float beta2 = hyper[4], one_minus_beta2 = hyper[5], eps = hyper[6], weight_decay = hyper[7];
+    const dvt::AdamW adamw = dvt::AdamW::from(hyper);
     const float inv_scale = hyper[8], ema_decay = hyper[9], ema_rest = hyper[10];
-    const float keep_decayed = weight_decay != 0.0f ? 1.0f - lr * weight_decay : 1.0f;
+    const float keep_decayed = adamw.keep();
     const bool ema = groups == 5;
     parallel_for(blocks, 16 * block, [&](int64_t first, int64_t last, int64_t) {
       each_piece(first * block, std::min(total, last * block), [&](int64_t t, int64_t i0, int64_t i1) {
@@ -439,16 +481,7 @@ int dvt_train_update(int nparam, void **params, int *ndims, int64_t **shapes, co
         const float *graw = tensor(1, t);
         const float keep = decayed[t] != 0.0f ? keep_decayed : 1.0f;
 #pragma omp simd
-        for (int64_t i = i0; i < i1; ++i) {
-          const float g = graw[i] * inv_scale;
-          const float param = p[i] * keep;
-          const float m_new = m[i] + (g - m[i]) * one_minus_beta1;
-          const float v_new = v[i] * beta2 + g * g * one_minus_beta2;
-          const float denom = std::sqrt(v_new) / bias2_sqrt + eps;
-          m[i] = m_new;
-          v[i] = v_new;
-          p[i] = param - step_size * (m_new / denom);
-        }
+        for (int64_t i = i0; i < i1; ++i) adamw.step(graw[i] * inv_scale, keep, p[i], m[i], v[i]);
         if (ema) {
           float *shadow = tensor(4, t);
 #pragma omp simd
@@ -463,9 +496,18 @@ int dvt_train_update(int nparam, void **params, int *ndims, int64_t **shapes, co
 // Whether every element of every input is finite: inputs any number of float32 tensors; output float32 [1],
 // 1 when all are finite, else 0. x * 0 is 0 for a finite x and NaN for inf or NaN, so one vectorised sum per
 // tensor tells.
-int dvt_all_finite(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
-  return dvt::guarded([&]() -> int {
-    if (nparam < 2 || count(ndims[nparam - 1], shapes[nparam - 1]) != 1) return dvt::kBadArguments;
+int dvt_all_finite(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
+  return dvt::guarded(__func__, [&]() -> int {
+    Call call(nparam, params, ndims, shapes, dtypes);
+    call.name_with([&](int i) {
+      return Call::label(i == nparam - 1 ? std::string("finite") : "tensor " + std::to_string(i), i, nparam - 1);
+    });
+    call.count_at_least(2);
+    call.dtypes(0, nparam, kF32);
+    call.check(count(ndims[nparam - 1], shapes[nparam - 1]) == 1, [&] {
+      return call.arg(nparam - 1) + " must have one element, got shape " +
+             dvt::shape_text(ndims[nparam - 1], shapes[nparam - 1]);
+    });
     const int64_t tensors = nparam - 1;
     std::vector<unsigned char> finite(tensors, 1);
     parallel_for(tensors, 1 << 16, [&](int64_t first, int64_t last, int64_t) {
@@ -483,5 +525,17 @@ int dvt_all_finite(int nparam, void **params, int *ndims, int64_t **shapes, cons
     return 0;
   });
 }
+
+// The most recent failure of any kernel of this library, "kernel: message" (empty when none failed): what Python
+// shows when MindSpore reports a kernel's non-zero return. The pointer stays valid on the calling thread until its
+// next call.
+const char *dvt_last_error() {
+  static thread_local std::string text;
+  text = dvt::last_error_text();
+  return text.c_str();
+}
+
+// Threads of the worker pool (the caller included): $DVT_MS_KERNEL_THREADS, or the default (dvt::pool_threads).
+int dvt_kernel_threads() { return static_cast<int>(dvt::Pool::instance().threads()); }
 
 }  // extern "C"

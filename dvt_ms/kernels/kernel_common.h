@@ -1,5 +1,6 @@
-// Shared pieces of the fused CPU kernels: the worker pool behind parallel_for, per-thread scratch memory,
-// vectorisable exp / erf, LayerNorm row helpers and the error guard of every entry point.
+// Shared pieces of the fused CPU kernels: the argument checks and error messages of every entry point, the worker
+// pool behind parallel_for, per-thread scratch memory, vectorisable exp / erf, GELU, the AdamW step and LayerNorm
+// row helpers.
 #pragma once
 
 #include <pthread.h>
@@ -9,20 +10,256 @@
 #include <cmath>
 #include <condition_variable>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <functional>
 #include <initializer_list>
 #include <memory>
 #include <mutex>
+#include <new>
+#include <string>
 #include <thread>
 #include <vector>
 
 namespace dvt {
 
-// Error codes returned to MindSpore (0: success). A non-zero code fails the op with MindSpore's error.
-constexpr int kBadArguments = 1;  // input count, shapes or geometry disagree with what the kernel computes
-constexpr int kInternal = 2;      // allocation or thread start failed (a C++ exception, caught here)
+// Error codes returned to MindSpore (0: success). A non-zero code fails the op with MindSpore's error; the
+// message saying why is dvt_last_error's.
+constexpr int kBadArguments = 1;  // argument count, dtypes, shapes or config disagree with what the kernel computes
+constexpr int kInternal = 2;      // allocation or thread start failed, or a kernel asked for more scratch than it took
+
+// Why a kernel stopped: thrown by the checks below, caught by guarded() at the C boundary.
+class KernelError : public std::exception {
+ public:
+  KernelError(int code, std::string message) : code_(code), message_(std::move(message)) {}
+  int code() const { return code_; }
+  const char *what() const noexcept override { return message_.c_str(); }
+
+ private:
+  int code_;
+  std::string message_;
+};
+
+// The most recent failure of any thread, "kernel: message". Process-wide rather than per thread: MindSpore runs a
+// kernel on the Python caller's thread in graph mode but on a thread of its own in PyNative mode.
+struct LastError {
+  std::mutex mutex;
+  std::string text;
+};
+
+inline LastError &last_error() {
+  static LastError error;
+  return error;
+}
+
+inline void record_error(const char *kernel, const char *message) noexcept {
+  try {
+    LastError &error = last_error();
+    std::lock_guard<std::mutex> lock(error.mutex);
+    error.text = std::string(kernel) + ": " + message;
+  } catch (...) {  // no memory for the message: MindSpore's error code still stops the run
+  }
+}
+
+inline std::string last_error_text() {
+  LastError &error = last_error();
+  std::lock_guard<std::mutex> lock(error.mutex);
+  return error.text;
+}
+
+// Runs body() and turns any C++ exception into a recorded message and failed(code): none crosses the C boundary
+// into MindSpore or Python.
+template <typename Body, typename Failed>
+auto guarded(const char *name, const Body &body, const Failed &failed) -> decltype(body()) {
+  try {
+    return body();
+  } catch (const KernelError &e) {
+    record_error(name, e.what());
+    return failed(e.code());
+  } catch (const std::bad_alloc &) {
+    record_error(name, "out of memory");
+    return failed(kInternal);
+  } catch (const std::exception &e) {
+    record_error(name, e.what());
+    return failed(kInternal);
+  } catch (...) {
+    record_error(name, "unknown C++ exception");
+    return failed(kInternal);
+  }
+}
+
+// An entry point's body, returning MindSpore's code: 0, or the failure's code with its message recorded.
+template <typename Body>
+int guarded(const char *kernel, const Body &body) {
+  return guarded(kernel, body, [](int code) { return code; });
+}
+
+// ---- the arguments of a kernel --------------------------------------------------------------------------------
+
+enum class Dtype { kFloat32, kInt32 };
+
+inline const char *dtype_name(Dtype dtype) { return dtype == Dtype::kFloat32 ? "float32" : "int32"; }
+
+// One argument of a kernel with a fixed argument list: its name in messages and the dtype it must have.
+struct Param {
+  const char *name;
+  Dtype dtype;
+};
+
+// "[2, 5, 8]"
+inline std::string shape_text(int ndim, const int64_t *shape) {
+  std::string text = "[";
+  for (int i = 0; i < ndim; ++i) text += (i ? ", " : "") + std::to_string(shape[i]);
+  return text + "]";
+}
+
+inline std::string shape_text(std::initializer_list<int64_t> shape) {
+  return shape_text(static_cast<int>(shape.size()), shape.begin());
+}
+
+// The tensors MindSpore hands a kernel (inputs, then outputs: params, ndims, shapes, dtypes), and the checks every
+// entry point makes before it touches a buffer. A failed check throws KernelError with a message naming the
+// argument, what the kernel expects and what it was given.
+class Call {
+ public:
+  Call(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes)
+      : nparam_(nparam), params_(params), ndims_(ndims), shapes_(shapes), dtypes_(dtypes) {}
+
+  int size() const { return nparam_; }
+  int ndim(int i) const { return ndims_[i]; }
+  const int64_t *shape(int i) const { return shapes_[i]; }
+  int64_t dim(int i, int axis) const { return shapes_[i][axis]; }
+  int64_t elements(int i) const {
+    int64_t n = 1;
+    for (int a = 0; a < ndims_[i]; ++a) n *= shapes_[i][a];
+    return n;
+  }
+  bool is(int i, std::initializer_list<int64_t> expected) const {
+    if (ndims_[i] != static_cast<int>(expected.size())) return false;
+    return std::equal(expected.begin(), expected.end(), shapes_[i]);
+  }
+  bool placeholder(int i) const { return is(i, {1}); }
+  template <typename T = float>
+  const T *in(int i) const { return static_cast<const T *>(params_[i]); }
+  template <typename T = float>
+  T *out(int i) const { return static_cast<T *>(params_[i]); }
+
+  // A fixed argument list (``inputs`` of them inputs, the rest outputs): checks the count and every dtype.
+  template <size_t N>
+  void expect(const Param (&params)[N], int inputs) {
+    table_ = params;
+    table_size_ = static_cast<int>(N);
+    inputs_ = inputs;
+    count(static_cast<int>(N));
+    for (int i = 0; i < static_cast<int>(N); ++i) dtype(i, params[i].dtype);
+  }
+
+  // Names the arguments of a variable list: namer(i) gives argument i's description, e.g. "'qkv_w' of block 0
+  // (input 9)" (see label).
+  void name_with(std::function<std::string(int)> namer) { namer_ = std::move(namer); }
+
+  // "'name' (input i)" or "'name' (output j)"; inputs < 0: not known yet, "(argument i)".
+  static std::string label(const std::string &name, int index, int inputs) {
+    std::string where = inputs < 0    ? "argument " + std::to_string(index)
+                        : index < inputs ? "input " + std::to_string(index)
+                                         : "output " + std::to_string(index - inputs);
+    return "'" + name + "' (" + where + ")";
+  }
+
+  std::string arg(int i) const {
+    if (namer_) return namer_(i);
+    if (i < table_size_) return label(table_[i].name, i, inputs_);
+    return "argument " + std::to_string(i);
+  }
+
+  [[noreturn]] void fail(const std::string &problem) const { throw KernelError(kBadArguments, problem); }
+
+  // Fails with message() (only built when it fails) unless ok.
+  template <typename Message>
+  void check(bool ok, const Message &message) const {
+    if (!ok) fail(message());
+  }
+
+  void count(int expected) const {
+    check(nparam_ == expected, [&] {
+      return "takes " + std::to_string(expected) + " tensors (inputs and outputs), got " + std::to_string(nparam_);
+    });
+  }
+  void count_at_least(int least) const {
+    check(nparam_ >= least, [&] {
+      return "takes at least " + std::to_string(least) + " tensors (inputs and outputs), got " +
+             std::to_string(nparam_);
+    });
+  }
+  void dtype(int i, Dtype expected) const {
+    check(dtypes_ != nullptr, [] { return std::string("MindSpore passed no dtypes"); });
+    check(std::strcmp(dtypes_[i], dtype_name(expected)) == 0, [&] {
+      return arg(i) + " must be " + dtype_name(expected) + ", got " + dtypes_[i];
+    });
+  }
+  void dtypes(int first, int end, Dtype expected) const {
+    for (int i = first; i < end; ++i) dtype(i, expected);
+  }
+  void expect_ndim(int i, int expected) const {
+    check(ndims_[i] == expected, [&] {
+      return arg(i) + " must have " + std::to_string(expected) + " dimensions, got shape " +
+             shape_text(ndims_[i], shapes_[i]);
+    });
+  }
+  void expect_shape(int i, std::initializer_list<int64_t> expected) const {
+    check(is(i, expected), [&] {
+      return arg(i) + " must have shape " + shape_text(expected) + ", got " + shape_text(ndims_[i], shapes_[i]);
+    });
+  }
+  void expect_same_shape(int i, int like) const {
+    const bool same = ndims_[i] == ndims_[like] && std::equal(shapes_[i], shapes_[i] + ndims_[i], shapes_[like]);
+    check(same, [&] {
+      return arg(i) + " must have the shape of " + arg(like) + ", " + shape_text(ndims_[like], shapes_[like]) +
+             ", got " + shape_text(ndims_[i], shapes_[i]);
+    });
+  }
+  // As many dimensions and elements as argument ``like`` (a gradient MindSpore may hand over reshaped).
+  void expect_same_size(int i, int like) const {
+    check(ndims_[i] == ndims_[like] && elements(i) == elements(like), [&] {
+      return arg(i) + " must have the size of " + arg(like) + ", " + shape_text(ndims_[like], shapes_[like]) +
+             ", got " + shape_text(ndims_[i], shapes_[i]);
+    });
+  }
+  // The placeholder [1] of an absent input (``why``: what makes it absent).
+  void expect_placeholder(int i, const char *why) const {
+    check(placeholder(i), [&] {
+      return arg(i) + " must be the placeholder [1] (" + why + "), got " + shape_text(ndims_[i], shapes_[i]);
+    });
+  }
+
+ private:
+  int nparam_;
+  void **params_;
+  int *ndims_;
+  int64_t **shapes_;
+  const char **dtypes_;
+  const Param *table_ = nullptr;
+  int table_size_ = 0, inputs_ = -1;
+  std::function<std::string(int)> namer_;
+};
+
+// ---- the worker pool ----------------------------------------------------------------------------------------
+
+constexpr int64_t kMaxThreads = 256;
+
+// Threads of the pool, the caller included: $DVT_MS_KERNEL_THREADS when it is a whole number in [1, kMaxThreads]
+// (the Python side refuses any other value before a kernel runs), else one per core, at most 8.
+inline int64_t pool_threads() {
+  if (const char *text = std::getenv("DVT_MS_KERNEL_THREADS")) {
+    char *end = nullptr;
+    const long long value = std::strtoll(text, &end, 10);
+    while (end != text && (*end == ' ' || *end == '\t' || *end == '\n')) ++end;
+    if (end != text && *end == '\0' && value >= 1 && value <= kMaxThreads) return value;
+  }
+  const int64_t cores = std::max(1u, std::thread::hardware_concurrency());
+  return std::min<int64_t>(cores, 8);
+}
 
 // Persistent workers that sleep on a condition variable between calls: nothing spins, so MindSpore's own
 // threads keep the cores while the kernels are idle, and a call costs a wake-up, not a thread start. One
@@ -73,8 +310,7 @@ class Pool {
   }
 
   Pool() {
-    const int64_t cores = std::max(1u, std::thread::hardware_concurrency());
-    const int64_t wanted = std::min<int64_t>(cores, 8) - 1;
+    const int64_t wanted = pool_threads() - 1;
     try {
       for (int64_t i = 0; i < wanted; ++i) workers_.emplace_back([this] { work(); });
     } catch (...) {  // could not start every thread: use the ones that started
@@ -150,12 +386,12 @@ void parallel_for(int64_t n, int64_t work_per_item, const Body &body) {
 }
 
 // Scratch memory of the calling thread, kept between calls (no page faults per call). A Scratch object
-// hands out consecutive pieces of one buffer; Scratch objects alive at the same time on one thread (a helper
-// taking scratch inside a kernel) use different buffers, one per nesting depth.
+// hands out consecutive pieces of one buffer, never more than it was built with; Scratch objects alive at the same
+// time on one thread (a helper taking scratch inside a kernel) use different buffers, one per nesting depth.
 class Scratch {
  public:
   // Throws std::bad_alloc, leaving this thread's scratch as it was (smaller buffers freed).
-  explicit Scratch(int64_t floats) : depth_(depth()) {
+  explicit Scratch(int64_t floats) : depth_(depth()), size_(floats) {
     std::vector<Buffer> &buffers = mine();
     if (static_cast<int64_t>(buffers.size()) <= depth_) buffers.resize(depth_ + 1);
     Buffer &buffer = buffers[depth_];
@@ -172,7 +408,11 @@ class Scratch {
   Scratch(const Scratch &) = delete;
   Scratch &operator=(const Scratch &) = delete;
 
+  // The next ``floats`` floats; a KernelError (internal) when fewer are left.
   float *take(int64_t floats) {
+    if (floats < 0 || floats > size_ - used_)
+      throw KernelError(kInternal, "scratch memory overrun: asked for " + std::to_string(floats) + " floats with " +
+                                       std::to_string(size_ - used_) + " of " + std::to_string(size_) + " left");
     float *piece = base_ + used_;
     used_ += floats;
     return piece;
@@ -191,33 +431,10 @@ class Scratch {
     static thread_local int64_t level = 0;
     return level;
   }
-  int64_t depth_;
+  int64_t depth_, size_;
   float *base_ = nullptr;
   int64_t used_ = 0;
 };
-
-// Whether a tensor of ndim dimensions has exactly the expected shape.
-inline bool is_shape(int ndim, const int64_t *shape, std::initializer_list<int64_t> expected) {
-  if (ndim != static_cast<int>(expected.size())) return false;
-  int i = 0;
-  for (int64_t e : expected)
-    if (shape[i++] != e) return false;
-  return true;
-}
-
-// Whether inputs/outputs a and b of a kernel call have the same shape.
-inline bool same_shape(const int *ndims, int64_t *const *shapes, int a, int b) {
-  if (ndims[a] != ndims[b]) return false;
-  for (int i = 0; i < ndims[a]; ++i)
-    if (shapes[a][i] != shapes[b][i]) return false;
-  return true;
-}
-
-inline int64_t count(int ndim, const int64_t *shape) {
-  int64_t n = 1;
-  for (int i = 0; i < ndim; ++i) n *= shape[i];
-  return n;
-}
 
 // exp(x) for float32: 2^n * p(r) with x = n ln2 + r, |r| <= ln2 / 2; relative error below 2e-7. NaN in, NaN
 // out: the clamps are written so that a NaN passes them, and the exponent bits come from the clamped n.
@@ -255,6 +472,7 @@ inline float erf_approx(float x) {
   return std::copysign(y, x);
 }
 
+// Exact (erf) GELU, 0.5 x (1 + erf(x / sqrt 2)): the one definition every kernel uses.
 inline float gelu(float x) { return 0.5f * x * (1.0f + erf_approx(x * 0.70710678118654752f)); }
 
 // d gelu / dx = Phi(x) + x phi(x), Phi the normal CDF, phi its density.
@@ -263,6 +481,32 @@ inline float gelu_slope(float x) {
   const float pdf = 0.39894228040143268f * exp_approx(-0.5f * x * x);
   return cdf + x * pdf;
 }
+
+// One AdamW update of one element, as torch.optim.AdamW and dvt_ms.train.optimizer compute it: every operation a
+// separate float32 rounding in the order of the stock ops (built with -ffp-contract=off: no fused multiply-adds),
+// so the kernels and the stock path give the same bits. The one definition dvt_adamw and dvt_train_update use.
+struct AdamW {
+  float lr, step_size, bias2_sqrt, one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay;
+
+  // hyper: {lr, step_size (lr / bias correction 1), sqrt(bias correction 2), 1 - beta1, beta2, 1 - beta2, eps,
+  // weight_decay}
+  static AdamW from(const float *hyper) {
+    return {hyper[0], hyper[1], hyper[2], hyper[3], hyper[4], hyper[5], hyper[6], hyper[7]};
+  }
+  // What the weight decay multiplies a decayed parameter by.
+  float keep() const { return weight_decay != 0.0f ? 1.0f - lr * weight_decay : 1.0f; }
+
+  // param, exp_avg and exp_avg_sq updated with the gradient; keep: keep() for a decayed parameter, else 1.
+  void step(float grad, float keep, float &param, float &exp_avg, float &exp_avg_sq) const {
+    const float decayed = param * keep;
+    const float m_new = exp_avg + (grad - exp_avg) * one_minus_beta1;
+    const float v_new = exp_avg_sq * beta2 + grad * grad * one_minus_beta2;
+    const float denom = std::sqrt(v_new) / bias2_sqrt + eps;
+    exp_avg = m_new;
+    exp_avg_sq = v_new;
+    param = decayed - step_size * (m_new / denom);
+  }
+};
 
 // Mean and 1 / sqrt(variance + eps) of a row of d values (two passes, as the stock op).
 inline void row_stats(const float *x, int64_t d, float eps, float *mean_out, float *rstd_out) {
@@ -351,7 +595,6 @@ void layer_norm_backward(int64_t rows, int64_t d, const float *stats, float eps,
   }
 }
 
-
 // Runs body(i) for every i in [0, n): blocks of 4096 elements spread over the pool, each block one SIMD loop;
 // cost is the work of one element (what parallel_for splits by).
 template <typename Body>
@@ -362,27 +605,6 @@ void for_each_element(int64_t n, int64_t cost, const Body &body) {
 #pragma omp simd
     for (int64_t i = first * block; i < end; ++i) body(i);
   });
-}
-
-// The tensors MindSpore hands a kernel (void pointers), read as typed pointers: in<T>(i) for inputs,
-// out<T>(i) for outputs.
-struct Tensors {
-  void **params;
-  template <typename T = float>
-  const T *in(int i) const { return static_cast<const T *>(params[i]); }
-  template <typename T = float>
-  T *out(int i) const { return static_cast<T *>(params[i]); }
-};
-
-// Calls body() and turns a C++ exception (allocation, thread start) into an error code: none crosses the
-// C boundary into MindSpore.
-template <typename Body>
-int guarded(const Body &body) {
-  try {
-    return body();
-  } catch (...) {
-    return kInternal;
-  }
 }
 
 }  // namespace dvt

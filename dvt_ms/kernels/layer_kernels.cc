@@ -3,13 +3,13 @@
 //
 // Each block is an attention half (LayerNorm, qkv, scores with an optional relation term, softmax, values,
 // projection, drop path, residual) and an MLP half (LayerNorm over the tokens and, with feature reuse, the
-// upstream tokens after the block's reuse MLP resized to this grid; fc1, exact GELU, fc2, drop path,
-// residual). One kernel runs every block of the exit, so that an exit is a handful of graph nodes instead of
+// features, the previous exit's tokens, after the block's reuse MLP resized to this grid; fc1, exact GELU, fc2,
+// drop path, residual). One kernel runs every block of the exit, so that an exit is a handful of graph nodes instead of
 // ~80 per block: MindSpore's compile time grows with the nodes, the autodiff of every custom op and every
 // parameter input, and its launch cost with the kernels per call. The matrix products call oneDNN's sgemm
 // (the library MindSpore's own CPU kernels link, loaded with it), split over the worker pool; everything
 // between two products is one pass over rows that are still in cache. In training the forward also writes
-// what the backward reads into one buffer (layout: StackLayout).
+// what the backward reads into one buffer (its layout: carve).
 //
 // Row-major layouts as the stock path: tokens [B, N, C]; qkv [B, N, 3C] with columns (q | k | v), head j at
 // columns j*d .. (j+1)*d of each; attention logits and relation terms of the stack [B, depth * heads, N, N]
@@ -23,9 +23,10 @@ extern "C" int dnnl_sgemm(char transa, char transb, int64_t m, int64_t n, int64_
 
 namespace {
 
-using dvt::is_shape;
-using dvt::kBadArguments;
+using dvt::Call;
 using dvt::parallel_for;
+
+constexpr dvt::Dtype kF32 = dvt::Dtype::kFloat32, kI32 = dvt::Dtype::kInt32;
 
 // C = alpha op(A) op(B) + beta C on the calling thread (row-major; op transposes when t is true).
 inline void gemm_serial(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t lda,
@@ -86,8 +87,6 @@ struct PathMask {
   const float *elements = nullptr;  // [rows, n], the branch's shape
   float of(int64_t b) const { return masks == nullptr ? 1.0f : masks[b * columns + column]; }
 };
-
-bool is_placeholder(int ndim, const int64_t *shape) { return ndim == 1 && shape[0] == 1; }
 
 // y[r] = [x[r] +] mask * (y[r] + bias), for the rows of the products' output y [rows, n].
 void bias_mask_residual(float *y, const float *x, const float *bias, const PathMask &mask, int64_t rows,
@@ -379,55 +378,95 @@ void mlp_backward(const MlpDims &m, const MlpWeights &w, const float *x, const f
 
 // ---- the stack of one exit ----------------------------------------------------------------------------------
 
-// What a fused layer's arguments start with: x [B, T, C] first, the int32 flags at args[flags] (``size`` values)
-// and the LayerNorm eps [1] at args[eps], all before the weights at first_weight. Returns the flags, or nullptr
-// when any of that disagrees.
-const int32_t *read_flags(int nparam, void **args, int *ndims, int64_t **shapes, int64_t first_weight, int flags,
-                          int64_t size, int eps) {
-  if (nparam < first_weight || ndims[0] != 3 || !is_shape(ndims[flags], shapes[flags], {size}) ||
-      !is_shape(ndims[eps], shapes[eps], {1}))
-    return nullptr;
-  return static_cast<const int32_t *>(args[flags]);
-}
+// Which of a layer's two kernels is called: the arguments of the backward follow those of the forward.
+enum class Pass { kForward, kBackward };
+
+// Hands out consecutive pieces of a buffer; with a null base it only counts, which gives a layout's size from the
+// same description that lays it out.
+class Carver {
+ public:
+  explicit Carver(float *base) : base_(base) {}
+  float *take(int64_t floats) {
+    float *piece = base_ == nullptr ? nullptr : base_ + used_;
+    used_ += floats;
+    return piece;
+  }
+  int64_t used() const { return used_; }
+
+ private:
+  float *base_;
+  int64_t used_ = 0;
+};
+
+// The sizes a block's saved buffer depends on: what carve lays out.
+struct BlockShape {
+  Dims dm{};
+  int64_t hidden = 0;
+  bool reuse = false;  // feature reuse: the previous exit's tokens ("features") [B, Nf, Cf] come in
+  int64_t feature_tokens = 0, feature_width = 0, reuse_hidden = 0, reuse_width = 0;
+};
 
 // The stack's inputs and outputs, read from MindSpore's arguments and checked against each other.
-// Inputs: 0 x [B, N, C], 1 upstream tokens [B, Nr, Cu] (or [1]), 2 relation terms [B, depth * heads, N, N]
-// (or [1]), 3 grid resize P [N - 1, Nr - 1] (or [1]), 4 drop-path masks [B, M] (or [1]; block i's attention
-// branch scaled by column first + 2i, its MLP branch by first + 2i + 1), 5 int32 config {depth, heads, qkv bias,
-// relation, drop path, feature reuse, emit logits, training, first}, 6 LayerNorm eps [1], then
-// 18 weights per block: norm1 w, b [C]; qkv w [3C, C], b [3C] (or [1] without qkv bias); proj w [C, C], b [C];
-// norm2 w, b [C + Cr]; fc1 w [H, C + Cr], b [H]; fc2 w [C, H], b [C]; the reuse MLP's norm w, b [Cu], fc1 w
-// [Hr, Cu], b [Hr], fc2 w [Cr, Hr], b [Cr] (each [1] without feature reuse).
-struct Stack {
+// Inputs: 0 x [B, N, C], 1 features, the previous exit's tokens [B, Nf, Cf] (or [1]), 2 relation terms
+// [B, depth * heads, N, N] (or [1]), 3 grid resize P [N - 1, Nf - 1] (or [1]), 4 drop-path masks [B, M] (or [1];
+// block i's attention branch scaled by column first + 2i, its MLP branch by first + 2i + 1), 5 int32 config
+// {depth, heads, qkv bias, relation, drop path, feature reuse, emit relations, training, first}, 6 LayerNorm eps
+// [1], then 18 weights per block: norm1 w, b [C]; qkv w [3C, C], b [3C] (or [1] without qkv bias); proj w [C, C],
+// b [C]; norm2 w, b [C + Cr]; fc1 w [H, C + Cr], b [H]; fc2 w [C, H], b [C]; the reuse MLP's norm w, b [Cf], fc1 w
+// [Hr, Cf], b [Hr], fc2 w [Cr, Hr], b [Cr] (each [1] without feature reuse). Every tensor float32 but the config.
+struct Stack : BlockShape {
   static constexpr int64_t kPerBlock = 18, kFirstWeight = 7, kReuse = 12;
+  static constexpr const char *kInputs[kFirstWeight] = {"x", "features", "relation", "resize", "masks", "config",
+                                                        "eps"};
+  static constexpr const char *kWeights[kPerBlock] = {
+      "norm1_w", "norm1_b", "qkv_w", "qkv_b", "proj_w", "proj_b", "norm2_w", "norm2_b", "fc1_w", "fc1_b", "fc2_w",
+      "fc2_b", "reuse_norm_w", "reuse_norm_b", "reuse_fc1_w", "reuse_fc1_b", "reuse_fc2_w", "reuse_fc2_b"};
   int64_t depth = 0, first_mask_column = 0, mask_columns = 0;
-  bool qkv_bias = false, relation = false, masked = false, reuse = false, emit = false, training = false;
-  Dims dm{};
-  int64_t up_tokens = 0, up_width = 0, reuse_hidden = 0, reuse_width = 0, hidden = 0;
+  bool qkv_bias = false, relation = false, masked = false, emit = false, training = false;
   float eps = 0.0f;
-  void **params = nullptr;
+  Pass pass = Pass::kForward;
+  const Call *call = nullptr;
 
-  const float *input(int64_t i) const { return static_cast<const float *>(params[i]); }
+  const float *input(int64_t i) const { return call->in(static_cast<int>(i)); }
   const float *weight(int64_t block, int64_t k) const { return input(kFirstWeight + block * kPerBlock + k); }
   int64_t weights() const { return depth * kPerBlock; }
 
-  // Floats the forward keeps per block for the backward (the training output "saved").
-  int64_t saved_per_block() const {
-    const int64_t rows = dm.rows, c = dm.width, dim = c + reuse_width, up_rows = dm.batch * up_tokens;
-    int64_t floats = 2 * rows * c + rows * c + rows * 3 * c + dm.batch * dm.heads * dm.tokens * dm.tokens +
-                     rows * c + 2 * rows + rows * dim + rows * hidden + 2 * rows;
-    if (reuse) floats += rows * reuse_width + up_rows * up_width + up_rows * reuse_hidden + 2 * up_rows +
-                         up_rows * reuse_width;
-    return floats;
+  // Argument i's description in messages, e.g. "'qkv_w' of block 0 (input 9)".
+  std::string name(int i, int nparam) const {
+    const int64_t weights_end = kFirstWeight + weights();
+    const int inputs = static_cast<int>(pass == Pass::kForward ? weights_end : weights_end + 3);
+    if (i < kFirstWeight) return Call::label(kInputs[i], i, inputs);
+    auto of_block = [&](const char *prefix, int64_t k) {
+      return std::string(prefix) + kWeights[k % kPerBlock] + "' of block " + std::to_string(k / kPerBlock);
+    };
+    if (depth < 1 || i >= nparam) return "argument " + std::to_string(i);
+    if (i < weights_end) return of_block("'", i - kFirstWeight) + " (input " + std::to_string(i) + ")";
+    const int64_t after = i - weights_end;
+    if (pass == Pass::kForward) {
+      static constexpr const char *kOutputs[] = {"y", "logits", "saved"};
+      return Call::label(kOutputs[std::min<int64_t>(after, 2)], i, inputs);
+    }
+    static constexpr const char *kAfter[] = {"saved", "dy", "d_logits", "dx", "d_features", "d_relation"};
+    if (after < 6) return Call::label(kAfter[after], i, inputs);
+    return of_block("'d_", after - 6) + " (output " + std::to_string(i - inputs) + ")";
   }
 
-  // Reads and checks the arguments: ``after`` of them follow the weights (``after_training`` instead, when not
-  // negative and the flags say training); false when anything disagrees.
-  bool read(int nparam, void **args, int *ndims, int64_t **shapes, int after, int after_training = -1) {
-    params = args;
-    const int32_t *cfg = read_flags(nparam, args, ndims, shapes, kFirstWeight, 5, 9, 6);
-    if (cfg == nullptr) return false;
-    depth = cfg[0];
+  // Reads and checks the arguments of the forward (``y``, ``logits`` and, training, ``saved`` after the weights) or
+  // of the backward (``saved``, ``dy``, ``d_logits``, then the gradients), dtypes first; fails when anything
+  // disagrees.
+  void read(Call &args, Pass which) {
+    call = &args;
+    pass = which;
+    args.name_with([this, &args](int i) { return name(i, args.size()); });
+    args.count_at_least(kFirstWeight);
+    args.dtypes(0, 5, kF32);
+    args.dtype(5, kI32);
+    args.dtype(6, kF32);
+    args.expect_shape(5, {9});
+    args.expect_shape(6, {1});
+    args.expect_ndim(0, 3);
+    const int32_t *cfg = args.in<int32_t>(5);
+    const int64_t wanted_depth = cfg[0], heads = cfg[1];
     qkv_bias = cfg[2] != 0;
     relation = cfg[3] != 0;
     masked = cfg[4] != 0;
@@ -435,49 +474,84 @@ struct Stack {
     emit = cfg[6] != 0;
     training = cfg[7] != 0;
     first_mask_column = cfg[8];
-    if (training && after_training >= 0) after = after_training;
-    if (depth < 1 || nparam != kFirstWeight + depth * kPerBlock + after) return false;
-    const int64_t b = shapes[0][0], n = shapes[0][1], c = shapes[0][2], heads = cfg[1];
-    if (heads <= 0 || c % heads != 0 || n < 1) return false;
+    args.check(wanted_depth >= 1 && wanted_depth <= args.size() / kPerBlock, [&] {
+      return args.arg(5) + " gives a depth of " + std::to_string(wanted_depth) + ": it must be at least 1 and fit " +
+             "the " + std::to_string(args.size()) + " tensors given";
+    });
+    depth = wanted_depth;
+    const int64_t after = pass == Pass::kBackward ? 6 + weights() : (training ? 3 : 2);
+    args.check(args.size() == kFirstWeight + weights() + after, [&] {
+      return "takes " + std::to_string(kFirstWeight) + " inputs, " + std::to_string(kPerBlock) + " weights for each of " +
+             std::to_string(depth) + " blocks (the config's depth) and " + std::to_string(after) + " more: " +
+             std::to_string(kFirstWeight + weights() + after) + " tensors, got " + std::to_string(args.size());
+    });
+    args.dtypes(kFirstWeight, args.size(), kF32);
+    const int64_t b = args.dim(0, 0), n = args.dim(0, 1), c = args.dim(0, 2);
+    args.check(heads > 0 && c % heads == 0 && n >= 1, [&] {
+      return args.arg(5) + " gives " + std::to_string(heads) + " heads, which do not split the " +
+             std::to_string(c) + " channels of " + args.arg(0) + " " + dvt::shape_text(3, args.shape(0));
+    });
     dm = Dims{b, n, c, heads, c / heads, b * n};
     eps = *input(6);
     if (reuse) {
-      if (ndims[1] != 3 || shapes[1][0] != b || shapes[1][1] < 1) return false;
-      up_tokens = shapes[1][1];
-      up_width = shapes[1][2];
-      if (!is_shape(ndims[3], shapes[3], {n - 1, up_tokens - 1})) return false;
-      const int64_t r = kFirstWeight + kReuse;
-      if (ndims[r + 2] != 2 || ndims[r + 4] != 2) return false;
-      reuse_hidden = shapes[r + 2][0];
-      reuse_width = shapes[r + 4][0];
+      args.check(args.ndim(1) == 3 && args.dim(1, 0) == b && args.dim(1, 1) >= 1, [&] {
+        return args.arg(1) + " must be the previous exit's tokens [" + std::to_string(b) +
+               ", Nf, Cf] (config: feature reuse), got " + dvt::shape_text(args.ndim(1), args.shape(1));
+      });
+      feature_tokens = args.dim(1, 1);
+      feature_width = args.dim(1, 2);
+      args.expect_shape(3, {n - 1, feature_tokens - 1});
+      const int r = static_cast<int>(kFirstWeight + kReuse);
+      args.expect_ndim(r + 2, 2);
+      args.expect_ndim(r + 4, 2);
+      reuse_hidden = args.dim(r + 2, 0);
+      reuse_width = args.dim(r + 4, 0);
     }
-    if (relation && !is_shape(ndims[2], shapes[2], {b, depth * heads, n, n})) return false;
-    if (masked && (ndims[4] != 2 || shapes[4][0] != b || first_mask_column < 0 ||
-                   shapes[4][1] < first_mask_column + 2 * depth))
-      return false;
-    mask_columns = masked ? shapes[4][1] : 0;
-    if (ndims[kFirstWeight + 8] != 2) return false;
-    hidden = shapes[kFirstWeight + 8][0];
+    if (relation) args.expect_shape(2, {b, depth * heads, n, n});
+    if (masked) {
+      args.check(args.ndim(4) == 2 && args.dim(4, 0) == b && first_mask_column >= 0 &&
+                     args.dim(4, 1) >= first_mask_column + 2 * depth,
+                 [&] {
+                   return args.arg(4) + " must be [" + std::to_string(b) + ", M] with M at least " +
+                          std::to_string(first_mask_column + 2 * depth) + " (the config's first column " +
+                          std::to_string(first_mask_column) + " + 2 per block), got " +
+                          dvt::shape_text(args.ndim(4), args.shape(4));
+                 });
+    }
+    mask_columns = masked ? args.dim(4, 1) : 0;
+    args.expect_ndim(kFirstWeight + 8, 2);
+    hidden = args.dim(kFirstWeight + 8, 0);
     const int64_t dim = c + reuse_width;
     for (int64_t blk = 0; blk < depth; ++blk) {
-      const int64_t k = kFirstWeight + blk * kPerBlock;
-      auto shaped = [&](int64_t i, std::initializer_list<int64_t> shape) {
-        return is_shape(ndims[k + i], shapes[k + i], shape);
-      };
-      auto absent = [&](int64_t i) { return is_placeholder(ndims[k + i], shapes[k + i]); };
-      if (!shaped(0, {c}) || !shaped(1, {c}) || !shaped(2, {3 * c, c}) ||
-          !(qkv_bias ? shaped(3, {3 * c}) : absent(3)) ||
-          !shaped(4, {c, c}) || !shaped(5, {c}) || !shaped(6, {dim}) || !shaped(7, {dim}) ||
-          !shaped(8, {hidden, dim}) || !shaped(9, {hidden}) || !shaped(10, {c, hidden}) || !shaped(11, {c}))
-        return false;
-      const int64_t r = kReuse;
-      if (reuse ? !(shaped(r, {up_width}) && shaped(r + 1, {up_width}) && shaped(r + 2, {reuse_hidden, up_width}) &&
-                    shaped(r + 3, {reuse_hidden}) && shaped(r + 4, {reuse_width, reuse_hidden}) &&
-                    shaped(r + 5, {reuse_width}))
-                : !(absent(r) && absent(r + 1) && absent(r + 2) && absent(r + 3) && absent(r + 4) && absent(r + 5)))
-        return false;
+      const int k = static_cast<int>(kFirstWeight + blk * kPerBlock);
+      args.expect_shape(k, {c});
+      args.expect_shape(k + 1, {c});
+      args.expect_shape(k + 2, {3 * c, c});
+      if (qkv_bias) {
+        args.expect_shape(k + 3, {3 * c});
+      } else {
+        args.expect_placeholder(k + 3, "config: no qkv bias");
+      }
+      args.expect_shape(k + 4, {c, c});
+      args.expect_shape(k + 5, {c});
+      args.expect_shape(k + 6, {dim});
+      args.expect_shape(k + 7, {dim});
+      args.expect_shape(k + 8, {hidden, dim});
+      args.expect_shape(k + 9, {hidden});
+      args.expect_shape(k + 10, {c, hidden});
+      args.expect_shape(k + 11, {c});
+      const int r = k + static_cast<int>(kReuse);
+      if (reuse) {
+        args.expect_shape(r, {feature_width});
+        args.expect_shape(r + 1, {feature_width});
+        args.expect_shape(r + 2, {reuse_hidden, feature_width});
+        args.expect_shape(r + 3, {reuse_hidden});
+        args.expect_shape(r + 4, {reuse_width, reuse_hidden});
+        args.expect_shape(r + 5, {reuse_width});
+      } else {
+        for (int i = r; i < r + 6; ++i) args.expect_placeholder(i, "config: no feature reuse");
+      }
     }
-    return true;
   }
 
   AttentionWeights attention(int64_t blk) const {
@@ -494,7 +568,7 @@ struct Stack {
   }
   MlpDims mlp_dims() const { return {dm.batch, dm.tokens, dm.width, reuse_width, hidden, dm.width, dm.rows}; }
   MlpDims reuse_dims() const {
-    return {dm.batch, up_tokens, up_width, 0, reuse_hidden, reuse_width, dm.batch * up_tokens};
+    return {dm.batch, feature_tokens, feature_width, 0, reuse_hidden, reuse_width, dm.batch * feature_tokens};
   }
   PathMask mask(int64_t column) const {
     PathMask m;
@@ -515,39 +589,52 @@ struct BlockSaved {
   float *x_attention, *x_mlp;  // the inputs of the two halves
   AttentionSaved attention;
   MlpSaved mlp, reuse;
-  float *reused, *resized;  // reuse MLP output [B, Nr, Cr]; resized to this grid with a zero class row [B, N, Cr]
+  float *reused, *resized;  // reuse MLP output [B, Nf, Cr]; resized to this grid with a zero class row [B, N, Cr]
 };
 
+// The layout of one block's saved buffer, the one description of it: pieces taken from ``carver`` in order.
 // keep_probs false (inference): no room for the probabilities (attention_forward uses per-thread planes).
-BlockSaved carve(const Stack &st, float *base, bool keep_probs) {
-  const int64_t rows = st.dm.rows, c = st.dm.width, dim = c + st.reuse_width, up_rows = st.dm.batch * st.up_tokens;
+BlockSaved carve(const BlockShape &sh, Carver &carver, bool keep_probs) {
+  const int64_t rows = sh.dm.rows, c = sh.dm.width, dim = c + sh.reuse_width;
+  const int64_t feature_rows = sh.dm.batch * sh.feature_tokens;
+  auto take = [&](int64_t floats) { return carver.take(floats); };
   BlockSaved s{};
-  float *p = base;
-  auto take = [&](int64_t floats) {
-    float *piece = p;
-    p += floats;
-    return piece;
-  };
   s.x_attention = take(rows * c);
   s.x_mlp = take(rows * c);
   s.attention.ln = take(rows * c);
   s.attention.qkv = take(rows * 3 * c);
-  s.attention.probs = keep_probs ? take(st.dm.batch * st.dm.heads * st.dm.tokens * st.dm.tokens) : nullptr;
+  s.attention.probs = keep_probs ? take(sh.dm.batch * sh.dm.heads * sh.dm.tokens * sh.dm.tokens) : nullptr;
   s.attention.mixed = take(rows * c);
   s.attention.stats = take(2 * rows);
-  s.mlp = {take(rows * dim), take(rows * st.hidden), take(2 * rows)};
-  if (st.reuse) {
-    s.resized = take(rows * st.reuse_width);
-    s.reuse = {take(up_rows * st.up_width), take(up_rows * st.reuse_hidden), take(2 * up_rows)};
-    s.reused = take(up_rows * st.reuse_width);
+  s.mlp.ln = take(rows * dim);
+  s.mlp.pre = take(rows * sh.hidden);
+  s.mlp.stats = take(2 * rows);
+  if (sh.reuse) {
+    s.resized = take(rows * sh.reuse_width);
+    s.reuse.ln = take(feature_rows * sh.feature_width);
+    s.reuse.pre = take(feature_rows * sh.reuse_hidden);
+    s.reuse.stats = take(2 * feature_rows);
+    s.reused = take(feature_rows * sh.reuse_width);
   }
   return s;
+}
+
+BlockSaved carve(const BlockShape &sh, float *base, bool keep_probs) {
+  Carver carver(base);
+  return carve(sh, carver, keep_probs);
+}
+
+// Floats of one block's layout (keep_probs: training's saved buffer; else inference's scratch).
+int64_t block_floats(const BlockShape &sh, bool keep_probs) {
+  Carver counter(nullptr);
+  carve(sh, counter, keep_probs);
+  return counter.used();
 }
 
 // Forward: u = [0; P @ r[b, 1:]] per image, the reuse MLP's output r resized to this grid with a zero class
 // row. Backward (the same product transposed): dr[b, 0] = 0 (the class row is constant), dr[b, 1:] = P^T @ du[b, 1:].
 void resize_reused(const Stack &st, const float *resize, bool backward, const float *src, float *dst) {
-  const int64_t n = st.dm.tokens, nr = st.up_tokens, cr = st.reuse_width;
+  const int64_t n = st.dm.tokens, nr = st.feature_tokens, cr = st.reuse_width;
   const int64_t rows_out = backward ? nr : n, rows_in = backward ? n : nr;
   parallel_for(st.dm.batch, (n - 1) * (nr - 1) * cr, [&](int64_t first, int64_t last, int64_t) {
     for (int64_t b = first; b < last; ++b) {
@@ -560,55 +647,94 @@ void resize_reused(const Stack &st, const float *resize, bool backward, const fl
 
 // ---- the token performer of the T2T stem ---------------------------------------------------------------------
 
+// The sizes the performer's saved buffer depends on: what carve lays out.
+struct PerformerShape {
+  int64_t batch = 0, tokens = 0, dim = 0, emb = 0, random_features = 0, rows = 0;
+};
+
 // Inputs: 0 x [B, T, D], 1 dropout multipliers after proj [B, T, E] (or [1]), 2 after the MLP (or [1]), 3 int32
 // config {training, dropout}, 4 LayerNorm eps [1], then 13 weights: norm1 w, b [D]; kqv w [3E, D], b [3E];
 // random features w [M, E]; proj w [E, E], b [E]; norm2 w, b [E]; fc1 w [E, E], b [E]; fc2 w [E, E], b [E].
-struct Performer {
+// Every tensor float32 but the config.
+struct Performer : PerformerShape {
   static constexpr int64_t kFirstWeight = 5, kWeights = 13;
-  int64_t batch = 0, tokens = 0, dim = 0, emb = 0, features = 0, rows = 0;
+  static constexpr const char *kInputs[kFirstWeight] = {"x", "dropout1", "dropout2", "config", "eps"};
+  static constexpr const char *kWeightNames[kWeights] = {"norm1_w", "norm1_b", "kqv_w",   "kqv_b", "random_w",
+                                                         "proj_w",  "proj_b",  "norm2_w", "norm2_b", "fc1_w",
+                                                         "fc1_b",   "fc2_w",   "fc2_b"};
   bool training = false, dropout = false;
   float eps = 0.0f;
-  void **params = nullptr;
+  Pass pass = Pass::kForward;
+  const Call *call = nullptr;
 
-  const float *input(int64_t i) const { return static_cast<const float *>(params[i]); }
+  const float *input(int64_t i) const { return call->in(static_cast<int>(i)); }
   const float *weight(int64_t k) const { return input(kFirstWeight + k); }
 
-  // Floats the forward keeps for the backward: LayerNorm 1 output and statistics, kqv, the random features of k
-  // and q, per image [v, 1]^T kp, the normalised values y and their normaliser, a (after the attention), LayerNorm
-  // 2 output and statistics, fc1 output.
-  int64_t saved() const {
-    return rows * (dim + 2 + 3 * emb + 2 * features + emb + 1 + emb + emb + 2 + emb) + batch * (emb + 1) * features;
+  // Argument i's description in messages, e.g. "'kqv_w' (input 7)".
+  std::string name(int i) const {
+    const int64_t weights_end = kFirstWeight + kWeights;
+    const int inputs = static_cast<int>(pass == Pass::kForward ? weights_end : weights_end + 2);
+    if (i < kFirstWeight) return Call::label(kInputs[i], i, inputs);
+    if (i < weights_end) return Call::label(kWeightNames[i - kFirstWeight], i, inputs);
+    const int64_t after = i - weights_end;
+    if (pass == Pass::kForward) return Call::label(after == 0 ? "out" : "saved", i, inputs);
+    if (after < 3) return Call::label(after == 0 ? "saved" : after == 1 ? "dout" : "dx", i, inputs);
+    return Call::label(std::string("d_") + kWeightNames[(after - 3) % kWeights], i, inputs);
   }
 
-  // Reads and checks the arguments, as Stack::read.
-  bool read(int nparam, void **args, int *ndims, int64_t **shapes, int after, int after_training = -1) {
-    params = args;
-    const int32_t *cfg = read_flags(nparam, args, ndims, shapes, kFirstWeight, 3, 2, 4);
-    if (cfg == nullptr) return false;
+  // Reads and checks the arguments of the forward (``out`` and, training, ``saved`` after the weights) or of the
+  // backward (``saved``, ``dout``, then ``dx`` and the gradients), dtypes first; fails when anything disagrees.
+  void read(Call &args, Pass which) {
+    call = &args;
+    pass = which;
+    args.name_with([this](int i) { return name(i); });
+    args.count_at_least(kFirstWeight);
+    args.dtypes(0, 3, kF32);
+    args.dtype(3, kI32);
+    args.dtype(4, kF32);
+    args.expect_shape(3, {2});
+    args.expect_shape(4, {1});
+    args.expect_ndim(0, 3);
+    const int32_t *cfg = args.in<int32_t>(3);
     training = cfg[0] != 0;
     dropout = cfg[1] != 0;
-    if (training && after_training >= 0) after = after_training;
-    if (nparam != kFirstWeight + kWeights + after) return false;
-    batch = shapes[0][0];
-    tokens = shapes[0][1];
-    dim = shapes[0][2];
+    const int after = pass == Pass::kBackward ? 3 + static_cast<int>(kWeights) : (training ? 2 : 1);
+    args.count(static_cast<int>(kFirstWeight + kWeights) + after);
+    args.dtypes(kFirstWeight, args.size(), kF32);
+    batch = args.dim(0, 0);
+    tokens = args.dim(0, 1);
+    dim = args.dim(0, 2);
     rows = batch * tokens;
     eps = *input(4);
-    const int64_t kqv = kFirstWeight + 2, w = kFirstWeight + 4;
-    if (ndims[kqv] != 2 || shapes[kqv][0] % 3 != 0 || ndims[w] != 2) return false;
-    emb = shapes[kqv][0] / 3;
-    features = shapes[w][0];
-    auto shaped = [&](int64_t k, std::initializer_list<int64_t> shape) {
-      return is_shape(ndims[kFirstWeight + k], shapes[kFirstWeight + k], shape);
-    };
-    if (!shaped(0, {dim}) || !shaped(1, {dim}) || !shaped(2, {3 * emb, dim}) || !shaped(3, {3 * emb}) ||
-        !shaped(4, {features, emb}) || !shaped(5, {emb, emb}) || !shaped(6, {emb}) || !shaped(7, {emb}) ||
-        !shaped(8, {emb}) || !shaped(9, {emb, emb}) || !shaped(10, {emb}) || !shaped(11, {emb, emb}) ||
-        !shaped(12, {emb}))
-      return false;
-    return dropout ? is_shape(ndims[1], shapes[1], {batch, tokens, emb}) &&
-                         is_shape(ndims[2], shapes[2], {batch, tokens, emb})
-                   : is_placeholder(ndims[1], shapes[1]) && is_placeholder(ndims[2], shapes[2]);
+    const int kqv = kFirstWeight + 2, w = kFirstWeight + 4;
+    args.expect_ndim(kqv, 2);
+    args.check(args.dim(kqv, 0) % 3 == 0, [&] {
+      return args.arg(kqv) + " must have 3E rows (k, q and v), got " + dvt::shape_text(2, args.shape(kqv));
+    });
+    args.expect_ndim(w, 2);
+    emb = args.dim(kqv, 0) / 3;
+    random_features = args.dim(w, 0);
+    const int k = kFirstWeight;
+    args.expect_shape(k, {dim});
+    args.expect_shape(k + 1, {dim});
+    args.expect_shape(k + 2, {3 * emb, dim});
+    args.expect_shape(k + 3, {3 * emb});
+    args.expect_shape(k + 4, {random_features, emb});
+    args.expect_shape(k + 5, {emb, emb});
+    args.expect_shape(k + 6, {emb});
+    args.expect_shape(k + 7, {emb});
+    args.expect_shape(k + 8, {emb});
+    args.expect_shape(k + 9, {emb, emb});
+    args.expect_shape(k + 10, {emb});
+    args.expect_shape(k + 11, {emb, emb});
+    args.expect_shape(k + 12, {emb});
+    for (int i : {1, 2}) {
+      if (dropout) {
+        args.expect_shape(i, {batch, tokens, emb});
+      } else {
+        args.expect_placeholder(i, "config: no dropout");
+      }
+    }
   }
 
   PathMask mask(int64_t i) const {
@@ -625,14 +751,12 @@ struct PerformerSaved {
   MlpSaved mlp;
 };
 
-PerformerSaved carve(const Performer &pf, float *base) {
-  const int64_t rows = pf.rows, e = pf.emb, m = pf.features;
-  float *p = base;
-  auto take = [&](int64_t floats) {
-    float *piece = p;
-    p += floats;
-    return piece;
-  };
+// The layout of what the forward keeps for the backward, the one description of it: LayerNorm 1 output and
+// statistics, kqv, the random features of k and q, per image [v, 1]^T kp, the normalised values y and their
+// normaliser, a (after the attention), LayerNorm 2 output, fc1 output and LayerNorm 2 statistics.
+PerformerSaved carve(const PerformerShape &pf, Carver &carver) {
+  const int64_t rows = pf.rows, e = pf.emb, m = pf.random_features;
+  auto take = [&](int64_t floats) { return carver.take(floats); };
   PerformerSaved s{};
   s.ln = take(rows * pf.dim);
   s.stats = take(2 * rows);
@@ -643,13 +767,27 @@ PerformerSaved carve(const Performer &pf, float *base) {
   s.y = take(rows * e);
   s.den = take(rows);
   s.a = take(rows * e);
-  s.mlp = {take(rows * e), take(rows * e), take(2 * rows)};
+  s.mlp.ln = take(rows * e);
+  s.mlp.pre = take(rows * e);
+  s.mlp.stats = take(2 * rows);
   return s;
+}
+
+PerformerSaved carve(const PerformerShape &pf, float *base) {
+  Carver carver(base);
+  return carve(pf, carver);
+}
+
+// Floats of the performer's saved buffer.
+int64_t performer_floats(const PerformerShape &pf) {
+  Carver counter(nullptr);
+  carve(pf, counter);
+  return counter.used();
 }
 
 // Positive random features of the columns [offset, offset + E) of kqv: exp(x w^T - |x|^2 / 2) / sqrt(M).
 void random_features(const Performer &pf, const float *kqv, int64_t offset, float *out) {
-  const int64_t e = pf.emb, m = pf.features, e3 = 3 * e;
+  const int64_t e = pf.emb, m = pf.random_features, e3 = 3 * e;
   gemm(false, true, pf.rows, m, e, 1.0f, kqv + offset, e3, pf.weight(4), e, 0.0f, out, m);
   const float inv_sqrt_m = 1.0f / std::sqrt(static_cast<float>(m));
   parallel_for(pf.rows, 4 * (e + m), [&](int64_t first, int64_t last, int64_t) {
@@ -669,7 +807,7 @@ void random_features(const Performer &pf, const float *kqv, int64_t offset, floa
 // forward's output: dz = dfeat * feat, dx = dz w - x * sum_j dz.
 void random_features_backward(const Performer &pf, const float *kqv, int64_t offset, const float *feat, float *dfeat,
                               float *dkqv) {
-  const int64_t e = pf.emb, m = pf.features, e3 = 3 * e;
+  const int64_t e = pf.emb, m = pf.random_features, e3 = 3 * e;
   dvt::Scratch scratch(pf.rows);
   float *row_sums = scratch.take(pf.rows);
   parallel_for(pf.rows, 2 * m, [&](int64_t first, int64_t last, int64_t) {
@@ -704,20 +842,22 @@ extern "C" {
 // The token performer (single-head performer attention with v as the skip, then an MLP), as TokenPerformer:
 // a = v + dropout(proj(y)), y = qp (kp^T v) / (qp . sum_t kp + 1e-8), kp / qp the random features of k / q;
 // out = a + dropout(fc2(GELU(fc1(LayerNorm(a))))), (k, q, v) = kqv(LayerNorm(x)). Inputs as Performer::read.
-// Outputs: out [B, T, E]; training also "saved" [Performer::saved()], what dvt_token_performer_grad reads.
-int dvt_token_performer(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
-  return dvt::guarded([&]() -> int {
+// Outputs: out [B, T, E]; training also "saved" [performer_floats], what dvt_token_performer_grad reads.
+int dvt_token_performer(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
+                        void *) {
+  return dvt::guarded(__func__, [&]() -> int {
+    Call call(nparam, params, ndims, shapes, dtypes);
     Performer pf;
-    if (!pf.read(nparam, params, ndims, shapes, 1, 2)) return kBadArguments;  // training: also "saved"
+    pf.read(call, Pass::kForward);
     const bool training = pf.training;
-    const int64_t out_index = Performer::kFirstWeight + Performer::kWeights;
-    if (!is_shape(ndims[out_index], shapes[out_index], {pf.batch, pf.tokens, pf.emb}) ||
-        (training && !is_shape(ndims[out_index + 1], shapes[out_index + 1], {pf.saved()})))
-      return kBadArguments;
-    float *out = static_cast<float *>(params[out_index]);
-    dvt::Scratch scratch(training ? 0 : pf.saved());
-    PerformerSaved s = carve(pf, training ? static_cast<float *>(params[out_index + 1]) : scratch.take(pf.saved()));
-    const int64_t rows = pf.rows, e = pf.emb, m = pf.features, e3 = 3 * e, t = pf.tokens;
+    const int out_index = Performer::kFirstWeight + Performer::kWeights;
+    const int64_t saved_floats = performer_floats(pf);
+    call.expect_shape(out_index, {pf.batch, pf.tokens, pf.emb});
+    if (training) call.expect_shape(out_index + 1, {saved_floats});
+    float *out = call.out(out_index);
+    dvt::Scratch scratch(training ? 0 : saved_floats);
+    PerformerSaved s = carve(pf, training ? call.out(out_index + 1) : scratch.take(saved_floats));
+    const int64_t rows = pf.rows, e = pf.emb, m = pf.random_features, e3 = 3 * e, t = pf.tokens;
     const float *x = pf.input(0);
 
     layer_norm_rows(rows, pf.dim, pf.eps, pf.weight(0), pf.weight(1), s.ln, s.stats,
@@ -774,25 +914,22 @@ int dvt_token_performer(int nparam, void **params, int *ndims, int64_t **shapes,
 
 // Backward of dvt_token_performer (training). Inputs: the forward's inputs (as Performer::read), saved, dout
 // [B, T, E]. Outputs: dx [B, T, D], then one gradient per weight (the random features' is zero: they are fixed).
-int dvt_token_performer_grad(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
-  return dvt::guarded([&]() -> int {
+int dvt_token_performer_grad(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
+                             void *) {
+  return dvt::guarded(__func__, [&]() -> int {
+    Call call(nparam, params, ndims, shapes, dtypes);
     Performer pf;
-    const int after = 2 + 1 + static_cast<int>(Performer::kWeights);  // saved, dout; dx, d weights
-    if (!pf.read(nparam, params, ndims, shapes, after)) return kBadArguments;
-    const int64_t in = Performer::kFirstWeight + Performer::kWeights, out = in + 2;
-    const int64_t rows = pf.rows, e = pf.emb, m = pf.features, e3 = 3 * e, t = pf.tokens;
-    if (!is_shape(ndims[in], shapes[in], {pf.saved()}) || !is_shape(ndims[in + 1], shapes[in + 1], {pf.batch, t, e}) ||
-        !is_shape(ndims[out], shapes[out], {pf.batch, t, pf.dim}))
-      return kBadArguments;
-    for (int64_t k = 0; k < Performer::kWeights; ++k) {
-      const int64_t wi = Performer::kFirstWeight + k, gi = out + 1 + k;
-      if (ndims[wi] != ndims[gi] || dvt::count(ndims[wi], shapes[wi]) != dvt::count(ndims[gi], shapes[gi]))
-        return kBadArguments;
-    }
-    auto grad = [&](int64_t k) { return static_cast<float *>(params[out + 1 + k]); };
-    PerformerSaved s = carve(pf, static_cast<float *>(params[in]));
-    const float *dout = pf.input(in + 1);
-    float *dx = static_cast<float *>(params[out]);
+    pf.read(call, Pass::kBackward);
+    const int in = Performer::kFirstWeight + Performer::kWeights, out = in + 2;  // saved, dout; dx, d weights
+    const int64_t rows = pf.rows, e = pf.emb, m = pf.random_features, e3 = 3 * e, t = pf.tokens;
+    call.expect_shape(in, {performer_floats(pf)});
+    call.expect_shape(in + 1, {pf.batch, t, e});
+    call.expect_shape(out, {pf.batch, t, pf.dim});
+    for (int k = 0; k < Performer::kWeights; ++k) call.expect_same_size(out + 1 + k, Performer::kFirstWeight + k);
+    auto grad = [&](int64_t k) { return call.out(static_cast<int>(out + 1 + k)); };
+    PerformerSaved s = carve(pf, call.out(in));
+    const float *dout = call.in(in + 1);
+    float *dx = call.out(out);
     dvt::Scratch scratch(rows * (e + e + e3 + 2 * m + pf.dim + 1) + pf.batch * (e + 1) * m);
     float *da = scratch.take(rows * e), *dy = scratch.take(rows * e), *dkqv = scratch.take(rows * e3);
     float *dkp = scratch.take(rows * m), *dqp = scratch.take(rows * m), *dln = scratch.take(rows * pf.dim);
@@ -872,27 +1009,30 @@ int dvt_token_performer_grad(int nparam, void **params, int *ndims, int64_t **sh
 
 
 // Every block of an exit. Inputs as Stack::read. Outputs: y [B, N, C] (the last block's output), the attention
-// logits of every block [B, depth * heads, N, N] (or [1] when not emitted); training also "saved" [depth *
-// Stack::saved_per_block()], what dvt_block_stack_grad reads.
-int dvt_block_stack(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
-  return dvt::guarded([&]() -> int {
+// logits of every block [B, depth * heads, N, N] (or [1] when relations are not emitted); training also "saved"
+// [depth * block_floats], what dvt_block_stack_grad reads.
+int dvt_block_stack(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
+  return dvt::guarded(__func__, [&]() -> int {
+    Call call(nparam, params, ndims, shapes, dtypes);
     Stack st;
-    if (!st.read(nparam, params, ndims, shapes, 2, 3)) return kBadArguments;  // training: also "saved"
+    st.read(call, Pass::kForward);
     const bool training = st.training;
-    const int64_t out = Stack::kFirstWeight + st.weights();
+    const int out = static_cast<int>(Stack::kFirstWeight + st.weights());
     const Dims &dm = st.dm;
-    const int64_t per_block = st.saved_per_block();
-    if (!is_shape(ndims[out], shapes[out], {dm.batch, dm.tokens, dm.width}) ||
-        !(st.emit ? is_shape(ndims[out + 1], shapes[out + 1], {dm.batch, st.depth * dm.heads, dm.tokens, dm.tokens})
-                  : is_placeholder(ndims[out + 1], shapes[out + 1])) ||
-        (training && !is_shape(ndims[out + 2], shapes[out + 2], {st.depth * per_block})))
-      return kBadArguments;
-    float *y = static_cast<float *>(params[out]);
-    float *logits = st.emit ? static_cast<float *>(params[out + 1]) : nullptr;
-    float *relation = st.relation ? static_cast<float *>(params[2]) : nullptr;
-    float *saved = training ? static_cast<float *>(params[out + 2]) : nullptr;
+    const int64_t per_block = block_floats(st, true);
+    call.expect_shape(out, {dm.batch, dm.tokens, dm.width});
+    if (st.emit) {
+      call.expect_shape(out + 1, {dm.batch, st.depth * dm.heads, dm.tokens, dm.tokens});
+    } else {
+      call.expect_placeholder(out + 1, "config: relations not emitted");
+    }
+    if (training) call.expect_shape(out + 2, {st.depth * per_block});
+    float *y = call.out(out);
+    float *logits = st.emit ? call.out(out + 1) : nullptr;
+    float *relation = st.relation ? call.out(2) : nullptr;
+    float *saved = training ? call.out(out + 2) : nullptr;
     // inference: one block's pieces in scratch, reused by every block
-    const int64_t inference_floats = training ? 0 : per_block - dm.batch * dm.heads * dm.tokens * dm.tokens;
+    const int64_t inference_floats = training ? 0 : block_floats(st, false);
     dvt::Scratch scratch(inference_floats);
     float *inference_base = scratch.take(inference_floats);
 
@@ -918,59 +1058,56 @@ int dvt_block_stack(int nparam, void **params, int *ndims, int64_t **shapes, con
 
 // Backward of dvt_block_stack (training). Inputs: the forward's inputs (as Stack::read), then saved, dy [B, N,
 // C] and the gradient of the emitted logits [B, depth * heads, N, N] (or [1]). Outputs: dx [B, N, C],
-// d upstream (its shape, or [1]), d relation terms (their shape, or [1]), then one gradient per weight.
-int dvt_block_stack_grad(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
-  return dvt::guarded([&]() -> int {
+// d features (their shape, or [1]), d relation terms (their shape, or [1]), then one gradient per weight.
+int dvt_block_stack_grad(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
+                         void *) {
+  return dvt::guarded(__func__, [&]() -> int {
+    Call call(nparam, params, ndims, shapes, dtypes);
     Stack st;
-    if (nparam < Stack::kFirstWeight || !is_shape(ndims[5], shapes[5], {9})) return kBadArguments;
-    const int64_t depth = static_cast<const int32_t *>(params[5])[0];
-    const int64_t n_weights = depth * Stack::kPerBlock;
-    // after the weights: saved, dy, d logits, then the outputs dx, d upstream, d relation and the weights' gradients
-    if (depth < 1 || !st.read(nparam, params, ndims, shapes, static_cast<int>(6 + n_weights))) return kBadArguments;
+    st.read(call, Pass::kBackward);
+    const int64_t depth = st.depth, n_weights = st.weights();
     const Dims &dm = st.dm;
-    const int64_t in = Stack::kFirstWeight + n_weights;  // saved, dy, d logits
-    const int64_t out = in + 3;                          // dx, d upstream, d relation, d weights
-    const int64_t saved_per_block = st.saved_per_block();
-    if (!is_shape(ndims[in], shapes[in], {depth * saved_per_block}) ||
-        !is_shape(ndims[in + 1], shapes[in + 1], {dm.batch, dm.tokens, dm.width}) ||
-        !is_shape(ndims[out], shapes[out], {dm.batch, dm.tokens, dm.width}))
-      return kBadArguments;
-    const bool d_logits_given = !is_placeholder(ndims[in + 2], shapes[in + 2]);
-    if (d_logits_given && !is_shape(ndims[in + 2], shapes[in + 2], {dm.batch, depth * dm.heads, dm.tokens, dm.tokens}))
-      return kBadArguments;
-    for (int64_t k = 0; k < n_weights; ++k) {  // each weight's gradient has the weight's shape
-      const int64_t wi = Stack::kFirstWeight + k, gi = out + 3 + k;
-      if (ndims[wi] != ndims[gi] || dvt::count(ndims[wi], shapes[wi]) != dvt::count(ndims[gi], shapes[gi]))
-        return kBadArguments;
+    const int in = static_cast<int>(Stack::kFirstWeight + n_weights);  // saved, dy, d logits
+    const int out = in + 3;                                            // dx, d features, d relation, d weights
+    const int64_t saved_per_block = block_floats(st, true);
+    call.expect_shape(in, {depth * saved_per_block});
+    call.expect_shape(in + 1, {dm.batch, dm.tokens, dm.width});
+    call.expect_shape(out, {dm.batch, dm.tokens, dm.width});
+    const bool d_logits_given = !call.placeholder(in + 2);
+    if (d_logits_given) call.expect_shape(in + 2, {dm.batch, depth * dm.heads, dm.tokens, dm.tokens});
+    for (int k = 0; k < n_weights; ++k) call.expect_same_size(out + 3 + k, Stack::kFirstWeight + k);
+    for (int i : {1, 2}) {  // the gradients of the features and the relation terms: their size, or [1] when absent
+      if (i == 1 ? st.reuse : st.relation) {
+        call.check(call.elements(out + i) == call.elements(i), [&] {
+          return call.arg(out + i) + " must have the size of " + call.arg(i) + ", " +
+                 dvt::shape_text(call.ndim(i), call.shape(i)) + ", got " +
+                 dvt::shape_text(call.ndim(out + i), call.shape(out + i));
+        });
+      } else {
+        call.expect_placeholder(out + i, i == 1 ? "config: no feature reuse" : "config: no relation term");
+      }
     }
-    if ((st.reuse ? dvt::count(ndims[out + 1], shapes[out + 1]) != dvt::count(ndims[1], shapes[1])
-                  : !is_placeholder(ndims[out + 1], shapes[out + 1])) ||
-        (st.relation ? dvt::count(ndims[out + 2], shapes[out + 2]) != dvt::count(ndims[2], shapes[2])
-                     : !is_placeholder(ndims[out + 2], shapes[out + 2])))
-      return kBadArguments;
 
-    float *saved = static_cast<float *>(params[in]);
-    const float *d_logits = d_logits_given ? static_cast<const float *>(params[in + 2]) : nullptr;
-    float *dx = static_cast<float *>(params[out]);
-    float *d_upstream = static_cast<float *>(params[out + 1]);
-    float *d_relation = st.relation ? static_cast<float *>(params[out + 2]) : nullptr;
-    auto grad = [&](int64_t blk, int64_t k) {
-      return static_cast<float *>(params[out + 3 + blk * Stack::kPerBlock + k]);
-    };
+    float *saved = call.out(in);
+    const float *d_logits = d_logits_given ? call.in(in + 2) : nullptr;
+    float *dx = call.out(out);
+    float *d_features = call.out(out + 1);
+    float *d_relation = st.relation ? call.out(out + 2) : nullptr;
+    auto grad = [&](int64_t blk, int64_t k) { return call.out(static_cast<int>(out + 3 + blk * Stack::kPerBlock + k)); };
     const int64_t rows = dm.rows, c = dm.width;
-    const int64_t up_size = st.reuse ? dm.batch * st.up_tokens * st.up_width : 0;
-    dvt::Scratch scratch(rows * c + (st.reuse ? rows * st.reuse_width + 2 * up_size +
-                                                    dm.batch * st.up_tokens * st.reuse_width : 0));
+    const int64_t features_size = st.reuse ? dm.batch * st.feature_tokens * st.feature_width : 0;
+    const int64_t reused_size = st.reuse ? dm.batch * st.feature_tokens * st.reuse_width : 0;
+    dvt::Scratch scratch(rows * c + (st.reuse ? rows * st.reuse_width : 0) + reused_size + features_size);
     float *d_mid = scratch.take(rows * c);
     float *d_resized = scratch.take(st.reuse ? rows * st.reuse_width : 0);
-    float *d_reused = scratch.take(st.reuse ? dm.batch * st.up_tokens * st.reuse_width : 0);
-    float *d_up_block = scratch.take(up_size);
+    float *d_reused = scratch.take(reused_size);
+    float *d_features_block = scratch.take(features_size);
     if (st.reuse) {
-      std::fill(d_upstream, d_upstream + up_size, 0.0f);
+      std::fill(d_features, d_features + features_size, 0.0f);
     } else {
-      d_upstream[0] = 0.0f;
+      d_features[0] = 0.0f;
     }
-    if (!st.relation) static_cast<float *>(params[out + 2])[0] = 0.0f;
+    if (!st.relation) call.out(out + 2)[0] = 0.0f;
     for (int64_t blk = 0; blk < depth; ++blk) {  // absent weights ([1] placeholders) get a zero gradient
       if (!st.qkv_bias) grad(blk, 3)[0] = 0.0f;
       for (int64_t k = Stack::kReuse; !st.reuse && k < Stack::kPerBlock; ++k) grad(blk, k)[0] = 0.0f;
@@ -989,10 +1126,10 @@ int dvt_block_stack_grad(int nparam, void **params, int *ndims, int64_t **shapes
                                    grad(blk, r0 + 4), grad(blk, r0 + 5)};
         resize_reused(st, st.input(3), true, d_resized, d_reused);
         mlp_backward(st.reuse_dims(), st.reuse_mlp(blk), st.input(1), nullptr, false, PathMask{}, s.reuse, d_reused,
-                     reuse_grads, d_up_block, nullptr);
-        parallel_for(up_size, 1, [&](int64_t first, int64_t last, int64_t) {
+                     reuse_grads, d_features_block, nullptr);
+        parallel_for(features_size, 1, [&](int64_t first, int64_t last, int64_t) {
 #pragma omp simd
-          for (int64_t i = first; i < last; ++i) d_upstream[i] += d_up_block[i];
+          for (int64_t i = first; i < last; ++i) d_features[i] += d_features_block[i];
         });
       }
       const AttentionGrads attention_grads{grad(blk, 0), grad(blk, 1), grad(blk, 2),
@@ -1004,6 +1141,52 @@ int dvt_block_stack_grad(int nparam, void **params, int *ndims, int64_t **shapes
     }
     return 0;
   });
+}
+
+// Floats of the "saved" output of a training dvt_block_stack call with these sizes (what its out_shape needs):
+// tokens x [batch, tokens, width] in heads heads, MLP hidden width hidden, depth blocks; with feature reuse the
+// features [batch, feature_tokens, feature_width] and the reuse MLP's hidden and output widths (all four 0 without
+// it). -1 for sizes no call can have, the reason in dvt_last_error.
+int64_t dvt_block_stack_saved_floats(int64_t batch, int64_t tokens, int64_t width, int64_t heads, int64_t hidden,
+                                     int64_t feature_tokens, int64_t feature_width, int64_t reuse_hidden,
+                                     int64_t reuse_width, int64_t depth) {
+  return dvt::guarded(
+      __func__,
+      [&]() -> int64_t {
+        const bool reuse = feature_tokens != 0;
+        const bool valid = batch > 0 && tokens > 0 && width > 0 && heads > 0 && width % heads == 0 && hidden > 0 &&
+                           depth > 0 &&
+                           (reuse ? feature_tokens > 0 && feature_width > 0 && reuse_hidden > 0 && reuse_width > 0
+                                  : feature_width == 0 && reuse_hidden == 0 && reuse_width == 0);
+        if (!valid)
+          throw dvt::KernelError(dvt::kBadArguments, "no block stack has these sizes: " + dvt::shape_text({
+              batch, tokens, width, heads, hidden, feature_tokens, feature_width, reuse_hidden, reuse_width, depth}));
+        BlockShape shape;
+        shape.dm = Dims{batch, tokens, width, heads, width / heads, batch * tokens};
+        shape.hidden = hidden;
+        shape.reuse = reuse;
+        shape.feature_tokens = feature_tokens;
+        shape.feature_width = feature_width;
+        shape.reuse_hidden = reuse_hidden;
+        shape.reuse_width = reuse_width;
+        return depth * block_floats(shape, true);
+      },
+      [](int) -> int64_t { return -1; });
+}
+
+// Floats of the "saved" output of a training dvt_token_performer call with these sizes: x [batch, tokens, dim],
+// embedding width emb (kqv w [3 emb, dim]), random_features random features (w [random_features, emb]). -1 for
+// sizes no call can have, the reason in dvt_last_error.
+int64_t dvt_performer_saved_floats(int64_t batch, int64_t tokens, int64_t dim, int64_t emb, int64_t random_features) {
+  return dvt::guarded(
+      __func__,
+      [&]() -> int64_t {
+        if (batch <= 0 || tokens <= 0 || dim <= 0 || emb <= 0 || random_features <= 0)
+          throw dvt::KernelError(dvt::kBadArguments, "no token performer has these sizes: " +
+                                                         dvt::shape_text({batch, tokens, dim, emb, random_features}));
+        return performer_floats(PerformerShape{batch, tokens, dim, emb, random_features, batch * tokens});
+      },
+      [](int) -> int64_t { return -1; });
 }
 
 }  // extern "C"
