@@ -9,8 +9,8 @@ operators (``Erf`` for the exact GELU, the soft split as the operators torch's e
 exit's graph takes and gives what its MindIR twin does: ``images`` and, where the exit reuses them, the
 previous exit's ``features`` and ``relations``; it returns ``logits``, ``tokens`` and, where the next exit
 reuses them, ``relations``. Before anything is kept, every file passes ``onnx.checker`` with full checking
-and ONNX Runtime's logits of a random batch through every exit must equal the MindSpore model's within
-:data:`TOLERANCE` relative.
+and ONNX Runtime's logits of a random batch through every exit (:func:`~dvt_ms.serve.onnx_runtime.session`)
+must equal the MindSpore model's within :data:`TOLERANCE` relative.
 
 Needs the ``onnx`` extra: ``pip install -e ".[onnx]"`` (onnx, onnxruntime, torch).
 """
@@ -23,30 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from .checkpoint_model import ServeError
+from .errors import ServeError
+from .onnx_runtime import require_onnx, session
 
-__all__ = ["OPSET", "TOLERANCE", "OnnxUnavailable", "export_onnx_exits", "require_onnx"]
+__all__ = ["OPSET", "TOLERANCE", "export_onnx_exits"]
 
 OPSET = 17
 TOLERANCE = 1e-5  # max |ONNX - MindSpore| / max |MindSpore| of every exit's logits
-PIP = 'pip install -e ".[onnx]"  (or: pip install onnx onnxruntime torch)'
-
-
-class OnnxUnavailable(ServeError):
-    """ONNX export or ONNX Runtime was asked for, but the packages are not installed."""
-
-
-def require_onnx(runtime_only: bool = False) -> None:
-    """Raise :class:`OnnxUnavailable` with the pip command unless onnx, onnxruntime (and torch, for exporting)
-    can be imported."""
-    import importlib.util
-
-    needed = ("onnxruntime",) if runtime_only else ("onnx", "onnxruntime", "torch")
-    missing = [name for name in needed if importlib.util.find_spec(name) is None]
-    if missing:
-        what = "running ONNX exports" if runtime_only else "--format onnx"
-        raise OnnxUnavailable(f"{what} needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
-                              f"not installed: {PIP}")
 
 
 def torch_reference(model: Any):
@@ -125,8 +108,6 @@ def export_onnx_exits(model: Any, directory: str, stems: list[str]) -> list[str]
 def _verify(model: Any, directory: str, files: list[str], images: np.ndarray) -> None:
     """ONNX Runtime's logits of every exit on ``images`` against ``model``'s (MindSpore)."""
     import mindspore as ms
-
-    from .onnx_stages import session
 
     state = None
     features = relations = None
