@@ -5,7 +5,8 @@
 * :mod:`~dvt_ms.serve.graphs`: the cell exported per exit and :class:`ExportedStages`, the early-exit
   engine's stages loaded back from the MindIR files;
 * :mod:`~dvt_ms.serve.onnx_runtime`: ONNX Runtime (the extra's check, sessions, the stages of the ONNX files);
-  :mod:`~dvt_ms.serve.onnx_export` writes those files;
+  :mod:`~dvt_ms.serve.onnx_export` writes those files from the PyTorch reference made ready for export
+  (:mod:`~dvt_ms.serve.torch_export`);
 * :mod:`~dvt_ms.serve.export` / :mod:`~dvt_ms.serve.predict`: the two commands, and their library
   functions ``export(ExportSettings)`` and ``predict(PredictSettings)``.
 
