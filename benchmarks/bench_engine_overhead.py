@@ -64,7 +64,7 @@ def main() -> int:
         from dvt_ms.serve.export import export_model
         from dvt_ms.serve.graphs import ExportedStages
         from dvt_ms.serve.manifest import read_manifest
-        from dvt_ms.serve.onnx_stages import OnnxStages
+        from dvt_ms.serve.onnx_runtime import OnnxStages
 
         folder = Path(tempfile.mkdtemp(prefix="dvt_bench_export_")) / "export"
         point = OperatingPoint(np.zeros(spec.num_exits), "bench")

@@ -5,7 +5,7 @@ thresholds are calibrated on the benchmark images (target shares 60 % / 25 % / 1
 Each side then runs :class:`~dvt_ms.inference.engine.EarlyExitEngine` over the same images at batch 1 and
 16, in its own process, the sides alternating round by round (medians):
 
-* ``onnxruntime``: :class:`~dvt_ms.serve.onnx_stages.OnnxStages` over the ONNX files;
+* ``onnxruntime``: :class:`~dvt_ms.serve.onnx_runtime.OnnxStages` over the ONNX files;
 * ``checkpoint``: the cascade from the checkpoint (:func:`dvt_ms.load_model`), static shapes and the fused
   CPU kernels: what ``dvt-predict --ckpt`` runs;
 * ``mindir``: :class:`~dvt_ms.serve.graphs.ExportedStages` over the MindIR files (stock ops, dynamic batch).

@@ -1,6 +1,6 @@
 """The package's layers only point down: every ``dvt_ms`` import in the source, read from its AST
-(function-level imports included), goes to a lower layer or stays inside its own package, and no command
-imports another command."""
+(function-level imports included), goes to a lower layer or stays inside its own package, no command
+imports another command, and no modules import each other in a cycle (inside a package too)."""
 
 from __future__ import annotations
 
@@ -104,6 +104,71 @@ def test_the_walk_sees_relative_imports_and_the_rule_catches_each_kind():
     assert violations("dvt_ms.inference.engine", [(1, "dvt_ms.convert.mapping")])  # sideways
     assert violations("dvt_ms.serve.predict", [(1, "dvt_ms.serve.export")])  # command to command
     assert not violations("dvt_ms.train.validate", [(1, "dvt_ms.inference.thresholds"), (2, "dvt_ms.train.ema")])
+
+
+def import_graph() -> dict[str, dict[str, int]]:
+    """module -> {imported dvt_ms module: line} for every module of the package."""
+    graph = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = module_name(path)
+        graph[module] = {target: line for line, target in reversed(imports_of(path)) if target != module}
+    return graph
+
+
+def cycles(graph: dict[str, dict[str, int]]) -> list[list[str]]:
+    """The import cycles of ``graph``: each group of modules that reach one another (a strongly connected
+    component of two or more), sorted, found with Tarjan's algorithm."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found = []
+
+    def visit(module: str) -> None:
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        for target in graph.get(module, {}):
+            if target not in index:
+                visit(target)
+                low[module] = min(low[module], low[target])
+            elif target in stack:
+                low[module] = min(low[module], index[target])
+        if low[module] == index[module]:
+            group = [stack.pop()]
+            while group[-1] != module:
+                group.append(stack.pop())
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for module in sorted(graph):
+        if module not in index:
+            visit(module)
+    return sorted(found)
+
+
+def describe(group: list[str], graph: dict[str, dict[str, int]]) -> str:
+    """The imports that close a cycle: ``module:line -> target`` for each import inside ``group``."""
+    return "; ".join(f"{module}:{line} -> {target}" for module in group
+                     for target, line in sorted(graph[module].items()) if target in group)
+
+
+def test_no_import_cycle():
+    graph = import_graph()
+    found = cycles(graph)
+    assert not found, "modules that import each other:\n" + "\n".join(describe(g, graph) for g in found)
+
+
+def test_the_cycle_rule_catches_a_planted_cycle():
+    graph = import_graph()
+    assert "dvt_ms.serve.onnx_runtime" in graph["dvt_ms.serve.predict"]  # imported inside a function
+    assert not cycles(graph)
+    planted = {**graph, "dvt_ms.serve.onnx_runtime": {**graph["dvt_ms.serve.onnx_runtime"], "dvt_ms.serve.predict": 1}}
+    assert cycles(planted) == [["dvt_ms.serve.onnx_runtime", "dvt_ms.serve.predict"]]
+    three = {"dvt_ms.a": {"dvt_ms.b": 1}, "dvt_ms.b": {"dvt_ms.c": 1}, "dvt_ms.c": {"dvt_ms.a": 1, "dvt_ms.d": 2},
+             "dvt_ms.d": {}}
+    assert cycles(three) == [["dvt_ms.a", "dvt_ms.b", "dvt_ms.c"]]
+    assert describe(["dvt_ms.a", "dvt_ms.b", "dvt_ms.c"], three) == \
+        "dvt_ms.a:1 -> dvt_ms.b; dvt_ms.b:1 -> dvt_ms.c; dvt_ms.c:1 -> dvt_ms.a"
+    assert not cycles({**three, "dvt_ms.c": {"dvt_ms.d": 2}})
 
 
 def test_import_dvt_ms_and_convert_help_do_not_load_mindspore():

@@ -9,13 +9,14 @@ with ``load_state_dict(..., strict=True)`` (after stripping a possible ``module.
 The attribute names follow the checkpoint keys, including the official typo ``feature_resuse_mlp``.
 
 Grid resizing (feature and relation reuse) is done here with the same torch operators as the official
-code: nearest-neighbour upsampling to an intermediate grid ``ceil(dst / src) * src`` followed by adaptive
-average pooling to the destination grid (7 -> 14 -> 10 and 10 -> 20 -> 14 for the published models).
+code: nearest-neighbour upsampling to an intermediate grid ``ceil(dst / src) * src`` (the rule of
+:func:`dvt_ms.models.layers.grid_resize.intermediate_grid`) followed by adaptive average pooling to the
+destination grid (7 -> 14 -> 10 and 10 -> 20 -> 14 for the published models). Grid resizes and the T2T soft
+splits are parameter-free submodules (:class:`GridResize`, :class:`SoftSplit`), outside ``state_dict()``.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 
@@ -24,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dvt_ms.models.layers.grid_resize import intermediate_grid
 from dvt_ms.models.spec import CascadeSpec, ExitSpec
 
 __all__ = [
@@ -32,13 +34,14 @@ __all__ = [
     "DVTCascade",
     "DVTExit",
     "DropPath",
+    "GridResize",
     "Mlp",
     "PatchEmbed",
+    "SoftSplit",
     "T2TStem",
     "TokenPerformer",
     "TokenTransformer",
     "build_torch_dvt",
-    "intermediate_grid",
     "resize_relations",
     "resize_token_grid",
     "sinusoid_table",
@@ -53,26 +56,15 @@ PERFORMER_EPSILON = 1e-8  # added to the performer's normaliser
 # grid resizing
 # --------------------------------------------------------------------------------------------------
 
-def intermediate_grid(src: int, dst: int) -> int:
-    """Side of the grid that nearest-neighbour upsampling goes to before pooling ``src`` -> ``dst``.
-
-    The smallest multiple of ``src`` that is at least ``dst`` (7 -> 10 gives 14, 10 -> 14 gives 20).
-    """
-    if src < 1 or dst < 1:
-        raise ValueError(f"grid sides must be positive, got {src} -> {dst}")
-    return math.ceil(dst / src) * src
-
-
 def resize_token_grid(x: Tensor, src: int, dst: int) -> Tensor:
     """Resize the last axis of ``x``, a flattened ``src x src`` token grid, to a ``dst x dst`` grid.
 
     ``x`` has shape ``[..., src * src]`` (row-major grid); the result has shape ``[..., dst * dst]``.
     Every leading index is resized independently with ``F.interpolate(mode='nearest')`` to
-    :func:`intermediate_grid` followed by ``F.adaptive_avg_pool2d`` to ``dst``.
+    :func:`~dvt_ms.models.layers.grid_resize.intermediate_grid` followed by ``F.adaptive_avg_pool2d`` to ``dst``.
     """
-    if torch.onnx.is_in_onnx_export():
-        # ONNX has no adaptive pooling to sizes that do not divide the input: the same linear map as a product
-        return x @ grid_resize_matrix(src, dst).to(x.dtype)
+    if src < 1 or dst < 1:
+        raise ValueError(f"grid sides must be positive, got {src} -> {dst}")
     if x.shape[-1] != src * src:
         raise ValueError(f"last axis has {x.shape[-1]} entries, expected a {src}x{src} grid")
     lead = x.shape[:-1]
@@ -83,40 +75,41 @@ def resize_token_grid(x: Tensor, src: int, dst: int) -> Tensor:
     return grid.reshape(*lead, dst * dst)
 
 
-@functools.cache
-def unfold_kernels(channels: int, kernel: int) -> Tensor:
-    """``[channels * kernel^2, 1, kernel, kernel]`` one-hot kernels: a convolution with ``groups=channels``
-    gives ``F.unfold``'s output channels in its order (channel, then kernel row, then kernel column)."""
-    # built in numpy: under ONNX export torch would trace the filling ops instead of storing the constant
-    one_hot = np.tile(np.eye(kernel * kernel, dtype=np.float32), (channels, 1))
-    return torch.from_numpy(one_hot.reshape(channels * kernel * kernel, 1, kernel, kernel))
+class GridResize(nn.Module):
+    """The ``src x src`` -> ``dst x dst`` token-grid resize of feature and relation reuse.
 
+    ``forward`` resizes the last axis (:func:`resize_token_grid`); :meth:`relations` resizes both token axes
+    of attention logits, keeping the class entries.
+    """
 
-@functools.cache
-def grid_resize_matrix(src: int, dst: int) -> Tensor:
-    """``[src^2, dst^2]``: row ``i`` is grid cell ``i`` resized by :func:`resize_token_grid`, so that
-    ``x @ grid_resize_matrix(src, dst)`` is that resize of ``x``'s last axis. Call it before an ONNX export
-    traces the model (the export does), so that the graph stores the matrix instead of the ops building it."""
-    with torch.no_grad():
-        grid = F.interpolate(torch.eye(src * src).reshape(1, -1, src, src), size=(intermediate_grid(src, dst),) * 2,
-                             mode="nearest")
-        return F.adaptive_avg_pool2d(grid, (dst, dst)).reshape(src * src, dst * dst)
+    def __init__(self, src: int, dst: int) -> None:
+        super().__init__()
+        self.src, self.dst = src, dst
 
+    def forward(self, x: Tensor) -> Tensor:
+        return resize_token_grid(x, self.src, self.dst)
 
-def _resize_after_class(x: Tensor, src: int, dst: int) -> Tensor:
-    """Resize the last axis ``[class, grid...]`` of ``x``: the class entry is kept, the grid resized."""
-    return torch.cat((x[..., :1], resize_token_grid(x[..., 1:], src, dst)), dim=-1)
+    def after_class(self, x: Tensor) -> Tensor:
+        """Resize the last axis ``[class, grid...]`` of ``x``: the class entry is kept, the grid resized."""
+        return torch.cat((x[..., :1], self(x[..., 1:])), dim=-1)
+
+    def relations(self, rel: Tensor) -> Tensor:
+        """Attention logits ``[B, C, 1 + src^2, 1 + src^2]`` -> ``[B, C, 1 + dst^2, 1 + dst^2]``.
+
+        As the official ``forward_features``: first the image part of the key axis (last axis) is resized
+        with the class column kept, then the image part of the query axis with the class row kept.
+        """
+        out = self.after_class(rel)
+        return self.after_class(out.transpose(-1, -2)).transpose(-1, -2)
+
+    def extra_repr(self) -> str:
+        return f"{self.src} -> {self.dst}"
 
 
 def resize_relations(rel: Tensor, src: int, dst: int) -> Tensor:
-    """Resize attention logits ``[B, C, 1 + src^2, 1 + src^2]`` to ``[B, C, 1 + dst^2, 1 + dst^2]``.
-
-    As the official ``forward_features``: first the image part of the key axis (last axis) is resized
-    with the class column kept, then the image part of the query axis with the class row kept.
-    """
-    out = _resize_after_class(rel, src, dst)
-    out = _resize_after_class(out.transpose(-1, -2), src, dst)
-    return out.transpose(-1, -2)
+    """Resize attention logits ``[B, C, 1 + src^2, 1 + src^2]`` to ``[B, C, 1 + dst^2, 1 + dst^2]``
+    (:meth:`GridResize.relations`)."""
+    return GridResize(src, dst).relations(rel)
 
 
 def sinusoid_table(n_position: int, dim: int) -> Tensor:
@@ -229,8 +222,9 @@ class Block(nn.Module):
                 nn.LayerNorm(reuse_dim, eps=norm_eps),
                 Mlp(reuse_dim, reuse_hidden, reuse_channels, drop=drop),
             )
+            self.reuse_resize = GridResize(*reuse_grids)
         else:
-            self.feature_resuse_mlp = None
+            self.feature_resuse_mlp = self.reuse_resize = None
 
     def reused_features(self, upstream: Tensor) -> Tensor:
         """Map upstream tokens ``[B, 1 + g_up^2, D_up]`` to ``[B, 1 + g^2, reuse_channels]``.
@@ -239,9 +233,8 @@ class Block(nn.Module):
         """
         if self.feature_resuse_mlp is None:
             raise RuntimeError("this block was built without feature reuse")
-        src, dst = self.reuse_grids
         mapped = self.feature_resuse_mlp(upstream)[:, 1:]  # [B, g_up^2, R]
-        resized = resize_token_grid(mapped.transpose(1, 2), src, dst).transpose(1, 2)  # [B, g^2, R]
+        resized = self.reuse_resize(mapped.transpose(1, 2)).transpose(1, 2)  # [B, g^2, R]
         zero = resized.new_zeros(resized.shape[0], 1, resized.shape[2])
         return torch.cat((zero, resized), dim=1)
 
@@ -346,6 +339,20 @@ class TokenTransformer(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+class SoftSplit(nn.Module):
+    """A T2T soft split of a ``channels``-channel map: ``F.unfold`` to ``[B, L, channels * kernel^2]``."""
+
+    def __init__(self, channels: int, kernel: int, stride: int, padding: int) -> None:
+        super().__init__()
+        self.channels, self.kernel, self.stride, self.padding = channels, kernel, stride, padding
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.unfold(x, kernel_size=self.kernel, stride=self.stride, padding=self.padding).transpose(1, 2)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, kernel={self.kernel}, stride={self.stride}, padding={self.padding}"
+
+
 class T2TStem(nn.Module):
     """Tokens-to-token stem: three soft splits (unfolds) with a token performer/transformer between them
     and a final linear projection to the embedding width."""
@@ -362,18 +369,11 @@ class T2TStem(nn.Module):
             self.attention1 = TokenTransformer(in_chans * k0 * k0, e.token_dim)
             self.attention2 = TokenTransformer(e.token_dim * k1 * k1, e.token_dim)
         self.project = nn.Linear(e.token_dim * k2 * k2, e.embed_dim)
-        self.split_channels = (in_chans, e.token_dim, e.token_dim)
+        self.soft_splits = nn.ModuleList(SoftSplit(channels, *u) for channels, u in
+                                         zip((in_chans, e.token_dim, e.token_dim), self.unfolds, strict=True))
 
     def _split(self, x: Tensor, step: int) -> Tensor:
-        kernel, stride, padding = self.unfolds[step]
-        if torch.onnx.is_in_onnx_export():
-            # the same values as one grouped convolution with one-hot kernels (every output is one input times 1
-            # plus zeros, exact), which ONNX runtimes run far faster than the gathers torch exports for unfold
-            channels = self.split_channels[step]
-            weight = unfold_kernels(channels, kernel).to(x.dtype)
-            y = F.conv2d(x, weight, stride=stride, padding=padding, groups=channels)
-            return y.flatten(2).transpose(1, 2)
-        return F.unfold(x, kernel_size=kernel, stride=stride, padding=padding).transpose(1, 2)
+        return self.soft_splits[step](x)
 
     def _to_grid(self, tokens: Tensor, step: int) -> Tensor:
         side = self.grids[step]
@@ -448,8 +448,9 @@ class DVTExit(nn.Module):
                 nn.GELU(),
                 nn.Conv2d(spec.relation_expansion * own, own, kernel_size=1),
             )
+            self.relation_resize = GridResize(self.upstream_grid, self.grid)
         else:
-            self.relation_reuse_conv = None
+            self.relation_reuse_conv = self.relation_resize = None
         self.head = nn.Linear(e.embed_dim, spec.num_classes)
 
         nn.init.trunc_normal_(self.cls_token, std=0.02)
@@ -467,12 +468,12 @@ class DVTExit(nn.Module):
 
         ``relations``: upstream logits, each ``[B, heads_up, 1 + g_up^2, 1 + g_up^2]``. They are
         concatenated over blocks, passed through ``relation_reuse_conv``, resized to this exit's grid
-        (:func:`resize_relations`) and split into ``depth`` chunks of ``num_heads`` channels.
+        (:meth:`GridResize.relations`) and split into ``depth`` chunks of ``num_heads`` channels.
         """
         if self.relation_reuse_conv is None:
             raise RuntimeError(f"exit {self.index + 1} was built without relation reuse")
         mapped = self.relation_reuse_conv(torch.cat(tuple(relations), dim=1))
-        resized = resize_relations(mapped, self.upstream_grid, self.grid)
+        resized = self.relation_resize.relations(mapped)
         return resized.chunk(self.depth, dim=1)
 
     def forward(self, x: Tensor, features_to_be_reused: Tensor | Sequence[Tensor] | None = None,

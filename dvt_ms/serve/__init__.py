@@ -1,8 +1,12 @@
 """Serving DVT: per-exit MindIR export (``dvt-export``) and prediction on a user's own images (``dvt-predict``).
 
+* :mod:`~dvt_ms.serve.errors`: :class:`ServeError`, :class:`ManifestError` and the other error types;
 * :mod:`~dvt_ms.serve.manifest`: ``manifest.json`` of an export folder, written and verified;
 * :mod:`~dvt_ms.serve.graphs`: the cell exported per exit and :class:`ExportedStages`, the early-exit
   engine's stages loaded back from the MindIR files;
+* :mod:`~dvt_ms.serve.onnx_runtime`: ONNX Runtime (the extra's check, sessions, the stages of the ONNX files);
+  :mod:`~dvt_ms.serve.onnx_export` writes those files from the PyTorch reference made ready for export
+  (:mod:`~dvt_ms.serve.torch_export`);
 * :mod:`~dvt_ms.serve.export` / :mod:`~dvt_ms.serve.predict`: the two commands, and their library
   functions ``export(ExportSettings)`` and ``predict(PredictSettings)``.
 
@@ -14,7 +18,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-_LAZY = {"ExportedStages": "graphs", "Manifest": "manifest", "ManifestError": "manifest",
+_LAZY = {"ExportedStages": "graphs", "Manifest": "manifest", "ManifestError": "errors", "ServeError": "errors",
          "read_manifest": "manifest"}
 
 __all__ = sorted(_LAZY)

@@ -11,12 +11,9 @@ from ..data.class_names import check_class_names, read_class_names
 from ..data.transforms import EvalTransform
 from ..inference.operating_point import OperatingPoint, choose_operating_point
 from ..options import NO_CKPT, OperatingSettings
+from .errors import ServeError
 
-__all__ = ["ServeError", "ServedCheckpoint", "override_class_names"]
-
-
-class ServeError(ValueError):
-    """An export or prediction that cannot run as asked; the message says what to change."""
+__all__ = ["ServedCheckpoint", "override_class_names"]
 
 
 def override_class_names(path: str | None, stored: list[str] | None, num_classes: int) -> list[str] | None:

@@ -29,10 +29,12 @@ from ..files import atomic_directory, usual_mode
 from ..flops import cumulative_gflops
 from ..inference.operating_point import OperatingPoint, ThresholdError
 from ..options import ExportSettings, parse_command
-from .checkpoint_model import ServedCheckpoint, ServeError
+from .checkpoint_model import ServedCheckpoint
+from .errors import ServeError
 from .graphs import export_graph
 from .manifest import MANIFEST_NAME, ExportedExit, Manifest, sha256_of, write_manifest
-from .onnx_export import OPSET, export_onnx_exits, require_onnx
+from .onnx_export import OPSET, export_onnx_exits
+from .onnx_runtime import require_onnx
 
 __all__ = ["export", "export_model", "main"]
 

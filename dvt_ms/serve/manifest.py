@@ -16,17 +16,14 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["FORMAT", "MANIFEST_NAME", "ExportedExit", "Manifest", "ManifestError", "read_manifest", "sha256_of",
-           "write_manifest"]
+from .errors import ManifestError
+
+__all__ = ["FORMAT", "MANIFEST_NAME", "ExportedExit", "Manifest", "read_manifest", "sha256_of", "write_manifest"]
 
 FORMAT = "dvt_ms.exported"
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # version 1: MindIR only, before the ONNX fields
 MANIFEST_NAME = "manifest.json"
-
-
-class ManifestError(ValueError):
-    """An export folder that cannot be used; the message names the folder, the file and the problem."""
 
 
 @dataclass(frozen=True)

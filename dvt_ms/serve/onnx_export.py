@@ -3,83 +3,33 @@
 MindSpore's own ONNX exporter cannot write these graphs (no ``Erf`` for the exact GELU, no ``Im2Col`` for
 the T2T soft split, and no dynamic shapes). The route taken instead: the checkpoint's weights go into the
 PyTorch reference implementation (:mod:`dvt_ms.reference.torch_dvt`, the same names through
-:func:`~dvt_ms.convert.mapping.to_torch_state_dict`), whose exits ``torch.onnx.export`` writes with standard
-operators (``Erf`` for the exact GELU, the soft split as the operators torch's exporter writes for
-``unfold``, the grid resize as a matrix product). Each
-exit's graph takes and gives what its MindIR twin does: ``images`` and, where the exit reuses them, the
-previous exit's ``features`` and ``relations``; it returns ``logits``, ``tokens`` and, where the next exit
-reuses them, ``relations``. Before anything is kept, every file passes ``onnx.checker`` with full checking
-and ONNX Runtime's logits of a random batch through every exit must equal the MindSpore model's within
-:data:`TOLERANCE` relative.
+:func:`~dvt_ms.convert.mapping.to_torch_state_dict`), made ready for export by
+:mod:`~dvt_ms.serve.torch_export` (the soft split as a grouped convolution with one-hot kernels, the grid
+resize as a product with the stored resize matrix), whose exits ``torch.onnx.export`` writes with standard
+operators (``Erf`` for the exact GELU). Each exit's graph takes and gives what its MindIR twin does:
+``images`` and, where the exit reuses them, the previous exit's ``features`` and ``relations``; it returns
+``logits``, ``tokens`` and, where the next exit reuses them, ``relations``. Before anything is kept, every
+file passes ``onnx.checker`` with full checking and ONNX Runtime's logits of a random batch through every
+exit (:func:`~dvt_ms.serve.onnx_runtime.session`) must equal the MindSpore model's within :data:`TOLERANCE`
+relative.
 
 Needs the ``onnx`` extra: ``pip install -e ".[onnx]"`` (onnx, onnxruntime, torch).
 """
 
 from __future__ import annotations
 
-import itertools
 import os
 from typing import Any
 
 import numpy as np
 
-from .checkpoint_model import ServeError
+from .errors import ServeError
+from .onnx_runtime import require_onnx, session
 
-__all__ = ["OPSET", "TOLERANCE", "OnnxUnavailable", "export_onnx_exits", "require_onnx"]
+__all__ = ["OPSET", "TOLERANCE", "export_onnx_exits"]
 
 OPSET = 17
 TOLERANCE = 1e-5  # max |ONNX - MindSpore| / max |MindSpore| of every exit's logits
-PIP = 'pip install -e ".[onnx]"  (or: pip install onnx onnxruntime torch)'
-
-
-class OnnxUnavailable(ServeError):
-    """ONNX export or ONNX Runtime was asked for, but the packages are not installed."""
-
-
-def require_onnx(runtime_only: bool = False) -> None:
-    """Raise :class:`OnnxUnavailable` with the pip command unless onnx, onnxruntime (and torch, for exporting)
-    can be imported."""
-    import importlib.util
-
-    needed = ("onnxruntime",) if runtime_only else ("onnx", "onnxruntime", "torch")
-    missing = [name for name in needed if importlib.util.find_spec(name) is None]
-    if missing:
-        what = "running ONNX exports" if runtime_only else "--format onnx"
-        raise OnnxUnavailable(f"{what} needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
-                              f"not installed: {PIP}")
-
-
-def torch_reference(model: Any):
-    """The PyTorch reference cascade with ``model``'s weights (a :class:`~dvt_ms.models.DVTCascade`)."""
-    import torch
-
-    from ..convert.mapping import expected_state_shapes, to_torch_state_dict
-    from ..reference.torch_dvt import build_torch_dvt
-
-    params = {p.name: p.asnumpy() for p in model.get_parameters()}
-    state = to_torch_state_dict(params, expected_state_shapes(model.spec))
-    reference = build_torch_dvt(model.spec).eval()
-    reference.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}, strict=True)
-    return reference
-
-
-def _stage_module(exit_module: Any, takes: tuple[bool, bool], upstream_depth: int, emits: bool):
-    import torch
-
-    class ExitStageModule(torch.nn.Module):
-        """Exit ``k`` with exactly its graph's inputs and outputs (relations as one tensor, blocks stacked)."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.exit = exit_module
-
-        def forward(self, images, *state):
-            features = state[0] if takes[0] else None
-            relations = list(state[-1].chunk(upstream_depth, dim=1)) if takes[1] else None
-            logits, tokens, per_block = self.exit(images, features, relations)
-            return (logits, tokens, torch.cat(per_block, dim=1)) if emits else (logits, tokens)
-
-    return ExitStageModule().eval()
 
 
 def export_onnx_exits(model: Any, directory: str, stems: list[str]) -> list[str]:
@@ -89,19 +39,17 @@ def export_onnx_exits(model: Any, directory: str, stems: list[str]) -> list[str]
     import onnx
     import torch
 
-    from ..reference.torch_dvt import grid_resize_matrix
+    from .torch_export import ExitStageModule, export_reference
 
-    reference = torch_reference(model)
+    reference = export_reference(model)
     spec = model.spec
-    for up, grid in itertools.pairwise(spec.grids()):  # built now, stored as constants by the export
-        grid_resize_matrix(up, grid)
     rng = np.random.default_rng(0)
     images = rng.standard_normal((2, spec.in_chans, spec.img_size, spec.img_size)).astype(np.float32)
     files, state = [], None
     for k, stem in enumerate(stems):
         takes = model.needs_state(k)
         emits = model.exit(k).emit_relations
-        module = _stage_module(reference.exits[k], takes, spec.exits[k - 1].depth if k else 1, emits)
+        module = ExitStageModule(reference.exits[k], takes, spec.exits[k - 1].depth if k else 1, emits).eval()
         names = ["images"] + (["features"] if takes[0] else []) + (["relations"] if takes[1] else [])
         outputs = ["logits", "tokens"] + (["relations"] if emits else [])
         out_names = [n if n != "relations" else "relations_out" for n in outputs]  # ONNX names are unique
@@ -125,8 +73,6 @@ def export_onnx_exits(model: Any, directory: str, stems: list[str]) -> list[str]
 def _verify(model: Any, directory: str, files: list[str], images: np.ndarray) -> None:
     """ONNX Runtime's logits of every exit on ``images`` against ``model``'s (MindSpore)."""
     import mindspore as ms
-
-    from .onnx_stages import session
 
     state = None
     features = relations = None

@@ -39,8 +39,9 @@ from ..inference.exit_examples import EXAMPLES_NAME, write_exit_examples
 from ..inference.operating_point import ThresholdError, choose_operating_point
 from ..inference.progress import progress_bar
 from ..options import PredictSettings, parse_command
-from .checkpoint_model import ServedCheckpoint, ServeError, override_class_names
-from .manifest import ManifestError, read_manifest
+from .checkpoint_model import ServedCheckpoint, override_class_names
+from .errors import ManifestError, ServeError
+from .manifest import read_manifest
 
 __all__ = ["PredictionSummary", "Predictor", "build_predictor", "collect_images", "format_summary", "main",
            "predict"]
@@ -170,7 +171,7 @@ def exported_stages(manifest, runtime: str | None = None, provider: str = "CPUEx
         raise ServeError(f"--runtime {runtime} runs {RUNTIMES[runtime]} graphs, but {manifest.directory} holds "
                          f"{' and '.join(formats)} only (export with --format {RUNTIMES[runtime]} or both)")
     if runtime == "onnxruntime":
-        from .onnx_stages import OnnxStages
+        from .onnx_runtime import OnnxStages
 
         return OnnxStages(manifest, provider)
     from .graphs import ExportedStages

@@ -19,7 +19,7 @@ from dvt_ms.serve import read_manifest
 from dvt_ms.serve.export import export_model
 from dvt_ms.serve.export import main as export_main
 from dvt_ms.serve.onnx_export import OPSET, TOLERANCE
-from dvt_ms.serve.onnx_stages import OnnxStages
+from dvt_ms.serve.onnx_runtime import OnnxStages
 from dvt_ms.serve.predict import JSONL_NAME
 from dvt_ms.serve.predict import main as predict_main
 from tests.helpers import REPO, importable

@@ -1,4 +1,7 @@
-"""The early-exit engine's stages from the ONNX files of an export, run by ONNX Runtime.
+"""ONNX Runtime for serving: the check that the ``onnx`` extra is installed (:func:`require_onnx`), sessions
+with this project's settings (:func:`session`) and the early-exit engine's stages from the ONNX files of an
+export (:class:`OnnxStages`). The exporter (:mod:`~dvt_ms.serve.onnx_export`) uses the first two; this module
+imports nothing of it.
 
 :class:`OnnxStages` is a :class:`~dvt_ms.inference.engine.StageSource` like
 :class:`~dvt_ms.serve.graphs.ExportedStages`: one ONNX Runtime session per exit, called with the inputs its
@@ -14,9 +17,25 @@ from collections.abc import Callable
 
 import numpy as np
 
+from .errors import OnnxUnavailable, ServeError
 from .manifest import Manifest
 
-__all__ = ["OnnxStages", "session"]
+__all__ = ["OnnxStages", "require_onnx", "session"]
+
+PIP = 'pip install -e ".[onnx]"  (or: pip install onnx onnxruntime torch)'
+
+
+def require_onnx(runtime_only: bool = False) -> None:
+    """Raise :class:`~dvt_ms.serve.errors.OnnxUnavailable` with the pip command unless onnxruntime (and, for
+    exporting, onnx and torch) can be imported."""
+    import importlib.util
+
+    needed = ("onnxruntime",) if runtime_only else ("onnx", "onnxruntime", "torch")
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if missing:
+        what = "running ONNX exports" if runtime_only else "--format onnx"
+        raise OnnxUnavailable(f"{what} needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
+                              f"not installed: {PIP}")
 
 
 def session(path: str, provider: str = "CPUExecutionProvider", threads: int | None = None):
@@ -39,15 +58,11 @@ class OnnxStages:
     def __init__(self, manifest: Manifest, provider: str = "CPUExecutionProvider") -> None:
         import mindspore as ms
 
-        from .onnx_export import require_onnx
-
         require_onnx(runtime_only=True)
         import onnxruntime as ort
 
         available = ort.get_available_providers()
         if provider not in available:
-            from .checkpoint_model import ServeError
-
             raise ServeError(f"--execution_provider {provider} is not available in this onnxruntime "
                              f"(available: {', '.join(available)})")
         self._tensor = ms.Tensor.from_numpy
