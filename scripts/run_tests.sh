@@ -4,7 +4,16 @@
 #   bash scripts/run_tests.sh --quick              # the everyday tier: no slow tests, one variant of each
 #                                                  # exhaustive one (a few minutes on 2 cores)
 #   bash scripts/run_tests.sh -m "not slow" tests/models
+#   bash scripts/run_tests.sh --sanitize           # the kernel tests against the kernels built with
+#                                                  # AddressSanitizer + UndefinedBehaviorSanitizer (CI runs it)
 source "$(dirname "$0")/env.sh"
 dvt_install test torch demo onnx
 cd "$DVT_ROOT"
+if [[ "${1:-}" == "--sanitize" ]]; then
+  shift
+  preload="$("$DVT_PY" -c "from dvt_ms.kernels.build import sanitizer_preload; print(sanitizer_preload())")"
+  # leaks: Python and MindSpore keep memory to exit by design; any other finding ends the run with its report
+  export DVT_MS_KERNEL_SANITIZE=1 ASAN_OPTIONS="detect_leaks=0:abort_on_error=0" UBSAN_OPTIONS="print_stacktrace=1"
+  LD_PRELOAD="$preload" exec "$DVT_PY" -m pytest -m "not slow" tests/kernels "$@"
+fi
 exec "$DVT_PY" -m pytest "$@"
