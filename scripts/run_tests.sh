@@ -14,6 +14,6 @@ if [[ "${1:-}" == "--sanitize" ]]; then
   preload="$("$DVT_PY" -c "from dvt_ms.kernels.build import sanitizer_preload; print(sanitizer_preload())")"
   # leaks: Python and MindSpore keep memory to exit by design; any other finding ends the run with its report
   export DVT_MS_KERNEL_SANITIZE=1 ASAN_OPTIONS="detect_leaks=0:abort_on_error=0" UBSAN_OPTIONS="print_stacktrace=1"
-  LD_PRELOAD="$preload" exec "$DVT_PY" -m pytest -m "not slow" tests/kernels "$@"
+  LD_PRELOAD="$preload" exec "$DVT_PY" -m pytest --quick tests/kernels "$@"
 fi
 exec "$DVT_PY" -m pytest "$@"

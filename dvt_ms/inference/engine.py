@@ -23,25 +23,25 @@ takes matrix-vector kernels on some backends, whose last bits differ from those 
 that computed the rest of the batch. A whole batch is never padded for ``min_batch``: a request of one
 image runs exit 1 on that one image, as every other path computing its logits does.
 
-The engine does not care where its stages come from: a :class:`StageSource` gives one callable per
-exit, ``(images, features, relations) -> (logits, tokens[, relations])``, and says which reuse state
-each exit reads. :class:`CascadeStages` compiles them from a :class:`DVTCascade`;
-:class:`dvt_ms.serve.ExportedStages` loads them from exported MindIR files.
+The engine does not care where its stages come from: a :class:`~dvt_ms.models.stages.StageSource` gives one
+callable per exit, ``(images, features, relations) -> (logits, features[, relations])``, and says which reuse
+state each exit reads. :class:`~dvt_ms.models.stages.CascadeStages` compiles them from a :class:`DVTCascade`;
+:class:`dvt_ms.serve.ExportedStages` and :class:`dvt_ms.serve.onnx_runtime.OnnxStages` load exported graphs.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 import mindspore as ms
 import numpy as np
-from mindspore import Tensor, nn, ops
+from mindspore import Tensor, ops
 
 from ..models.cascade import DVTCascade
 from ..models.exit import ExitStage
+from ..models.stages import CascadeStages, StageSource
 from .thresholds import leaves_at, normalize_thresholds, softmax_confidence, softmax_top_k
 
 __all__ = ["CascadeStages", "EarlyExitEngine", "EarlyExitResult", "ExitStage", "StageSource", "default_buckets",
@@ -68,51 +68,6 @@ def fine_buckets(batch_size: int, dense_up_to: int = 8, growth: float = 1.1) -> 
     return [*buckets, max(batch_size, 1)]
 
 
-def _compile(cell: nn.Cell):
-    return cell if ms.get_context("mode") == ms.GRAPH_MODE else ms.jit(cell)
-
-
-class StageSource(Protocol):
-    """Where the engine's stages come from."""
-
-    num_exits: int
-    image_shape: tuple[int, int, int]  # (C, H, W) of the images every stage takes
-    dynamic_only: bool  # the stages take any batch size and gain nothing from padding (exported graphs)
-
-    def needs_state(self, k: int) -> tuple[bool, bool]:
-        """(features, relations) that exit ``k`` reads from exit ``k - 1``."""
-
-    def stage(self, k: int, static: bool) -> Callable:
-        """Exit ``k`` as ``(images, features or None, relations or None) -> (logits, tokens[, relations])``;
-        ``static``: it will only see the padded bucket sizes (else any batch size)."""
-
-
-class CascadeStages:
-    """The stages of a :class:`DVTCascade`: each exit an :class:`ExitStage`, compiled on first call."""
-
-    dynamic_only = False
-
-    def __init__(self, model: DVTCascade) -> None:
-        model.set_train(False)
-        self.model, self.spec = model, model.spec
-        self.num_exits = model.num_exits
-        self.image_shape = (self.spec.in_chans, self.spec.img_size, self.spec.img_size)
-
-    def needs_state(self, k: int) -> tuple[bool, bool]:
-        return self.model.needs_state(k)
-
-    def stage(self, k: int, static: bool) -> Callable:
-        stage = ExitStage(self.model.exit(k))
-        if not static:
-            shapes = dict(self.model.stage_inputs(k))
-
-            def dynamic(name: str) -> Tensor | None:  # the stage's positions: images, features, relations
-                return Tensor(shape=[None, *shapes[name][1:]], dtype=ms.float32) if name in shapes else None
-
-            stage.set_inputs(dynamic("images"), dynamic("features"), dynamic("relations"))
-        return _compile(stage)
-
-
 @dataclass
 class EarlyExitResult:
     """Per image of a batch: predicted class, its confidence and the exit (0-based) that decided it;
@@ -134,10 +89,13 @@ class EarlyExitEngine:
     take any batch size), ``None`` for dynamic batch shapes, or the sizes subsets are padded up to (each
     >= 1; a subset larger than the largest bucket is an error). ``min_batch``: subsets of a larger batch
     smaller than this are padded up to it (see the module docstring). A model is switched to inference mode.
+    Engines over the same source share its compiled stages.
     """
 
     def __init__(self, model: DVTCascade | StageSource, thresholds: Sequence[float], *,
                  buckets: Sequence[int] | str | None = "auto", min_batch: int = 2) -> None:
+        if isinstance(model, DVTCascade):
+            model.set_train(False)
         source = CascadeStages(model) if isinstance(model, DVTCascade) else model
         self.source = source
         self.model = model if isinstance(model, DVTCascade) else None
@@ -208,7 +166,7 @@ class EarlyExitEngine:
         top_classes = top_probabilities = None
         active = np.arange(batch, dtype=np.int64)  # batch positions of the images reaching exit k
         rows = active  # their rows in the previous stage's (padded) outputs
-        tokens = relations = None
+        features = relations = None
         for k in range(self.num_exits):
             if active.size == 0:
                 break
@@ -219,9 +177,9 @@ class EarlyExitEngine:
                 images_k = ops.index_select(x, 0, Tensor(padded.astype(np.int32)))
             state_index = Tensor(self._pad(rows, batch).astype(np.int32)) if k else None
             want_features, want_relations = self._wants[k]
-            logits, tokens, relations = ExitStage.unpack(self._stages[k](
+            logits, features, relations = ExitStage.unpack(self._stages[k](
                 images_k,
-                ops.index_select(tokens, 0, state_index) if want_features else None,
+                ops.index_select(features, 0, state_index) if want_features else None,
                 ops.index_select(relations, 0, state_index) if want_relations else None))
             scores = logits.asnumpy()[: active.size]
             conf, pred = softmax_confidence(scores)
@@ -250,10 +208,10 @@ class EarlyExitEngine:
         rows = self._pad(np.arange(batch, dtype=np.int64), batch)
         if rows.size != batch:
             x = ops.index_select(x, 0, Tensor(rows.astype(np.int32)))
-        outputs, tokens, relations = [], None, None
+        outputs, features, relations = [], None, None
         for k in range(self.num_exits):
             want_features, want_relations = self._wants[k]
-            logits, tokens, relations = ExitStage.unpack(self._stages[k](
-                x, tokens if want_features else None, relations if want_relations else None))
+            logits, features, relations = ExitStage.unpack(self._stages[k](
+                x, features if want_features else None, relations if want_relations else None))
             outputs.append(logits.asnumpy()[:batch])
         return outputs

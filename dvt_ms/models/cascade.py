@@ -11,6 +11,7 @@ from .. import kernels
 from .exit import DVTExit, ExitStage
 from .layers import bind_masks
 from .spec import CascadeSpec
+from .stages import CascadeStages
 from .top_level import TopLevelCell
 
 
@@ -29,7 +30,7 @@ class DVTCascade(kernels.StaticShapeKernels, TopLevelCell):
     Exits are attributes named ``spec.exit_names`` (``less_less_token``, ``less_token``,
     ``normal_token`` for the published models), so parameter names equal the official PyTorch keys up
     to nothing at all. :meth:`run_stage` runs one exit on a batch given the previous exit's state; the
-    early-exit engine drives the cascade through it.
+    stages are those of :class:`~dvt_ms.models.stages.CascadeStages`, which the early-exit engine drives too.
 
     Dropout and drop-path masks in training are a function of (seed, step counter, layer, sample): see
     :mod:`~dvt_ms.models.layers.dropout`. :func:`~dvt_ms.models.layers.bind_masks` returns the streams they
@@ -47,7 +48,7 @@ class DVTCascade(kernels.StaticShapeKernels, TopLevelCell):
         for k, name in enumerate(self.exit_names):
             setattr(self, name, DVTExit(spec, k))
         bind_masks(self)  # every dropout / drop-path cell its own streams; dvt-train rebinds them for its step
-        self.__dict__["_stages"] = {}  # exit index -> ExitStage for run_stage; not a child cell
+        self.__dict__["_stage_source"] = None  # run_stage's CascadeStages, made on first use; not a child cell
 
     def exit(self, k: int) -> DVTExit:
         """The cell of exit ``k`` (0-based)."""
@@ -110,8 +111,9 @@ class DVTCascade(kernels.StaticShapeKernels, TopLevelCell):
             raise ValueError(f"exit {k + 1} reuses features: pass the features produced by exit {k}")
         if want_relations and state.relations is None:
             raise ValueError(f"exit {k + 1} reuses relations: pass the relations produced by exit {k}")
-        if k not in self._stages:
-            self._stages[k] = ExitStage(self.exit(k))
-        logits, features, relations = ExitStage.unpack(self._stages[k](
+        if self._stage_source is None:
+            self.__dict__["_stage_source"] = CascadeStages(self)
+        stage = self._stage_source.stage(k, static=True)
+        logits, features, relations = ExitStage.unpack(stage(
             x, state.features if want_features else None, state.relations if want_relations else None))
         return logits, ReuseState(features, relations)

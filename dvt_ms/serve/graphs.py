@@ -10,6 +10,7 @@ import mindspore as ms
 from mindspore import Tensor, nn
 
 from ..models.exit import ExitStage
+from ..models.stages import StageSource
 from .manifest import Manifest
 
 __all__ = ["ExitGraph", "ExportedStages", "export_graph"]
@@ -39,9 +40,9 @@ def export_graph(model: Any, k: int) -> tuple[Any, list[Any]]:
     return graph, placeholders
 
 
-class ExportedStages:
-    """The engine's stages (:class:`~dvt_ms.inference.engine.StageSource`) from a verified export folder:
-    each exit an ``nn.GraphCell`` over its MindIR file, called with the inputs its manifest lists."""
+class ExportedStages(StageSource):
+    """The engine's stages (a :class:`~dvt_ms.models.stages.StageSource`) from a verified export folder: each exit
+    an ``nn.GraphCell`` over its MindIR file, called with the inputs its manifest lists."""
 
     dynamic_only = True
 
@@ -51,15 +52,13 @@ class ExportedStages:
         self.image_shape = (manifest.in_chans, manifest.img_size, manifest.img_size)
         self._graphs = [nn.GraphCell(ms.load(os.path.join(manifest.directory, e.file))) for e in manifest.exits]
 
-    def needs_state(self, k: int) -> tuple[bool, bool]:
-        names = [i["name"] for i in self.manifest.exits[k].inputs]
-        return "features" in names, "relations" in names
+    def input_names(self, k: int) -> list[str]:
+        return self.manifest.exits[k].input_names
 
-    def stage(self, k: int, static: bool) -> Callable:
-        graph, (features, relations) = self._graphs[k], self.needs_state(k)
+    def build_stage(self, k: int, static: bool) -> Callable:
+        graph, arguments = self._graphs[k], self.arguments
 
-        def run(images: Tensor, tokens: Tensor | None = None, rel: Tensor | None = None):
-            args = [images] + ([tokens] if features else []) + ([rel] if relations else [])
-            return graph(*args)
+        def run(images: Tensor, features: Tensor | None = None, relations: Tensor | None = None):
+            return graph(*arguments(k, images, features, relations))
 
         return run

@@ -43,6 +43,11 @@ class ExportedExit:
     onnx_file: str | None = None
     onnx_sha256: str | None = None
 
+    @property
+    def input_names(self) -> list[str]:
+        """The names of :attr:`inputs`, in call order."""
+        return [i["name"] for i in self.inputs]
+
     def files(self) -> dict[str, tuple[str, str]]:
         """Format -> (file, sha256) of what was exported for this exit."""
         found = {"mindir": (self.file, self.sha256), "onnx": (self.onnx_file, self.onnx_sha256)}

@@ -3,7 +3,7 @@ with this project's settings (:func:`session`) and the early-exit engine's stage
 export (:class:`OnnxStages`). The exporter (:mod:`~dvt_ms.serve.onnx_export`) uses the first two; this module
 imports nothing of it.
 
-:class:`OnnxStages` is a :class:`~dvt_ms.inference.engine.StageSource` like
+:class:`OnnxStages` is a :class:`~dvt_ms.models.stages.StageSource` like
 :class:`~dvt_ms.serve.graphs.ExportedStages`: one ONNX Runtime session per exit, called with the inputs its
 manifest lists, so the engine, thresholds and outputs are the same whichever runtime runs the graphs.
 Sessions are set up for CPU speed: every graph optimisation, one intra-op thread per core, sequential
@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ..models.stages import StageSource
 from .errors import OnnxUnavailable, ServeError
 from .manifest import Manifest
 
@@ -50,8 +51,9 @@ def session(path: str, provider: str = "CPUExecutionProvider", threads: int | No
     return ort.InferenceSession(path, sess_options=options, providers=[provider])
 
 
-class OnnxStages:
-    """Stages of a verified export folder (``read_manifest``) from its ONNX files."""
+class OnnxStages(StageSource):
+    """Stages of a verified export folder (``read_manifest``) from its ONNX files: a
+    :class:`~dvt_ms.models.stages.StageSource`, each exit one session fed the inputs its manifest lists."""
 
     dynamic_only = True
 
@@ -71,20 +73,15 @@ class OnnxStages:
         self.image_shape = (manifest.in_chans, manifest.img_size, manifest.img_size)
         self._sessions = [session(os.path.join(manifest.directory, e.onnx_file), provider) for e in manifest.exits]
 
-    def needs_state(self, k: int) -> tuple[bool, bool]:
-        names = [i["name"] for i in self.manifest.exits[k].inputs]
-        return "features" in names, "relations" in names
+    def input_names(self, k: int) -> list[str]:
+        return self.manifest.exits[k].input_names
 
-    def stage(self, k: int, static: bool) -> Callable:
-        run_session, (features, relations) = self._sessions[k].run, self.needs_state(k)
+    def build_stage(self, k: int, static: bool) -> Callable:
+        run_session, names, arguments = self._sessions[k].run, self.input_names(k), self.arguments
         as_tensor = self._tensor
 
-        def run(images, tokens=None, rel=None):
-            feed = {"images": _host(images)}
-            if features:
-                feed["features"] = _host(tokens)
-            if relations:
-                feed["relations"] = _host(rel)
+        def run(images, features=None, relations=None):
+            feed = dict(zip(names, map(_host, arguments(k, images, features, relations)), strict=True))
             return tuple(as_tensor(out) for out in run_session(None, feed))
 
         return run

@@ -13,6 +13,7 @@ import pytest
 
 from dvt_ms.inference.engine import EarlyExitEngine, default_buckets
 from dvt_ms.inference.thresholds import find_thresholds, simulate_exits, softmax_confidence
+from dvt_ms.models.stages import StageSource
 from tests.helpers import TINY_CONFIG, load_config, model_from_config
 
 N_IMAGES = 14
@@ -111,55 +112,62 @@ def test_engine_equals_simulation_at_thresholds_equal_to_sample_confidences(case
         assert set(exits.tolist()) == set(range(num_exits))
 
 
-def test_later_exits_run_only_on_the_undecided_images(cases):
-    case = cases[3]
-    engine = case.engine
-    engine.set_thresholds(case.midpoint_thresholds(SHARES[3]))
-    seen: list[list[int]] = [[] for _ in range(3)]
-    stages = list(engine._stages)
+class RecordingStages(StageSource):
+    """The stages of another source, recording ``(exit, batch size)`` of every call and checking that the reuse
+    state handed to an exit has one row per image."""
 
-    def recording(k):
+    def __init__(self, inner: StageSource) -> None:
+        self.inner, self.calls = inner, []
+        self.num_exits, self.image_shape, self.dynamic_only = inner.num_exits, inner.image_shape, inner.dynamic_only
+
+    def input_names(self, k):
+        return self.inner.input_names(k)
+
+    def build_stage(self, k, static):
+        stage = self.inner.stage(k, static)  # the inner source's compiled stage: nothing compiles again
+
         def run(x, features, relations):
-            seen[k].append(x.shape[0])
-            if k:
-                assert (features is None or features.shape[0] == x.shape[0])
-                assert (relations is None or relations.shape[0] == x.shape[0])
-            return stages[k](x, features, relations)
+            for state in (features, relations):
+                assert state is None or state.shape[0] == x.shape[0]
+            self.calls.append((k, x.shape[0]))
+            return stage(x, features, relations)
+
         return run
 
-    engine._stages = [recording(k) for k in range(3)]
-    try:
-        result = engine(case.images[:7])
-    finally:
-        engine._stages = stages
+
+def recording_engine(case, thresholds) -> tuple[EarlyExitEngine, RecordingStages]:
+    stages = RecordingStages(case.engine.source)
+    return EarlyExitEngine(stages, thresholds), stages
+
+
+def test_later_exits_run_only_on_the_undecided_images(cases):
+    case = cases[3]
+    engine, stages = recording_engine(case, case.midpoint_thresholds(SHARES[3]))
+    result = engine(case.images[:7])
     reached = [7, 7 - result.counts[0], 7 - result.counts[0] - result.counts[1]]
-    expected = [[max(n, engine.min_batch)] if n else [] for n in reached]
-    assert seen == expected
+    assert stages.calls == [(k, max(n, engine.min_batch)) for k, n in enumerate(reached) if n]
 
 
 def test_a_single_image_runs_unpadded_and_agrees_with_its_simulation(cases):
     case = cases[3]
-    engine = case.engine
-    stages, seen = list(engine._stages), []
-
-    def recording(k):
-        def run(x, features, relations):
-            seen.append((k, x.shape[0]))
-            return stages[k](x, features, relations)
-        return run
-
+    engine, stages = recording_engine(case, [1e8, 1e8])
     for i in range(4):
         image = case.images[i:i + 1]
         confidences = np.stack([softmax_confidence(o)[0] for o in engine.all_exit_logits(image)])
         thresholds = [float(confidences[0, 0]) + 1e-3, 0.0]  # leaves at exit 2
         engine.set_thresholds(thresholds)
-        engine._stages = [recording(k) for k in range(3)]
-        try:
-            result = engine(image)
-        finally:
-            engine._stages = stages
+        stages.calls.clear()
+        result = engine(image)
         assert result.exits.tolist() == simulate_exits(confidences, thresholds).tolist() == [1]
-    assert seen == [(0, 1), (1, 1)] * 4  # one row through exit 1 and exit 2, no padding
+        assert stages.calls == [(0, 1), (1, 1)]  # one row through exit 1 and exit 2, no padding
+
+
+def test_engines_over_one_source_share_its_compiled_stages(cases):
+    case = cases[3]
+    source = case.engine.source
+    assert all(source.stage(k, True) is source.stage(k, True) for k in range(3))
+    assert source.stage(0, True) is not source.stage(0, False)
+    assert source.needs_state(0) == (False, False) and source.needs_state(1) == case.model.needs_state(1)
 
 
 def test_all_exit_logits_match_the_model_forward(cases):
