@@ -11,13 +11,14 @@ counter run on the PyTorch model, batch 1):
 
 Per exit this gives
 
-* stem, ``"patch"``: ``grid^2 * in_chans * patch^2 * D`` (the patch convolution);
-* stem, ``"t2t"``: two token modules on the soft splits, then the linear projection of the last split.
-  A token performer (``emb = token_dim``, ``m = int(emb * kernel_ratio)`` random features) on ``T``
-  tokens of width ``C`` costs ``T * (3 C emb + emb^2 + 2 emb^2)`` for kqv, proj and its MLP, plus its four
-  einsums: the random features of k and q (``2 T m emb``), the normaliser ``q' . sum(k')`` (``T m``),
-  ``v^T k'`` (``T emb m``) and ``q' (v^T k')^T`` (``T m emb``). A token transformer (one head,
-  ``mlp_ratio`` 1) costs ``T * (3 C emb + emb^2 + 2 emb^2) + 2 T^2 emb``;
+* stem: counted by its type (:meth:`dvt_ms.models.stems.Stem.macs`). A patch stem costs
+  ``grid^2 * in_chans * patch^2 * D`` (the patch convolution); a T2T stem two token modules on the soft
+  splits, then the linear projection of the last split. A token performer (``emb = token_dim``,
+  ``m = int(emb * kernel_ratio)`` random features) on ``T`` tokens of width ``C`` costs
+  ``T * (3 C emb + emb^2 + 2 emb^2)`` for kqv, proj and its MLP, plus its four einsums: the random features
+  of k and q (``2 T m emb``), the normaliser ``q' . sum(k')`` (``T m``), ``v^T k'`` (``T emb m``) and
+  ``q' (v^T k')^T`` (``T m emb``). A token transformer (one head, ``mlp_ratio`` 1) costs
+  ``T * (3 C emb + emb^2 + 2 emb^2) + 2 T^2 emb``;
 * each block on ``N`` tokens (class token included): ``N * (3 D^2 + D^2 + (D + r) h + h D) + 2 N^2 D``
   (qkv, proj, MLP, ``q k^T`` and ``attn v``), with ``h`` the MLP width and ``r`` the feature-reuse
   channels appended before the MLP (0 without feature reuse);
@@ -33,36 +34,9 @@ With these rules the published table is reproduced to the fourth decimal of a GM
 
 from __future__ import annotations
 
-from dvt_ms.models.spec import CascadeSpec, ExitSpec
+from dvt_ms.models.spec import CascadeSpec
 
 __all__ = ["cumulative_gflops", "exit_breakdown", "exit_macs", "flops_table", "stage_macs"]
-
-
-def _token_module_macs(e: ExitSpec, tokens: int, in_width: int) -> int:
-    """MACs of one T2T token module (performer or transformer) on ``tokens`` tokens of width ``in_width``."""
-    emb = e.token_dim
-    linear = tokens * (in_width * 3 * emb + emb * emb + 2 * emb * emb)  # kqv / qkv, proj, MLP (ratio 1)
-    if e.t2t_variant == "performer":
-        m = int(emb * e.kernel_ratio)
-        random_features = 2 * tokens * m * emb  # w^T k and w^T q
-        normaliser = tokens * m  # q' . sum_t k'
-        kv = tokens * emb * m  # v^T k'
-        out = tokens * m * emb  # q' (v^T k')^T
-        return linear + random_features + normaliser + kv + out
-    return linear + 2 * tokens * tokens * emb  # one-head attention: q k^T and attn v
-
-
-def _stem_macs(spec: CascadeSpec, e: ExitSpec) -> int:
-    """MACs of the stem of one exit (patch convolution or tokens-to-token module)."""
-    if e.stem == "patch":
-        grid = e.grid(spec.img_size)
-        return grid * grid * spec.in_chans * e.patch_size * e.patch_size * e.embed_dim
-    grids = e.t2t_grids(spec.img_size)
-    kernels = [kernel for kernel, _, _ in e.t2t_unfolds]
-    macs = _token_module_macs(e, grids[0] ** 2, spec.in_chans * kernels[0] ** 2)
-    macs += _token_module_macs(e, grids[1] ** 2, e.token_dim * kernels[1] ** 2)
-    macs += grids[2] ** 2 * e.token_dim * kernels[2] ** 2 * e.embed_dim  # project
-    return macs
 
 
 def exit_breakdown(spec: CascadeSpec, k: int) -> dict[str, int]:
@@ -88,7 +62,7 @@ def exit_breakdown(spec: CascadeSpec, k: int) -> dict[str, int]:
             relation = n_up * n_up * (c_in * hidden + hidden * c_out)
 
     return {
-        "stem": _stem_macs(spec, e),
+        "stem": e.stem.macs(spec.img_size, spec.in_chans, d),
         "blocks": blocks,
         "feature_reuse": feature,
         "relation_reuse": relation,

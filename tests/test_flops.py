@@ -14,6 +14,7 @@ import pytest
 
 from dvt_ms.flops import cumulative_gflops, exit_breakdown, exit_macs, flops_table, stage_macs
 from dvt_ms.models.spec import CascadeSpec, ExitSpec, with_reuse
+from dvt_ms.models.stems import PatchStem, T2TStem
 
 NAMES = ("less_less_token", "less_token", "normal_token")
 T2T_UNFOLDS = {
@@ -32,11 +33,11 @@ BACKBONES = {
 def _exit(model: str, grid: int, reuse: bool) -> ExitSpec:
     size = BACKBONES[model]
     if model.startswith("t2t"):
-        return ExitSpec(stem="t2t", qkv_bias=False, norm_eps=1e-5, pos_embed="sinusoid",
-                        t2t_unfolds=T2T_UNFOLDS[grid], feature_reuse=reuse, relation_reuse=reuse, **size)
+        return ExitSpec(stem=T2TStem(T2T_UNFOLDS[grid]), qkv_bias=False, norm_eps=1e-5, pos_embed="sinusoid",
+                        feature_reuse=reuse, relation_reuse=reuse, **size)
     patch, padding = DEIT_PATCH[grid]
-    return ExitSpec(stem="patch", qkv_bias=True, norm_eps=1e-6, pos_embed="learned", patch_size=patch,
-                    patch_stride=patch, patch_padding=padding, feature_reuse=reuse, relation_reuse=reuse, **size)
+    return ExitSpec(stem=PatchStem(patch, patch, padding), qkv_bias=True, norm_eps=1e-6, pos_embed="learned",
+                    feature_reuse=reuse, relation_reuse=reuse, **size)
 
 
 def dvt_spec(model: str, num_classes: int = 1000) -> CascadeSpec:

@@ -12,6 +12,9 @@ short declarative rule table:
   are identical; it is kept so that a port with other names only changes this table;
 * :data:`FLOAT_DTYPES`: floating tensors of any width become float32, the dtype of every parameter.
 
+The stem of an exit is told by its parameters' prefix, which its spec type supplies
+(:attr:`dvt_ms.models.stems.Stem.attribute`: ``patch_embed``, ``tokens_to_token``).
+
 The mapping is strict: every parameter is filled exactly once and every source tensor is used, or
 :class:`MappingError` lists the missing, unexpected, duplicated and mis-shaped names.
 """
@@ -172,8 +175,7 @@ def _plausible(spec, shapes: Mapping[str, Sequence[int]]) -> bool:
         blocks = {k.split(".")[2] for k in shapes if k.startswith(f"{name}.blocks.")}
         if len(blocks) != e.depth:
             return False
-        stem = "tokens_to_token." if e.stem == "t2t" else "patch_embed."
-        if not any(k.startswith(f"{name}.{stem}") for k in shapes):
+        if not any(k.startswith(f"{name}.{e.stem.attribute}.") for k in shapes):
             return False
     return True
 
@@ -225,12 +227,14 @@ def identify_model(shapes: Mapping[str, Sequence[int]]) -> Identified:
 
 def describe_layout(shapes: Mapping[str, Sequence[int]]) -> str:
     """A short description of a DVT-like state dict: per exit prefix, width, depth and stem."""
+    from ..models.stems import STEM_TYPES
+
     parts = []
     for prefix in dict.fromkeys(k.split(".", 1)[0] for k in shapes):
         cls = shapes.get(f"{prefix}.cls_token")
         blocks = {k.split(".")[2] for k in shapes if k.startswith(f"{prefix}.blocks.")}
-        stem = ("T2T stem" if any(k.startswith(f"{prefix}.tokens_to_token.") for k in shapes)
-                else "patch stem" if any(k.startswith(f"{prefix}.patch_embed.") for k in shapes) else "no stem")
+        stem = next((t.label for t in STEM_TYPES if any(k.startswith(f"{prefix}.{t.attribute}.") for k in shapes)),
+                    "no stem")
         width = f"width {cls[-1]}" if cls is not None and len(cls) == 3 else "no cls_token"
         parts.append(f"{prefix}: {width}, {len(blocks)} blocks, {stem}")
     if len(parts) > 4:

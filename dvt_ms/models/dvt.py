@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from ..model_arguments import SHARED_ARGUMENTS
 from .registry import register_variant
 from .spec import CascadeSpec, ExitSpec, default_exit_names, patch_for_grid, per_exit, t2t_unfolds_for_grid
+from .stems import PatchStem, T2TStem
 
 PUBLISHED_GRIDS = (7, 10, 14)
 
@@ -37,9 +38,8 @@ def vit_cascade_spec(*, img_size: int = 224, in_chans: int = 3, num_classes: int
             pad = per_exit(patch_paddings, n, "patch_paddings")[k] if patch_paddings is not None else 0
         else:
             patch, _, pad = patch_for_grid(img_size, grid)
-        stems.append({"stem": "patch", "pos_embed": "learned", "patch_size": patch, "patch_stride": patch,
-                      "patch_padding": pad})
-    return _assemble(stems, exit_grids, **shared)
+        stems.append(PatchStem(patch_size=patch, stride=patch, padding=pad))
+    return _assemble(stems, "learned", exit_grids, **shared)
 
 
 def t2t_cascade_spec(*, img_size: int = 224, in_chans: int = 3, num_classes: int = 1000,
@@ -58,22 +58,22 @@ def t2t_cascade_spec(*, img_size: int = 224, in_chans: int = 3, num_classes: int
     stems = []
     for k, grid in enumerate(exit_grids):
         if t2t_unfolds is not None:
-            unfolds = tuple(tuple(int(v) for v in u) for u in per_exit(t2t_unfolds, n, "t2t_unfolds")[k])
+            unfolds = per_exit(t2t_unfolds, n, "t2t_unfolds")[k]
         else:
             unfolds = t2t_unfolds_for_grid(img_size, grid)
-        stems.append({"stem": "t2t", "pos_embed": "sinusoid", "t2t_unfolds": unfolds, "t2t_variant": t2t_variant,
-                      "token_dim": token_dim})
-    return _assemble(stems, exit_grids, **shared)
+        stems.append(T2TStem(unfolds=unfolds, variant=t2t_variant, token_dim=token_dim))
+    return _assemble(stems, "sinusoid", exit_grids, **shared)
 
 
-def _assemble(stems: list[dict], exit_grids: Sequence[int], *, img_size: int, in_chans: int, num_classes: int,
-              embed_dim, depth, num_heads, mlp_ratio, qkv_bias: bool, norm_eps: float, drop_rate: float,
-              attn_drop_rate: float, drop_path_rate: float, feature_reuse: bool, relation_reuse: bool,
-              exit_names: Sequence[str] | None) -> CascadeSpec:
-    """The cascade from each exit's stem fields and the settings every family shares; checks the grids."""
+def _assemble(stems: list[PatchStem | T2TStem], pos_embed: str, exit_grids: Sequence[int], *, img_size: int,
+              in_chans: int, num_classes: int, embed_dim, depth, num_heads, mlp_ratio, qkv_bias: bool,
+              norm_eps: float, drop_rate: float, attn_drop_rate: float, drop_path_rate: float, feature_reuse: bool,
+              relation_reuse: bool, exit_names: Sequence[str] | None) -> CascadeSpec:
+    """The cascade from each exit's stem, the family's position embedding and the settings every family
+    shares; checks the grids."""
     n = len(stems)
     sizes = _transformer_sizes(n, embed_dim, depth, num_heads, mlp_ratio)
-    exits = tuple(ExitSpec(**stem, **sizes[k], qkv_bias=qkv_bias, norm_eps=norm_eps,
+    exits = tuple(ExitSpec(stem=stem, pos_embed=pos_embed, **sizes[k], qkv_bias=qkv_bias, norm_eps=norm_eps,
                            feature_reuse=k > 0 and feature_reuse, relation_reuse=k > 0 and relation_reuse)
                   for k, stem in enumerate(stems))
     spec = CascadeSpec(img_size=img_size, in_chans=in_chans, num_classes=num_classes, exits=exits,

@@ -13,9 +13,7 @@ from .layers import (
     DropPathMasks,
     FusedBlockStack,
     LayerNorm,
-    PatchEmbed,
     RelationReuse,
-    T2TStem,
     block_class,
 )
 from .layers.init import frozen, sinusoid_table, trunc_normal
@@ -52,13 +50,9 @@ class DVTExit(nn.Cell):
             self.pos_embed = frozen("pos_embed", sinusoid_table(self.num_tokens, d))
         else:
             self.pos_embed = Parameter(trunc_normal((1, self.num_tokens, d)), name="pos_embed")
-        if e.stem == "t2t":
-            self.tokens_to_token = T2TStem(spec.img_size, spec.in_chans, d, e.t2t_unfolds, e.token_dim,
-                                           e.t2t_variant, e.kernel_ratio)
-        else:
-            self.patch_embed = PatchEmbed(spec.img_size, spec.in_chans, d, e.patch_size, e.patch_stride,
-                                          e.patch_padding)
-        self.stem = e.stem
+        # named after the stem type (patch_embed, tokens_to_token), the prefix of its parameter names
+        self.stem_attribute = e.stem.attribute
+        setattr(self, self.stem_attribute, e.stem.build_cell(spec.img_size, spec.in_chans, d))
         self.pos_drop = Dropout(spec.drop_rate)
 
         up = spec.exits[k - 1] if k > 0 else None
@@ -88,7 +82,7 @@ class DVTExit(nn.Cell):
 
     def embed(self, x):
         """Image [B, C, H, W] -> tokens with class token and position embedding [B, N+1, D]."""
-        t = self.tokens_to_token(x) if self.stem == "t2t" else self.patch_embed(x)
+        t = getattr(self, self.stem_attribute)(x)
         cls = ops.broadcast_to(self.cls_token.astype(t.dtype), (t.shape[0], -1, -1))
         t = ops.cat((cls, t), 1) + self.pos_embed.astype(t.dtype)
         return self.pos_drop(t)

@@ -1,7 +1,7 @@
 """Plain-data description of a DVT cascade.
 
 A :class:`CascadeSpec` holds everything that decides the shapes and the numbers of a cascade: the input
-size, one :class:`ExitSpec` per exit (stem, token grid, transformer size) and the reuse switches. Both
+size, one :class:`ExitSpec` per exit (stem, transformer size) and the reuse switches. Both
 the MindSpore cells and the PyTorch reference are built from the same spec, so that they cannot drift
 apart, and the FLOPs counter reads it without building a network.
 """
@@ -12,26 +12,20 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-Unfold = tuple[int, int, int]  # (kernel, stride, padding) of one soft split
-
-
-def conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
-    """Output length of a convolution / unfold along one axis (floor rule, as torch)."""
-    return (size + 2 * padding - kernel) // stride + 1
+from .stems import STEM_TYPES, PatchStem, T2TStem, Unfold, conv_out
 
 
 @dataclass(frozen=True)
 class ExitSpec:
     """One exit of the cascade: a full vision transformer with its own stem, tokens and head.
 
-    ``stem`` is ``"patch"`` (a convolution with kernel ``patch_size``, stride ``patch_stride`` and
-    ``patch_padding``, as in DeiT/ViT) or ``"t2t"`` (the tokens-to-token stem of T2T-ViT: three soft
-    splits ``t2t_unfolds`` with a token performer or token transformer between them).
+    ``stem`` turns the image into tokens and decides the token grid: a :class:`~.stems.PatchStem` (a
+    convolution, as in DeiT/ViT) or a :class:`~.stems.T2TStem` (the tokens-to-token stem of T2T-ViT).
     ``feature_reuse`` / ``relation_reuse`` say whether this exit reuses the previous exit's features /
     attention logits; the first exit never does.
     """
 
-    stem: str
+    stem: PatchStem | T2TStem
     embed_dim: int
     depth: int
     num_heads: int
@@ -39,32 +33,12 @@ class ExitSpec:
     qkv_bias: bool
     norm_eps: float
     pos_embed: str  # "learned" | "sinusoid"
-    patch_size: int = 16
-    patch_stride: int = 16
-    patch_padding: int = 0
-    t2t_unfolds: tuple[Unfold, ...] = ()
-    t2t_variant: str = "performer"  # "performer" | "transformer"
-    token_dim: int = 64
-    kernel_ratio: float = 0.5
     feature_reuse: bool = False
     relation_reuse: bool = False
 
     def grid(self, img_size: int) -> int:
         """Side of the token grid this exit produces from a square image of ``img_size`` pixels."""
-        if self.stem == "patch":
-            return conv_out(img_size, self.patch_size, self.patch_stride, self.patch_padding)
-        size = img_size
-        for kernel, stride, padding in self.t2t_unfolds:
-            size = conv_out(size, kernel, stride, padding)
-        return size
-
-    def t2t_grids(self, img_size: int) -> list[int]:
-        """Grid side after each soft split of the T2T stem."""
-        sizes, size = [], img_size
-        for kernel, stride, padding in self.t2t_unfolds:
-            size = conv_out(size, kernel, stride, padding)
-            sizes.append(size)
-        return sizes
+        return self.stem.grid(img_size)
 
     @property
     def mlp_hidden(self) -> int:
@@ -123,24 +97,19 @@ def validate_spec(spec: CascadeSpec) -> None:
             f"{spec.in_chans}, {spec.num_classes}")
     for k, e in enumerate(spec.exits):
         where = f"exit {k + 1} ({spec.exit_names[k]})"
-        if e.stem not in ("patch", "t2t"):
-            raise ValueError(f"{where}: stem must be 'patch' or 't2t', got {e.stem!r}")
+        if not isinstance(e.stem, STEM_TYPES):
+            names = " or ".join(t.__name__ for t in STEM_TYPES)
+            raise ValueError(f"{where}: stem must be a {names}, got {e.stem!r}")
         if e.pos_embed not in ("learned", "sinusoid"):
             raise ValueError(f"{where}: pos_embed must be 'learned' or 'sinusoid', got {e.pos_embed!r}")
         if e.embed_dim % e.num_heads:
             raise ValueError(f"{where}: embed_dim {e.embed_dim} is not divisible by num_heads {e.num_heads}")
         if e.depth < 1:
             raise ValueError(f"{where}: depth must be >= 1, got {e.depth}")
-        if e.stem == "t2t":
-            if len(e.t2t_unfolds) != 3:
-                raise ValueError(f"{where}: t2t_unfolds needs 3 (kernel, stride, padding) triples")
-            if e.t2t_variant not in ("performer", "transformer"):
-                raise ValueError(f"{where}: t2t_variant must be 'performer' or 'transformer'")
-            sizes = e.t2t_grids(spec.img_size)
-        else:
-            sizes = [e.grid(spec.img_size)]
-        if min(sizes) < 1:
-            raise ValueError(f"{where}: image size {spec.img_size} is too small for its stem")
+        try:
+            e.stem.check(spec.img_size)
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
         if k == 0 and (e.feature_reuse or e.relation_reuse):
             raise ValueError("the first exit has nothing to reuse: feature_reuse/relation_reuse must be off")
 

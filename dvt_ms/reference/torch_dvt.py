@@ -18,7 +18,7 @@ splits are parameter-free submodules (:class:`GridResize`, :class:`SoftSplit`), 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -26,9 +26,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dvt_ms.models.layers.grid_resize import intermediate_grid
-from dvt_ms.models.spec import CascadeSpec, ExitSpec
+from dvt_ms.models.spec import CascadeSpec
+from dvt_ms.models.stems import PatchStem, T2TStem
 
 __all__ = [
+    "STEM_BUILDERS",
     "Attention",
     "Block",
     "DVTCascade",
@@ -38,9 +40,10 @@ __all__ = [
     "Mlp",
     "PatchEmbed",
     "SoftSplit",
-    "T2TStem",
     "TokenPerformer",
     "TokenTransformer",
+    "TokensToToken",
+    "build_stem",
     "build_torch_dvt",
     "resize_relations",
     "resize_token_grid",
@@ -353,24 +356,25 @@ class SoftSplit(nn.Module):
         return f"channels={self.channels}, kernel={self.kernel}, stride={self.stride}, padding={self.padding}"
 
 
-class T2TStem(nn.Module):
+class TokensToToken(nn.Module):
     """Tokens-to-token stem: three soft splits (unfolds) with a token performer/transformer between them
     and a final linear projection to the embedding width."""
 
-    def __init__(self, e: ExitSpec, img_size: int, in_chans: int) -> None:
+    def __init__(self, stem: T2TStem, img_size: int, in_chans: int, embed_dim: int) -> None:
         super().__init__()
-        self.unfolds = tuple(tuple(u) for u in e.t2t_unfolds)
-        self.grids = tuple(e.t2t_grids(img_size))
+        self.unfolds = stem.unfolds
+        self.grids = stem.grids(img_size)
         (k0, _, _), (k1, _, _), (k2, _, _) = self.unfolds
-        if e.t2t_variant == "performer":
-            self.attention1 = TokenPerformer(in_chans * k0 * k0, e.token_dim, e.kernel_ratio)
-            self.attention2 = TokenPerformer(e.token_dim * k1 * k1, e.token_dim, e.kernel_ratio)
+        emb = stem.token_dim
+        if stem.variant == "performer":
+            self.attention1 = TokenPerformer(in_chans * k0 * k0, emb, stem.kernel_ratio)
+            self.attention2 = TokenPerformer(emb * k1 * k1, emb, stem.kernel_ratio)
         else:
-            self.attention1 = TokenTransformer(in_chans * k0 * k0, e.token_dim)
-            self.attention2 = TokenTransformer(e.token_dim * k1 * k1, e.token_dim)
-        self.project = nn.Linear(e.token_dim * k2 * k2, e.embed_dim)
+            self.attention1 = TokenTransformer(in_chans * k0 * k0, emb)
+            self.attention2 = TokenTransformer(emb * k1 * k1, emb)
+        self.project = nn.Linear(emb * k2 * k2, embed_dim)
         self.soft_splits = nn.ModuleList(SoftSplit(channels, *u) for channels, u in
-                                         zip((in_chans, e.token_dim, e.token_dim), self.unfolds, strict=True))
+                                         zip((in_chans, emb, emb), self.unfolds, strict=True))
 
     def _split(self, x: Tensor, step: int) -> Tensor:
         return self.soft_splits[step](x)
@@ -383,6 +387,26 @@ class T2TStem(nn.Module):
         x = self.attention1(self._split(x, 0))
         x = self.attention2(self._split(self._to_grid(x, 0), 1))
         return self.project(self._split(self._to_grid(x, 1), 2))
+
+
+def _patch_stem(stem: PatchStem, img_size: int, in_chans: int, embed_dim: int) -> nn.Module:
+    return PatchEmbed(in_chans, embed_dim, stem.patch_size, stem.stride, stem.padding)
+
+
+def _t2t_stem(stem: T2TStem, img_size: int, in_chans: int, embed_dim: int) -> nn.Module:
+    return TokensToToken(stem, img_size, in_chans, embed_dim)
+
+
+STEM_BUILDERS: dict[type, Callable[..., nn.Module]] = {PatchStem: _patch_stem, T2TStem: _t2t_stem}
+"""Stem spec type -> ``builder(stem, img_size, in_chans, embed_dim)`` of its PyTorch module."""
+
+
+def build_stem(stem: PatchStem | T2TStem, img_size: int, in_chans: int, embed_dim: int) -> nn.Module:
+    """The PyTorch module of a stem spec: images ``[B, in_chans, H, W]`` -> tokens ``[B, grid^2, embed_dim]``."""
+    builder = STEM_BUILDERS.get(type(stem))
+    if builder is None:
+        raise TypeError(f"the PyTorch reference has no module for a {type(stem).__name__} stem")
+    return builder(stem, img_size, in_chans, embed_dim)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -425,11 +449,9 @@ class DVTExit(nn.Module):
             self.pos_embed = nn.Parameter(sinusoid_table(num_tokens, e.embed_dim), requires_grad=False)
         else:
             self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, e.embed_dim))
-        if e.stem == "patch":
-            self.patch_embed = PatchEmbed(spec.in_chans, e.embed_dim, e.patch_size, e.patch_stride,
-                                          e.patch_padding)
-        else:
-            self.tokens_to_token = T2TStem(e, spec.img_size, spec.in_chans)
+        # named after the stem type (patch_embed, tokens_to_token), as in the official checkpoints
+        self.stem_attribute = e.stem.attribute
+        self.add_module(self.stem_attribute, build_stem(e.stem, spec.img_size, spec.in_chans, e.embed_dim))
         self.pos_drop = nn.Dropout(spec.drop_rate)
 
         rates = torch.linspace(0, spec.drop_path_rate, e.depth).tolist()
@@ -460,8 +482,8 @@ class DVTExit(nn.Module):
 
     @property
     def stem(self) -> nn.Module:
-        """The patch or tokens-to-token stem."""
-        return self.patch_embed if hasattr(self, "patch_embed") else self.tokens_to_token
+        """The stem module (patch embedding or tokens-to-token)."""
+        return self.get_submodule(self.stem_attribute)
 
     def reused_relations(self, relations: Sequence[Tensor]) -> tuple[Tensor, ...]:
         """Map the upstream per-block logits to one additive term per block of this exit.

@@ -30,16 +30,16 @@ def test_parameters_mirror_official_keys(name):
 def test_two_exit_models(name):
     spec = dvt_ms.spec_for(name)
     assert spec.grids() == [7, 14]
-    assert [e.patch_size for e in spec.exits] == [32, 16]
+    assert [e.stem.patch_size for e in spec.exits] == [32, 16]
     assert spec.exit_names == ("less_less_token", "normal_token")
     assert spec.exits[1].feature_reuse and spec.exits[1].relation_reuse
 
 
 def test_published_stems():
     t2t = dvt_ms.spec_for("dvt_t2t_vit_12")
-    assert [e.t2t_unfolds[0] for e in t2t.exits] == [(14, 8, 3), (11, 6, 5), (7, 4, 2)]
+    assert [e.stem.unfolds[0] for e in t2t.exits] == [(14, 8, 3), (11, 6, 5), (7, 4, 2)]
     deit = dvt_ms.spec_for("dvt_deit_small")
-    assert [(e.patch_size, e.patch_padding) for e in deit.exits] == [(32, 0), (23, 3), (16, 0)]
+    assert [(e.stem.patch_size, e.stem.padding) for e in deit.exits] == [(32, 0), (23, 3), (16, 0)]
     assert t2t.grids() == deit.grids() == [7, 10, 14]
 
 

@@ -16,6 +16,7 @@ from dataclasses import replace
 import pytest
 
 from dvt_ms.models.spec import CascadeSpec, ExitSpec, with_reuse
+from dvt_ms.models.stems import PatchStem, T2TStem
 from tests.helpers import HAVE_TORCH, PUBLISHED, REPO, official_key_rows, requires_torch
 
 if HAVE_TORCH:
@@ -47,13 +48,13 @@ def _cascade(exits: list[ExitSpec], img_size: int, num_classes: int, **kwargs) -
 def local_published_spec(name: str) -> CascadeSpec:
     """The published cascades written out by hand (README section 2), both reuses on."""
     if name == "dvt_deit_small":
-        exits = [ExitSpec(stem="patch", embed_dim=384, depth=12, num_heads=6, mlp_ratio=4.0, qkv_bias=True,
-                          norm_eps=1e-6, pos_embed="learned", patch_size=p, patch_stride=p, patch_padding=pad,
-                          feature_reuse=True, relation_reuse=True) for p, pad in DEIT_PATCHES]
+        exits = [ExitSpec(stem=PatchStem(p, p, pad), embed_dim=384, depth=12, num_heads=6, mlp_ratio=4.0,
+                          qkv_bias=True, norm_eps=1e-6, pos_embed="learned", feature_reuse=True, relation_reuse=True)
+                 for p, pad in DEIT_PATCHES]
     else:
         dim, depth, heads, ratio = (256, 12, 4, 2.0) if name == "dvt_t2t_vit_12" else (384, 14, 6, 3.0)
-        exits = [ExitSpec(stem="t2t", embed_dim=dim, depth=depth, num_heads=heads, mlp_ratio=ratio, qkv_bias=False,
-                          norm_eps=1e-5, pos_embed="sinusoid", t2t_unfolds=u, feature_reuse=True,
+        exits = [ExitSpec(stem=T2TStem(u), embed_dim=dim, depth=depth, num_heads=heads, mlp_ratio=ratio,
+                          qkv_bias=False, norm_eps=1e-5, pos_embed="sinusoid", feature_reuse=True,
                           relation_reuse=True) for u in T2T_UNFOLDS]
     return _cascade(exits, 224, 1000, drop_path_rate=0.1)
 
@@ -69,9 +70,8 @@ def published_spec(name: str) -> CascadeSpec:
 
 def reference_deit_spec(feature_reuse: bool = True, relation_reuse: bool = True) -> CascadeSpec:
     """32px, grids 4 / 6 / 8 (patch 8, patch 6 pad 2, patch 4), embed 64, depth 4, heads 2, 10 classes."""
-    exits = [ExitSpec(stem="patch", embed_dim=64, depth=4, num_heads=2, mlp_ratio=4.0, qkv_bias=True,
-                      norm_eps=1e-6, pos_embed="learned", patch_size=p, patch_stride=p, patch_padding=pad,
-                      feature_reuse=feature_reuse, relation_reuse=relation_reuse)
+    exits = [ExitSpec(stem=PatchStem(p, p, pad), embed_dim=64, depth=4, num_heads=2, mlp_ratio=4.0, qkv_bias=True,
+                      norm_eps=1e-6, pos_embed="learned", feature_reuse=feature_reuse, relation_reuse=relation_reuse)
              for p, pad in ((8, 0), (6, 2), (4, 0))]
     return _cascade(exits, 32, 10)
 
@@ -81,8 +81,8 @@ def reference_t2t_spec(feature_reuse: bool = True, relation_reuse: bool = True, 
     """32px, grids 2 / 3 / 4, embed 32, depth 2, heads 2, token dim 16, 10 classes."""
     unfolds = (((7, 4, 2), (3, 2, 1), (3, 2, 1)), ((9, 2, 0), (3, 2, 1), (3, 2, 1)),
                ((3, 2, 1), (3, 2, 1), (3, 2, 1)))
-    exits = [ExitSpec(stem="t2t", embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0, qkv_bias=False,
-                      norm_eps=1e-5, pos_embed="sinusoid", t2t_unfolds=u, t2t_variant=variant, token_dim=16,
+    exits = [ExitSpec(stem=T2TStem(u, variant=variant, token_dim=16), embed_dim=32, depth=2, num_heads=2,
+                      mlp_ratio=2.0, qkv_bias=False, norm_eps=1e-5, pos_embed="sinusoid",
                       feature_reuse=feature_reuse, relation_reuse=relation_reuse) for u in unfolds]
     return _cascade(exits, 32, 10, **kwargs)
 
@@ -90,13 +90,13 @@ def reference_t2t_spec(feature_reuse: bool = True, relation_reuse: bool = True, 
 def mixed_spec() -> CascadeSpec:
     """Exits of different widths, depths and head counts (a T2T exit between two patch exits)."""
     exits = (
-        ExitSpec(stem="patch", embed_dim=48, depth=2, num_heads=3, mlp_ratio=2.0, qkv_bias=True, norm_eps=1e-6,
-                 pos_embed="learned", patch_size=8, patch_stride=8),
-        ExitSpec(stem="t2t", embed_dim=64, depth=3, num_heads=2, mlp_ratio=2.0, qkv_bias=False, norm_eps=1e-5,
-                 pos_embed="sinusoid", t2t_unfolds=((9, 2, 0), (3, 2, 1), (3, 2, 1)), t2t_variant="transformer",
-                 token_dim=8, feature_reuse=True, relation_reuse=True),
-        ExitSpec(stem="patch", embed_dim=32, depth=1, num_heads=4, mlp_ratio=3.0, qkv_bias=True, norm_eps=1e-6,
-                 pos_embed="learned", patch_size=4, patch_stride=4, feature_reuse=True, relation_reuse=True),
+        ExitSpec(stem=PatchStem(8, 8), embed_dim=48, depth=2, num_heads=3, mlp_ratio=2.0, qkv_bias=True,
+                 norm_eps=1e-6, pos_embed="learned"),
+        ExitSpec(stem=T2TStem(((9, 2, 0), (3, 2, 1), (3, 2, 1)), variant="transformer", token_dim=8),
+                 embed_dim=64, depth=3, num_heads=2, mlp_ratio=2.0, qkv_bias=False, norm_eps=1e-5,
+                 pos_embed="sinusoid", feature_reuse=True, relation_reuse=True),
+        ExitSpec(stem=PatchStem(4, 4), embed_dim=32, depth=1, num_heads=4, mlp_ratio=3.0, qkv_bias=True,
+                 norm_eps=1e-6, pos_embed="learned", feature_reuse=True, relation_reuse=True),
     )
     return CascadeSpec(img_size=32, in_chans=3, num_classes=7, exits=exits, exit_names=("a", "b", "c"),
                        reuse_channels=12, reuse_hidden=20, relation_expansion=2)

@@ -10,7 +10,7 @@ from .mlp import Mlp
 from .norm import LayerNorm
 from .patch_embed import PatchEmbed
 from .relation_reuse import RelationReuse
-from .t2t import T2TStem, TokenPerformer, TokenTransformer
+from .t2t import TokenPerformer, TokensToToken, TokenTransformer
 
 __all__ = [
     "Attention",
@@ -27,9 +27,9 @@ __all__ = [
     "Mlp",
     "PatchEmbed",
     "RelationReuse",
-    "T2TStem",
     "TokenPerformer",
     "TokenTransformer",
+    "TokensToToken",
     "bind_masks",
     "block_class",
     "grid_resize_matrix",

@@ -15,7 +15,7 @@ from .init import frozen, orthogonal_features
 from .mlp import GELU, Mlp, dense
 from .norm import LayerNorm
 
-T2T_NORM_EPS = 1e-5  # the T2T stem uses torch's default LayerNorm epsilon
+T2T_NORM_EPS = 1e-5  # the tokens-to-token module uses torch's default LayerNorm epsilon
 
 
 class TokenPerformer(nn.Cell):
@@ -134,7 +134,7 @@ class TokenTransformer(nn.Cell):
         return x + self.mlp(self.norm2(x))
 
 
-class T2TStem(nn.Cell):
+class TokensToToken(nn.Cell):
     """unfold -> attention1 -> grid -> unfold -> attention2 -> grid -> unfold -> project.
 
     ``unfolds`` are the three (kernel, stride, padding) soft splits; grid sides are computed from them
