@@ -17,6 +17,7 @@ setup(
         "torch": ["torch>=2.1"],
         "demo": ["scikit-learn"],
         "onnx": ["onnx", "onnxruntime", "torch>=2.1"],  # dvt-export --format onnx, dvt-predict on ONNX Runtime
+        "serve": ["fastapi>=0.100", "uvicorn>=0.30", "python-multipart>=0.0.13", "prometheus_client"],  # dvt-serve
     },
     entry_points={"console_scripts": [
         "dvt-audit = dvt_ms.audit.cli:main",
@@ -24,6 +25,7 @@ setup(
         "dvt-eval = dvt_ms.inference.cli:main",
         "dvt-export = dvt_ms.serve.export:main",
         "dvt-predict = dvt_ms.serve.predict:main",
+        "dvt-serve = dvt_ms.serve.server:main",
         "dvt-train = dvt_ms.train.cli:main",
     ]},
 )

@@ -64,7 +64,7 @@ def worker(side: str, folder: str) -> int:
     if side == "checkpoint":
         source = dvt_ms.load_model(os.path.join(folder, "model.ckpt")).model
     else:
-        from dvt_ms.serve.predict import exported_stages
+        from dvt_ms.serve.predictor import exported_stages
 
         source = exported_stages(read_manifest(os.path.join(folder, "export")),
                                  "onnxruntime" if side == "onnxruntime" else "mindspore")

@@ -122,6 +122,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "eval": ("dvt_ms.inference.cli", "dvt-eval", "evaluate a checkpoint: per-exit accuracy, curve, real early exit"),
     "export": ("dvt_ms.serve.export", "dvt-export", "a checkpoint -> one graph per exit + manifest.json"),
     "predict": ("dvt_ms.serve.predict", "dvt-predict", "classify image files with real early exit"),
+    "serve": ("dvt_ms.serve.server", "dvt-serve", "classify images sent over HTTP, exit-aware batching"),
     "convert": ("dvt_ms.convert.cli", "dvt-convert", "official PyTorch checkpoints <-> MindSpore"),
     "audit": ("dvt_ms.audit.cli", "dvt-audit", "check that every compiled graph is Ascend-clean"),
     "data-check": ("dvt_ms.data.cli", "", "find every unreadable image of a data set before a run does"),

@@ -26,7 +26,8 @@ from .model_arguments import MODEL_ARGUMENTS
 
 __all__ = [
     "ALL_OPTIONS", "AuditSettings", "ConvertSettings", "DataCheckSettings", "DigitsSettings", "EvalSettings",
-    "ExportSettings", "ModelSettings", "PredictSettings", "StampSettings", "TrainSettings",
+    "ExportSettings", "ModelSettings", "PredictSettings", "PredictorSettings", "ServeSettings", "StampSettings",
+    "TrainSettings",
     "parse_command",
 ]
 
@@ -193,20 +194,14 @@ class ExportSettings(OperatingSettings):
 
 
 @dataclass
-class PredictSettings(OperatingSettings):
-    """``dvt-predict``: classify image files with real early exit, from an export or a checkpoint."""
+class PredictorSettings(OperatingSettings):
+    """What ``dvt-predict`` and ``dvt-serve`` share: the model from an export or a checkpoint, what runs it, the
+    classes reported per image."""
 
     exported: str | None = flag(None, "export folder written by dvt-export (manifest.json + per-exit graphs); "
                                       "or give --ckpt with -c CONFIG or --model", exists="dir")
-    images: list[str] | None = flag(None, "image files, folders (recursive) and list files (.txt: one image path per "
-                                          "line, # for comments)", exists="path")
-    batch_size: int = flag(64, "images per batch", minimum=1)
     top_k: int = flag(5, "classes reported per image", minimum=1)
-    output_dir: str = flag("outputs/predict", "where predictions.csv/.jsonl, summary.json and exit_examples.png go")
-    strict: bool = flag(False, "stop at the first unreadable image (default: report it and go on)")
-    examples_per_exit: int = flag(8, "images per exit in exit_examples.png", minimum=0)
     device_target: str = flag("CPU", "MindSpore device", choices=("Ascend", "GPU", "CPU"))
-    num_parallel_workers: int = flag(4, "threads decoding images", minimum=0)
     runtime: str | None = flag(None, "with --exported: what runs the graphs (default: the export's format; "
                                      "mindspore where both were exported)", choices=("onnxruntime", "mindspore"))
     execution_provider: str = flag("CPUExecutionProvider", "with --runtime onnxruntime: ONNX Runtime's execution "
@@ -216,7 +211,47 @@ class PredictSettings(OperatingSettings):
         super().check()
         _require(bool(self.exported) != bool(self.ckpt),
                  "pass exactly one of --exported DIR (a dvt-export folder) and --ckpt FILE")
+
+
+@dataclass
+class PredictSettings(PredictorSettings):
+    """``dvt-predict``: classify image files with real early exit, from an export or a checkpoint."""
+
+    images: list[str] | None = flag(None, "image files, folders (recursive) and list files (.txt: one image path per "
+                                          "line, # for comments)", exists="path")
+    batch_size: int = flag(64, "images per batch", minimum=1)
+    output_dir: str = flag("outputs/predict", "where predictions.csv/.jsonl, summary.json and exit_examples.png go")
+    strict: bool = flag(False, "stop at the first unreadable image (default: report it and go on)")
+    examples_per_exit: int = flag(8, "images per exit in exit_examples.png", minimum=0)
+    num_parallel_workers: int = flag(4, "threads decoding images", minimum=0)
+
+    def check(self) -> None:
+        super().check()
         _require(self.images, "no images: pass --images with image files, folders or list files")
+
+
+@dataclass
+class ServeSettings(PredictorSettings):
+    """``dvt-serve``: classify images sent over HTTP with real early exit, from an export or a checkpoint."""
+
+    host: str = flag("127.0.0.1", "address to listen on (0.0.0.0: every interface)")
+    port: int = flag(8000, "TCP port to listen on (0: any free port, logged at start)", minimum=0)
+    batching: str = flag("exit", "exit: one queue per exit, each exit runs batches mixing the images of many requests; "
+                                 "request: each request runs through the engine on its own (the baseline)",
+                         choices=("exit", "request"))
+    max_batch: int = flag(32, "most images per exit batch (--batching request: per engine call)", minimum=1)
+    max_wait_ms: float = flag(5.0, "longest an image waits in an exit's queue for the batch to fill", minimum=0)
+    max_queue: int = flag(256, "most images admitted and not yet answered; more get 503 with Retry-After",
+                          minimum=1)
+    max_body_mb: float = flag(16.0, "largest request body in MiB; a larger one gets 413", minimum=0)
+    num_parallel_workers: int = flag(2, "threads decoding images", minimum=1)
+    warmup: str = flag("all", "all: compile every batch size an exit batch can take before /healthz says ready; "
+                              "none: compile each on first use", choices=("all", "none"))
+
+    def check(self) -> None:
+        super().check()
+        _require(self.max_body_mb > 0, f"--max_body_mb must be positive, got {self.max_body_mb:g}")
+        _require(self.port <= 65535, f"--port must lie in [0, 65535], got {self.port}")
 
 
 @dataclass
@@ -413,7 +448,8 @@ class DigitsSettings(Settings):
 
 
 COMMAND_SETTINGS: tuple[type[Settings], ...] = (
-    TrainSettings, EvalSettings, ExportSettings, PredictSettings, ConvertSettings, AuditSettings, DataCheckSettings,
+    TrainSettings, EvalSettings, ExportSettings, PredictSettings, ServeSettings, ConvertSettings, AuditSettings,
+    DataCheckSettings,
 )
 
 #: every key a config file may hold (each command's own, validated by every command)

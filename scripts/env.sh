@@ -21,18 +21,19 @@ export PYTHONPATH="$DVT_ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export GLOG_v="${GLOG_v:-3}"  # MindSpore's C++ log: errors only
 
 dvt_install() {
-  # dvt_install [test] [torch] [demo] [onnx]: install only when an import is missing (or numpy is 2.x).
+  # dvt_install [test] [torch] [demo] [onnx] [serve]: install only when an import is missing (or numpy is 2.x).
   if "$DVT_PY" - "$@" <<'PY'
 import importlib.util, sys
 mods = {"": ["mindspore", "numpy", "yaml", "PIL", "safetensors", "tqdm"], "test": ["pytest", "ruff"],
-        "torch": ["torch"], "demo": ["sklearn"], "onnx": ["onnx", "onnxruntime", "torch"]}
+        "torch": ["torch"], "demo": ["sklearn"], "onnx": ["onnx", "onnxruntime", "torch"],
+        "serve": ["fastapi", "uvicorn", "python_multipart", "prometheus_client"]}
 need = [m for extra in [""] + sys.argv[1:] for m in mods.get(extra, [])]
 missing = [m for m in need if importlib.util.find_spec(m) is None]
 import importlib.metadata as md
 try:
     md.version("dvt_ms")
     scripts = {e.name for e in md.distribution("dvt_ms").entry_points}
-    if not {"dvt-eval", "dvt-export", "dvt-predict", "dvt-train"} <= scripts:
+    if not {"dvt-eval", "dvt-export", "dvt-predict", "dvt-serve", "dvt-train"} <= scripts:
         missing.append("dvt_ms")  # installed by an older version: its commands are out of date
 except md.PackageNotFoundError:
     missing.append("dvt_ms")

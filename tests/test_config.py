@@ -16,6 +16,7 @@ from dvt_ms.options import (
     EvalSettings,
     ModelSettings,
     PredictSettings,
+    ServeSettings,
     TrainSettings,
     parse_command,
 )
@@ -117,7 +118,7 @@ def test_one_config_file_serves_every_command(tmp_path):
                     "class_names: names.txt\nckpt: m.ckpt\noutput_dir: out/o\ndata_dir: d\n")
     for cls in COMMAND_SETTINGS:
         extra = {ConvertSettings: ["--src", "s.pth", "--dst", "d.ckpt"],
-                 PredictSettings: ["--exported", ""]}.get(cls, [])
+                 PredictSettings: ["--exported", ""], ServeSettings: ["--exported", ""]}.get(cls, [])
         settings = parse_command(cls, ["-c", str(path), *extra], "", "test")
         assert getattr(settings, "model", "dvt_vit") == "dvt_vit" and settings.config_file == str(path)
         assert getattr(settings, "data_dir", "d") == "d"

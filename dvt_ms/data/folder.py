@@ -8,6 +8,7 @@ by path: the same classes, indices and order as ``torchvision.datasets.ImageFold
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -17,8 +18,8 @@ from PIL import Image, UnidentifiedImageError
 
 from .errors import DataError
 
-__all__ = ["IMG_EXTENSIONS", "READ_ERRORS", "ImageFolder", "is_image_file", "list_image_files", "load_image",
-           "scan_image_folder", "to_rgb"]
+__all__ = ["IMG_EXTENSIONS", "READ_ERRORS", "ImageFolder", "decode_image", "is_image_file", "list_image_files",
+           "load_image", "scan_image_folder", "to_rgb"]
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -86,12 +87,29 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     """Open an image file fully decoded as RGB (:func:`to_rgb`); :class:`DataError` names the file when it
     cannot be read."""
     path = os.fspath(path)
+    return _decode(path, path)
+
+
+def decode_image(data: bytes, name: str = "image") -> Image.Image:
+    """An image file's bytes fully decoded as RGB, as :func:`load_image` reads a file (any format it reads);
+    :class:`DataError` says why when they cannot be read, calling them ``name``."""
+    if not data:
+        raise DataError(f"cannot read image {name}: it is empty (0 bytes)")
+    return _decode(io.BytesIO(data), name)
+
+
+def _decode(source: str | io.BytesIO, name: str) -> Image.Image:
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             img.load()
             return to_rgb(img)
+    except UnidentifiedImageError:
+        if isinstance(source, str):
+            raise DataError(f"cannot read image {name}: cannot identify image file {source!r}") from None
+        raise DataError(f"cannot read image {name}: not an image file of a format PIL reads (accepted file types: "
+                        f"{', '.join(IMG_EXTENSIONS)})") from None
     except READ_ERRORS as err:
-        raise DataError(f"cannot read image {path}: {err}") from None
+        raise DataError(f"cannot read image {name}: {err}") from None
 
 
 class ImageFolder:

@@ -122,7 +122,10 @@ class EarlyExitEngine:
 
     # ---- padding ----------------------------------------------------------------------------------
 
-    def _padded_size(self, n: int, batch: int) -> int:
+    def padded_size(self, n: int, batch: int) -> int:
+        """The rows a stage runs for ``n`` images of a batch of ``batch``: ``n`` raised to ``min_batch`` unless it
+        is the whole batch, then to the next bucket (static stages; unchanged for stages of any batch size).
+        The engine pads its subsets so; callers that assemble exit batches themselves pad them with this."""
         size = n if n == batch else max(n, self.min_batch)
         buckets = self.auto_buckets(max(batch, size)) if self.auto_buckets is not None else self.buckets
         if buckets is None:
@@ -134,7 +137,7 @@ class EarlyExitEngine:
                          "add a bucket of at least the batch size")
 
     def _pad(self, rows: np.ndarray, batch: int) -> np.ndarray:
-        size = self._padded_size(rows.size, batch)
+        size = self.padded_size(rows.size, batch)
         if size == rows.size:
             return rows
         return np.concatenate([rows, np.full(size - rows.size, rows[-1], dtype=rows.dtype)])
@@ -197,6 +200,28 @@ class EarlyExitEngine:
             active = active[~done]
         counts = np.bincount(exits, minlength=self.num_exits).astype(np.int64)
         return EarlyExitResult(predictions, confidences, exits, counts, top_classes, top_probabilities)
+
+    def needs_state(self, k: int) -> tuple[bool, bool]:
+        """(features, relations) that exit ``k`` reads from exit ``k - 1``."""
+        return self._wants[k]
+
+    def run_stage(self, k: int, images, features: np.ndarray | None = None, relations: np.ndarray | None = None,
+                  keep_state: bool = True) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Exit ``k`` alone on exactly the rows given (padded by the caller, see :meth:`padded_size`), with the
+        reuse state of exit ``k - 1`` for those rows where it reads it (:meth:`needs_state`). Returns its logits
+        and, with ``keep_state``, the tokens and relations exit ``k + 1`` reads (None where it reads none), as
+        numpy arrays row for row with the inputs: for callers that regroup rows of many batches between exits."""
+        x = self._as_tensor(images)
+        want_features, want_relations = self._wants[k]
+        for wanted, value, name in ((want_features, features, "features"), (want_relations, relations, "relations")):
+            if wanted and value is None:
+                raise ValueError(f"exit {k + 1} reads the {name} of exit {k}; pass them")
+        logits, tokens, rel = ExitStage.unpack(self._stages[k](
+            x, Tensor(np.ascontiguousarray(features, np.float32)) if want_features else None,
+            Tensor(np.ascontiguousarray(relations, np.float32)) if want_relations else None))
+        if not keep_state:
+            return logits.asnumpy(), None, None
+        return logits.asnumpy(), None if tokens is None else tokens.asnumpy(), None if rel is None else rel.asnumpy()
 
     def all_exit_logits(self, images) -> list[np.ndarray]:
         """Logits of every exit for every image of the batch (no early exit), as numpy arrays.

@@ -1,4 +1,5 @@
-"""Serving DVT: per-exit MindIR export (``dvt-export``) and prediction on a user's own images (``dvt-predict``).
+"""Serving DVT: per-exit MindIR export (``dvt-export``), prediction on a user's own images (``dvt-predict``) and
+an HTTP server (``dvt-serve``).
 
 * :mod:`~dvt_ms.serve.errors`: :class:`ServeError`, :class:`ManifestError` and the other error types;
 * :mod:`~dvt_ms.serve.manifest`: ``manifest.json`` of an export folder, written and verified;
@@ -7,8 +8,13 @@
 * :mod:`~dvt_ms.serve.onnx_runtime`: ONNX Runtime (the extra's check, sessions, the stages of the ONNX files);
   :mod:`~dvt_ms.serve.onnx_export` writes those files from the PyTorch reference made ready for export
   (:mod:`~dvt_ms.serve.torch_export`);
-* :mod:`~dvt_ms.serve.export` / :mod:`~dvt_ms.serve.predict`: the two commands, and their library
-  functions ``export(ExportSettings)`` and ``predict(PredictSettings)``.
+* :mod:`~dvt_ms.serve.predictor`: the engine made ready to predict from an export or a checkpoint, and the
+  per-image record both dvt-predict and dvt-serve give;
+* :mod:`~dvt_ms.serve.batcher`: the serving worker thread, with exit-aware rebatching across requests;
+  :mod:`~dvt_ms.serve.app` (the HTTP application) and :mod:`~dvt_ms.serve.metrics` need the ``serve`` extra;
+* :mod:`~dvt_ms.serve.export` / :mod:`~dvt_ms.serve.predict` / :mod:`~dvt_ms.serve.server`: the three commands,
+  and their library functions ``export(ExportSettings)``, ``predict(PredictSettings)`` and
+  ``serve(ServeSettings)``.
 
 Importing this package loads nothing else; the names below load their modules on first use.
 """

@@ -3,7 +3,7 @@ that says what to change."""
 
 from __future__ import annotations
 
-__all__ = ["ManifestError", "OnnxUnavailable", "ServeError"]
+__all__ = ["ManifestError", "OnnxUnavailable", "ServeError", "ServeUnavailable"]
 
 
 class ServeError(ValueError):
@@ -12,6 +12,10 @@ class ServeError(ValueError):
 
 class OnnxUnavailable(ServeError):
     """ONNX export or ONNX Runtime was asked for, but the packages are not installed."""
+
+
+class ServeUnavailable(ServeError):
+    """dvt-serve was asked for, but the packages of the serve extra (the HTTP server) are not installed."""
 
 
 class ManifestError(ValueError):

@@ -31,20 +31,17 @@ from ..command import run_command
 from ..data import DataError, iterate_batches
 from ..data.folder import IMG_EXTENSIONS, is_image_file, list_image_files, load_image
 from ..data.transforms import EvalTransform
-from ..device import DeviceError, select_device
+from ..device import DeviceError
 from ..files import atomic_output
-from ..flops import cumulative_gflops
-from ..inference.engine import EarlyExitEngine
 from ..inference.exit_examples import EXAMPLES_NAME, write_exit_examples
-from ..inference.operating_point import ThresholdError, choose_operating_point
+from ..inference.operating_point import ThresholdError
 from ..inference.progress import progress_bar
 from ..options import PredictSettings, parse_command
-from .checkpoint_model import ServedCheckpoint, override_class_names
 from .errors import ManifestError, ServeError
-from .manifest import read_manifest
+from .predictor import Predictor, build_predictor, class_name, exported_stages, prediction_record
 
-__all__ = ["PredictionSummary", "Predictor", "build_predictor", "collect_images", "format_summary", "main",
-           "predict"]
+__all__ = ["PredictionSummary", "Predictor", "build_predictor", "collect_images", "exported_stages", "format_summary",
+           "main", "predict"]
 
 PROG = "dvt-predict"
 LIST_SUFFIXES = (".txt", ".lst", ".list")
@@ -122,80 +119,6 @@ class ImageFiles:
             return self._blank, -1
 
 
-# ---- the model --------------------------------------------------------------------------------------
-
-@dataclass
-class Predictor:
-    """The early-exit engine with what the outputs need to describe its decisions."""
-
-    engine: EarlyExitEngine
-    transform: EvalTransform
-    cumulative_gflops: list[float]
-    grids: list[int]
-    class_names: list[str] | None
-    thresholds_chosen_by: str
-    source: str
-    model: str
-    num_classes: int
-
-
-def _from_export(settings: PredictSettings) -> Predictor:
-    manifest = read_manifest(settings.exported)
-    stored = {"dynamic_threshold": manifest.dynamic_threshold,
-              "budgeted_batch_classification": manifest.budgeted_batch_classification}
-    if settings.thresholds is None and settings.budget is None:
-        thresholds, chosen_by = manifest.thresholds, f"stored in the export ({manifest.thresholds_chosen_by})"
-    else:
-        point = choose_operating_point(manifest.num_exits, thresholds=settings.thresholds,
-                                       budget=settings.budget, metadata=stored, source=manifest.directory)
-        thresholds, chosen_by = point.thresholds, point.chosen_by
-    try:
-        transform = EvalTransform.from_description(manifest.preprocessing)
-    except (KeyError, ValueError) as err:
-        raise ManifestError(f"{manifest.directory}: unusable preprocessing ({err})") from None
-    names = override_class_names(settings.class_names, manifest.class_names, manifest.num_classes)
-    engine = EarlyExitEngine(exported_stages(manifest, settings.runtime, settings.execution_provider), thresholds)
-    return Predictor(engine, transform, manifest.cumulative_gflops, [e.grid for e in manifest.exits], names,
-                     chosen_by, manifest.directory, manifest.model, manifest.num_classes)
-
-
-RUNTIMES = {"mindspore": "mindir", "onnxruntime": "onnx"}
-
-
-def exported_stages(manifest, runtime: str | None = None, provider: str = "CPUExecutionProvider"):
-    """The engine's stages of an export: ``runtime`` (``mindspore`` / ``onnxruntime``), else the one of the
-    export's format (MindSpore where both were exported)."""
-    formats = manifest.formats
-    runtime = runtime or ("mindspore" if "mindir" in formats else "onnxruntime")
-    if RUNTIMES[runtime] not in formats:
-        raise ServeError(f"--runtime {runtime} runs {RUNTIMES[runtime]} graphs, but {manifest.directory} holds "
-                         f"{' and '.join(formats)} only (export with --format {RUNTIMES[runtime]} or both)")
-    if runtime == "onnxruntime":
-        from .onnx_runtime import OnnxStages
-
-        return OnnxStages(manifest, provider)
-    from .graphs import ExportedStages
-
-    return ExportedStages(manifest)
-
-
-def _from_checkpoint(settings: PredictSettings) -> Predictor:
-    loaded = ServedCheckpoint.load(settings)
-    spec = loaded.model.spec
-    return Predictor(EarlyExitEngine(loaded.model, loaded.point.thresholds), loaded.transform,
-                     cumulative_gflops(spec), spec.grids(), loaded.class_names, loaded.point.chosen_by,
-                     settings.ckpt, loaded.name, spec.num_classes)
-
-
-def build_predictor(settings: PredictSettings) -> Predictor:
-    """The engine from ``exported`` or ``ckpt``, with ``class_names`` applied."""
-    import mindspore as ms
-
-    ms.set_context(mode=ms.GRAPH_MODE)
-    select_device(settings.device_target)
-    return _from_export(settings) if settings.exported else _from_checkpoint(settings)
-
-
 # ---- running ------------------------------------------------------------------------------------------
 
 def predict(settings: PredictSettings) -> PredictionSummary:
@@ -248,10 +171,6 @@ class PredictionSummary:
         return asdict(self)
 
 
-def _name(names: list[str] | None, c: int) -> str:
-    return names[c] if names is not None and 0 <= c < len(names) else str(c)
-
-
 def write_predictions(output_dir: str, predictor: Predictor, paths: Sequence[str], exits: np.ndarray,
                       classes: np.ndarray, probabilities: np.ndarray, errors: dict[int, str], seconds: float,
                       examples_per_exit: int = 8) -> PredictionSummary:
@@ -272,13 +191,9 @@ def write_predictions(output_dir: str, predictor: Predictor, paths: Sequence[str
         cumulative_gflops=list(cumulative), mean_gflops=mean_gflops, last_exit_gflops=float(cumulative[-1]),
         gflops_vs_last_exit=mean_gflops / float(cumulative[-1]), seconds=seconds,
         img_per_s=len(paths) / seconds if seconds > 0 else None)
-    records = []
-    for i, path in enumerate(paths):
-        top = [{"class": int(classes[i, j]), "name": _name(names, int(classes[i, j])),
-                "probability": float(probabilities[i, j])} for j in range(k)] if ok[i] else []
-        records.append({"path": path, "exit": int(exits[i]) + 1 if ok[i] else None,
-                        "gflops": float(cumulative[exits[i]]) if ok[i] else None, "top_k": top,
-                        "error": errors.get(i)})
+    records = [{"path": path, **prediction_record(int(exits[i]) if ok[i] else None, classes[i, :k],
+                                                 probabilities[i, :k], names, cumulative, errors.get(i))}
+               for i, path in enumerate(paths)]
     files = {}
     with atomic_output(os.path.join(output_dir, JSONL_NAME)) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r) + "\n" for r in records)
@@ -295,7 +210,7 @@ def write_predictions(output_dir: str, predictor: Predictor, paths: Sequence[str
     files["csv"] = os.path.join(output_dir, CSV_NAME)
     if examples_per_exit and predicted:
         shown = np.flatnonzero(ok)
-        captions = [f"{_name(names, int(classes[i, 0]))} {probabilities[i, 0]:.2f}" for i in shown]
+        captions = [f"{class_name(names, int(classes[i, 0]))} {probabilities[i, 0]:.2f}" for i in shown]
         files["examples"] = write_exit_examples(os.path.join(output_dir, EXAMPLES_NAME), [paths[i] for i in shown],
                                                 exits[shown], captions, predictor.grids, examples_per_exit)
     summary.outputs = files

@@ -1,0 +1,383 @@
+"""dvt-serve over real HTTP: a server process on 127.0.0.1 (any free port) serving the digits demo checkpoint
+answers as dvt-predict does for the same images, whatever the concurrent mix; bad input, size and queue limits,
+disconnects, health, metrics, OpenAPI and SIGTERM. Every request loop is bounded."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO, importable
+
+pytestmark = pytest.mark.skipif(
+    not all(importable(m) for m in ("fastapi", "uvicorn", "python_multipart", "prometheus_client")),
+    reason='needs the serve extra (pip install -e ".[serve]")')
+
+DEMO_CKPT = os.path.join(REPO, "demo", "dvt_digits_demo.ckpt")
+START_TIMEOUT = 240.0
+
+
+# ---- a server process and an HTTP client ----------------------------------------------------------------
+
+class ServerProcess:
+    """``python -m dvt_ms serve --port 0 ...`` in a subprocess; :attr:`url` once it listens."""
+
+    def __init__(self, *args: str) -> None:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([REPO, *filter(None, [os.environ.get("PYTHONPATH")])]),
+               "GLOG_v": "3"}
+        self.process = subprocess.Popen([sys.executable, "-m", "dvt_ms", "serve", "--ckpt", DEMO_CKPT, "--host",
+                                         "127.0.0.1", "--port", "0", *args], stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+        self.lines: list[str] = []
+        self._listening: queue.Queue[str] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        try:
+            self.url = self._listening.get(timeout=START_TIMEOUT)
+        except queue.Empty:
+            self.stop()
+            raise AssertionError("the server did not start:\n" + "".join(self.lines[-30:])) from None
+
+    def _read(self) -> None:
+        for line in self.process.stderr:
+            self.lines.append(line)
+            found = re.search(r"listening on (http://127\.0\.0\.1:\d+)", line)
+            if found:
+                self._listening.put(found.group(1))
+        self._listening.put("")
+
+    def wait_ready(self, timeout: float = START_TIMEOUT) -> list[int]:
+        """Poll /healthz until 200; the statuses seen."""
+        seen, deadline = [], time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            seen.append(get(self.url + "/healthz")[0])
+            if seen[-1] == 200:
+                return seen
+            time.sleep(0.2)
+        raise AssertionError(f"not ready after {timeout} s: {seen[-5:]}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> tuple[int, str]:
+        """Send ``sig`` and wait: (exit status, stdout)."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            out, _ = self.process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            out, _ = self.process.communicate()
+        return self.process.returncode, out or ""
+
+
+def request(url: str, body: bytes | None = None, headers: dict[str, str] | None = None,
+            timeout: float = 60.0) -> tuple[int, dict[str, str], bytes]:
+    req = urllib.request.Request(url, data=body, headers=headers or {}, method="POST" if body is not None else "GET")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as answer:
+            return answer.status, dict(answer.headers), answer.read()
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), err.read()
+
+
+def get(url: str) -> tuple[int, dict[str, str], bytes]:
+    try:
+        return request(url, timeout=10.0)
+    except (urllib.error.URLError, ConnectionError) as err:
+        raise AssertionError(f"GET {url}: {err}") from None
+
+
+def classify(url: str, data: bytes) -> tuple[int, object]:
+    status, _, body = request(url + "/v1/classify", data, {"Content-Type": "application/octet-stream"})
+    return status, json.loads(body)
+
+
+def multipart(files: Sequence[tuple[str, bytes]]) -> tuple[bytes, dict[str, str]]:
+    boundary = "dvt-serve-test-boundary"
+    parts = [(f'--{boundary}\r\nContent-Disposition: form-data; name="images"; filename="{name}"\r\n'
+              f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + b"\r\n" for name, data in files]
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), {
+        "Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+def classify_form(url: str, files: Sequence[tuple[str, bytes]]) -> tuple[int, dict[str, str], object]:
+    body, headers = multipart(files)
+    status, answer_headers, answer = request(url + "/v1/classify", body, headers)
+    return status, answer_headers, json.loads(answer)
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample of the Prometheus text."""
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    pattern = re.escape(name) + (r"\{" + re.escape(want) + r"\}" if want else "") + r" (\S+)$"
+    for line in text.splitlines():
+        found = re.match(pattern, line)
+        if found:
+            return float(found.group(1))
+    raise AssertionError(f"no sample {name}{{{want}}} in the metrics")
+
+
+# ---- fixtures -------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory) -> Path:
+    """The 450 validation digits as one flat folder (``<label>_<name>.png``)."""
+    pytest.importorskip("sklearn", reason="the digits images need scikit-learn (pip install .[demo])")
+    from dvt_ms.demo.digits import build_digits_folder
+
+    root = tmp_path_factory.mktemp("digits")
+    build_digits_folder(str(root / "digits"))
+    flat = root / "flat"
+    flat.mkdir()
+    for label in sorted(os.listdir(root / "digits" / "val")):
+        for name in os.listdir(root / "digits" / "val" / label):
+            shutil.copy(root / "digits" / "val" / label / name, flat / f"{label}_{name}")
+    return flat
+
+
+@pytest.fixture(scope="module")
+def predicted(digits, tmp_path_factory) -> dict[str, dict]:
+    """dvt-predict's record of every digit, by file name."""
+    from dvt_ms.serve.predict import JSONL_NAME
+    from dvt_ms.serve.predict import main as predict_main
+
+    out = tmp_path_factory.mktemp("predict")
+    assert predict_main(["--ckpt", DEMO_CKPT, "--images", str(digits), "--top_k", "3", "--examples_per_exit", "0",
+                         "--num_parallel_workers", "0", "--output_dir", str(out)]) == 0
+    with open(out / JSONL_NAME, encoding="utf-8") as f:
+        return {os.path.basename(r["path"]): r for r in map(json.loads, f)}
+
+
+@pytest.fixture(scope="module")
+def server():
+    """A server of the demo checkpoint with small limits, warming every batch size up to 8 before it is ready."""
+    process = ServerProcess("--max_batch", "8", "--max_wait_ms", "5", "--max_body_mb", "0.05", "--top_k", "3",
+                            "--max_queue", "64")
+    process.first_health = get(process.url + "/healthz")[0]
+    process.wait_ready()
+    yield process
+    process.stop()
+
+
+def _same_as_predicted(answer: dict, want: dict) -> None:
+    assert set(answer) == {"exit", "gflops", "top_k", "error"} and answer["error"] is None
+    assert answer["exit"] == want["exit"] and answer["gflops"] == pytest.approx(want["gflops"])
+    assert [t["class"] for t in answer["top_k"]] == [t["class"] for t in want["top_k"]]
+    assert [t["name"] for t in answer["top_k"]] == [t["name"] for t in want["top_k"]]
+    assert [t["probability"] for t in answer["top_k"]] == pytest.approx([t["probability"] for t in want["top_k"]],
+                                                                        abs=1e-5)
+
+
+# ---- without a model --------------------------------------------------------------------------------------
+
+def test_without_the_serve_extra_dvt_serve_exits_1_naming_the_pip_command(monkeypatch, capsys):
+    from dvt_ms.serve.server import main
+
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # import uvicorn now fails
+    assert main(["--ckpt", DEMO_CKPT]) == 1
+    err = capsys.readouterr().err
+    assert 'dvt-serve: error: dvt-serve needs uvicorn, which is not installed: pip install -e ".[serve]"' in err
+    assert "Traceback" not in err
+
+
+def test_bad_serve_flags_are_usage_errors(capsys):
+    from dvt_ms.serve.server import main
+
+    assert main(["--ckpt", DEMO_CKPT, "--batching", "image"]) == 2
+    assert main(["--ckpt", DEMO_CKPT, "--max_body_mb", "0"]) == 2
+    assert "--max_body_mb must be positive" in capsys.readouterr().err
+    assert main(["--max_batch", "4"]) == 2
+    assert "pass exactly one of --exported DIR" in capsys.readouterr().err
+
+
+def test_a_port_in_use_is_a_clear_error(capsys):
+    from dvt_ms.options import ServeSettings
+    from dvt_ms.serve.errors import ServeError
+    from dvt_ms.serve.server import _listen
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        with pytest.raises(ServeError, match=f"cannot listen on 127.0.0.1:{port}: Address already in use"):
+            _listen("127.0.0.1", port)
+    assert ServeSettings(ckpt=DEMO_CKPT).batching == "exit"
+
+
+# ---- one server ---------------------------------------------------------------------------------------------
+
+def test_health_docs_model_and_bad_input(server, digits):
+    assert server.first_health == 503  # compiling 8 batch sizes takes seconds: not ready at first
+    status, _, body = get(server.url + "/healthz")
+    assert status == 200 and json.loads(body)["status"] == "ok"
+    status, _, body = get(server.url + "/openapi.json")
+    spec = json.loads(body)
+    assert status == 200 and {"/v1/classify", "/healthz", "/metrics", "/v1/model"} <= set(spec["paths"])
+    assert "multipart/form-data" in spec["paths"]["/v1/classify"]["post"]["requestBody"]["content"]
+    assert get(server.url + "/docs")[0] == 200
+    model = json.loads(get(server.url + "/v1/model")[2])
+    assert model["model"] == "dvt_vit" and model["exits"] == 3 and model["max_batch"] == 8
+
+    status, answer = classify(server.url, b"this is not an image")
+    assert status == 400 and answer["detail"].startswith("cannot read image in the request body: not an image file")
+    status, answer = classify(server.url, b"")
+    assert status == 400 and "empty body" in answer["detail"]
+    status, headers, answer = request(server.url + "/v1/classify", b"\0" * 60_000)  # over --max_body_mb 0.05
+    assert status == 413 and "larger than --max_body_mb" in json.loads(answer)["detail"]
+    status, _, answer = classify_form(server.url, [("notes.txt", b"hello")])
+    assert status == 400 and "cannot read image notes.txt" in answer["detail"]
+    body, headers = multipart([])
+    status, _, answer = request(server.url + "/v1/classify", body, headers)
+    assert status == 400 and "holds no file" in json.loads(answer)["detail"]
+
+
+def test_single_images_and_forms_answer_as_dvt_predict(server, digits, predicted):
+    names = sorted(predicted)[::25][:18]
+    for name in names[:6]:
+        status, answer = classify(server.url, (digits / name).read_bytes())
+        assert status == 200
+        _same_as_predicted(answer, predicted[name])
+    files = [(name, (digits / name).read_bytes()) for name in names[6:]]
+    files.insert(3, ("broken.png", b"\x89PNG\r\n\x1a\n broken"))
+    status, _, answers = classify_form(server.url, files)
+    assert status == 200 and isinstance(answers, list) and len(answers) == len(files)
+    assert answers[3]["exit"] is None and "cannot read image broken.png" in answers[3]["error"]
+    for (name, _), answer in zip(files, answers, strict=True):
+        if name != "broken.png":
+            _same_as_predicted(answer, predicted[name])
+    text = get(server.url + "/metrics")[2].decode()
+    assert metric(text, "dvt_serve_requests_total", code="200") >= 7
+    assert metric(text, "dvt_serve_errors_total", reason="unreadable_image") >= 1
+    answered = sum(metric(text, "dvt_serve_images_total", exit=str(k)) for k in (1, 2, 3))
+    assert answered >= 6 + len(names) - 6
+    assert metric(text, "dvt_serve_exit_batch_images_count", exit="1") >= 1
+    assert metric(text, "dvt_serve_queue_wait_seconds_count", exit="1") >= answered
+    assert metric(text, "dvt_serve_request_seconds_count") >= 7 and metric(text, "dvt_serve_ready") == 1
+
+
+# ---- the acceptance test: 450 digits from 16 concurrent clients ---------------------------------------------
+
+def _many_clients(url: str, digits: Path, names: Sequence[str], clients: int) -> dict[str, dict]:
+    todo: queue.Queue[str] = queue.Queue()
+    for name in names:
+        todo.put(name)
+    answers: dict[str, dict] = {}
+    failures: list[str] = []
+
+    def client() -> None:
+        while True:
+            try:
+                name = todo.get_nowait()
+            except queue.Empty:
+                return
+            status, answer = classify(url, (digits / name).read_bytes())
+            if status == 200:
+                answers[name] = answer
+            else:
+                failures.append(f"{name}: {status} {answer}")
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(600)
+    assert not failures, failures[:5]
+    return answers
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("batching", ["exit", "request"])
+def test_450_digits_from_16_concurrent_clients_answer_as_dvt_predict(digits, predicted, batching):
+    process = ServerProcess("--batching", batching, "--max_batch", "16", "--max_wait_ms", "5", "--top_k", "3")
+    try:
+        process.wait_ready()
+        names = sorted(predicted)
+        assert len(names) == 450
+        start = time.monotonic()
+        answers = _many_clients(process.url, digits, names, clients=16)
+        seconds = time.monotonic() - start
+        assert len(answers) == 450
+        for name in names:
+            _same_as_predicted(answers[name], predicted[name])
+        text = get(process.url + "/metrics")[2].decode()
+        per_exit = [metric(text, "dvt_serve_images_total", exit=str(k)) for k in (1, 2, 3)]
+        want = [sum(r["exit"] == k for r in predicted.values()) for k in (1, 2, 3)]
+        assert per_exit == want and all(want)
+        assert metric(text, "dvt_serve_requests_total", code="200") == 450
+        if batching == "exit":  # later exits mixed the images of several requests
+            batches = metric(text, "dvt_serve_exit_batch_images_count", exit="1")
+            assert batches < 450 and metric(text, "dvt_serve_exit_batch_images_sum", exit="1") == 450
+    finally:
+        status, out = process.stop()
+    assert status == 0 and "stopped by SIGTERM" in out and "450 x 200" in out, out
+    assert seconds < 300
+
+
+# ---- limits, disconnects and SIGTERM -----------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_full_queue_is_503_a_lost_client_leaves_nothing_and_sigterm_drains(digits):
+    # batches of 8 never fill from at most 4 queued images: every image waits the 1.5 s
+    process = ServerProcess("--max_batch", "8", "--max_wait_ms", "1500", "--max_queue", "4", "--warmup", "none")
+    try:
+        process.wait_ready()
+        images = [(name, (digits / name).read_bytes()) for name in sorted(os.listdir(digits))[:6]]
+        first: list = []
+        waiting = threading.Thread(target=lambda: first.append(classify_form(process.url, images[:3])))
+        waiting.start()
+        deadline = time.monotonic() + 5
+        while metric(get(process.url + "/metrics")[2].decode(), "dvt_serve_images_in_flight") < 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        status, headers, answer = classify_form(process.url, images[3:5])
+        assert status == 503 and headers.get("retry-after", headers.get("Retry-After")) == "1"
+        assert "would exceed --max_queue 4" in answer["detail"]
+        waiting.join(60)
+        assert first[0][0] == 200 and [a["exit"] for a in first[0][2]] != [None] * 3
+
+        # a client that goes away while its image waits: dropped from the queue, the server goes on
+        body = images[5][1]
+        with socket.create_connection(("127.0.0.1", int(process.url.rsplit(":", 1)[1])), timeout=10) as raw:
+            raw.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                        + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            deadline = time.monotonic() + 5
+            while metric(get(process.url + "/metrics")[2].decode(), "dvt_serve_images_in_flight") < 1:
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+        deadline = time.monotonic() + 1.0  # well before its 1.5 s wait would have run it
+        text = get(process.url + "/metrics")[2].decode()
+        while metric(text, "dvt_serve_images_in_flight") > 0:
+            assert time.monotonic() < deadline, "the lost client's image is still queued"
+            time.sleep(0.02)
+            text = get(process.url + "/metrics")[2].decode()
+        assert metric(text, "dvt_serve_errors_total", reason="disconnected") == 1
+        assert sum(metric(text, "dvt_serve_images_total", exit=str(k)) for k in (1, 2, 3)) == 3
+        assert get(process.url + "/healthz")[0] == 200
+
+        # SIGTERM while a request waits: it is answered, then the process exits 0 and listens no more
+        late: list = []
+        waiting = threading.Thread(target=lambda: late.append(classify(process.url, images[0][1])))
+        waiting.start()
+        time.sleep(0.3)
+        process.process.send_signal(signal.SIGTERM)
+        waiting.join(60)
+        status, out = process.stop(timeout=60)
+    finally:
+        process.stop()
+    assert late and late[0][0] == 200 and late[0][1]["exit"] in (1, 2, 3)
+    assert status == 0 and "stopped by SIGTERM" in out, out + "".join(process.lines[-20:])
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", int(process.url.rsplit(":", 1)[1])), timeout=2).close()
