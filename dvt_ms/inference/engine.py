@@ -201,27 +201,24 @@ class EarlyExitEngine:
         counts = np.bincount(exits, minlength=self.num_exits).astype(np.int64)
         return EarlyExitResult(predictions, confidences, exits, counts, top_classes, top_probabilities)
 
-    def needs_state(self, k: int) -> tuple[bool, bool]:
-        """(features, relations) that exit ``k`` reads from exit ``k - 1``."""
-        return self._wants[k]
-
     def run_stage(self, k: int, images, features: np.ndarray | None = None, relations: np.ndarray | None = None,
                   keep_state: bool = True) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """Exit ``k`` alone on exactly the rows given (padded by the caller, see :meth:`padded_size`), with the
-        reuse state of exit ``k - 1`` for those rows where it reads it (:meth:`needs_state`). Returns its logits
-        and, with ``keep_state``, the tokens and relations exit ``k + 1`` reads (None where it reads none), as
+        reuse state of exit ``k - 1`` for those rows where it reads it (``source.needs_state``). Returns its logits
+        and, with ``keep_state``, the features and relations exit ``k + 1`` reads (None where it reads none), as
         numpy arrays row for row with the inputs: for callers that regroup rows of many batches between exits."""
         x = self._as_tensor(images)
         want_features, want_relations = self._wants[k]
         for wanted, value, name in ((want_features, features, "features"), (want_relations, relations, "relations")):
             if wanted and value is None:
                 raise ValueError(f"exit {k + 1} reads the {name} of exit {k}; pass them")
-        logits, tokens, rel = ExitStage.unpack(self._stages[k](
+        logits, features_out, relations_out = ExitStage.unpack(self._stages[k](
             x, Tensor(np.ascontiguousarray(features, np.float32)) if want_features else None,
             Tensor(np.ascontiguousarray(relations, np.float32)) if want_relations else None))
         if not keep_state:
             return logits.asnumpy(), None, None
-        return logits.asnumpy(), None if tokens is None else tokens.asnumpy(), None if rel is None else rel.asnumpy()
+        return (logits.asnumpy(), None if features_out is None else features_out.asnumpy(),
+                None if relations_out is None else relations_out.asnumpy())
 
     def all_exit_logits(self, images) -> list[np.ndarray]:
         """Logits of every exit for every image of the batch (no early exit), as numpy arrays.

@@ -5,7 +5,7 @@ queue; an exit runs when its queue holds ``max_batch`` images, when its oldest i
 or (a later exit) when no image waits at an earlier exit, so that none could join it before a new exit-1 batch
 runs. The deepest ready exit runs first: its images are the oldest. An exit batch gathers rows of many requests
 (:class:`ExitBatch`); the images that clear the exit's threshold fill their request's result slots, the others
-carry their rows of the exit's tokens and relations into the next exit's queue, where they mix with other
+carry their rows of the exit's features and relations into the next exit's queue, where they mix with other
 requests' images. The decision is :func:`~dvt_ms.inference.thresholds.leaves_at` on
 :func:`~dvt_ms.inference.thresholds.softmax_confidence`, as in the early-exit engine, and each batch is padded
 to the engine's sizes (:meth:`~dvt_ms.inference.engine.EarlyExitEngine.padded_size`), so an image is decided as
@@ -145,11 +145,11 @@ class ExitBatch:
                 self._stack([item.features for item in self.items], "features") if features else None,
                 self._stack([item.relations for item in self.items], "relations") if relations else None)
 
-    def scatter(self, logits: np.ndarray, tokens: np.ndarray | None, relations: np.ndarray | None,
+    def scatter(self, logits: np.ndarray, features: np.ndarray | None, relations: np.ndarray | None,
                 threshold: float | None, top_k: int) -> list[QueuedImage]:
         """Decide every image from its row of ``logits``: one whose top softmax probability clears ``threshold``
         (every image when it is None: the last exit) fills its request's slot with its ``top_k`` classes; the
-        others, of requests still open, come back with their rows of ``tokens`` and ``relations`` for the next
+        others, of requests still open, come back with their rows of ``features`` and ``relations`` for the next
         exit (padding rows are ignored)."""
         scores = np.asarray(logits)[: self.rows]
         confidence, _ = softmax_confidence(scores)
@@ -162,14 +162,14 @@ class ExitBatch:
                 item = self.items[i]
                 item.request.fill(item.index, ImageResult(self.exit, classes[row], probabilities[row]))
         stay = np.flatnonzero(~leave)
-        kept_tokens = None if tokens is None else np.asarray(tokens)[stay]  # copies of those rows only
+        kept_features = None if features is None else np.asarray(features)[stay]  # copies of those rows only
         kept_relations = None if relations is None else np.asarray(relations)[stay]
         onward = []
         for row, i in enumerate(stay):
             item = self.items[i]
             if item.request.open:
                 onward.append(QueuedImage(item.request, item.index, item.image,
-                                          None if kept_tokens is None else kept_tokens[row],
+                                          None if kept_features is None else kept_features[row],
                                           None if kept_relations is None else kept_relations[row]))
         return onward
 
@@ -420,9 +420,9 @@ class ExitBatcher(_Worker):
         start = self.clock()
         batch = ExitBatch(k, items, engine.padded_size(len(items), self.max_batch))
         try:
-            images, features, relations = batch.inputs(*engine.needs_state(k))
-            logits, tokens, relations = engine.run_stage(k, images, features, relations, keep_state=not last)
-            onward = batch.scatter(logits, tokens, relations, None if last else float(engine.thresholds[k]),
+            images, features, relations = batch.inputs(*engine.source.needs_state(k))
+            logits, features, relations = engine.run_stage(k, images, features, relations, keep_state=not last)
+            onward = batch.scatter(logits, features, relations, None if last else float(engine.thresholds[k]),
                                    self.top_k)
         except Exception as err:
             log.exception("exit %d failed on a batch of %d images", k + 1, len(items))

@@ -13,6 +13,7 @@ import pytest
 
 from dvt_ms.inference.engine import EarlyExitEngine
 from dvt_ms.inference.thresholds import softmax_confidence
+from dvt_ms.models.stages import StageSource
 from dvt_ms.serve.batcher import (
     ExitBatch,
     ExitBatcher,
@@ -28,7 +29,7 @@ from dvt_ms.serve.batcher import (
 from dvt_ms.serve.errors import ServeError
 
 
-class FakeStages:
+class FakeStages(StageSource):
     """A StageSource of three exits computed row by row in numpy (exact whatever the batch), each reading the
     previous exit's features and relations; it records the batch size of every call."""
 
@@ -40,10 +41,10 @@ class FakeStages:
         self.calls: list[tuple[int, int]] = []
         self.fail_at = fail_at
 
-    def needs_state(self, k: int) -> tuple[bool, bool]:
-        return k > 0, k > 0
+    def input_names(self, k: int) -> list[str]:
+        return ["images", "features", "relations"] if k else ["images"]
 
-    def stage(self, k: int, static: bool):
+    def build_stage(self, k: int, static: bool):
         def run(images, features=None, relations=None):
             x = images.asnumpy().reshape(images.shape[0], -1).astype(np.float64)
             self.calls.append((k, x.shape[0]))
