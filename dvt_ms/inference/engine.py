@@ -12,7 +12,7 @@ stages meet subsets of varying size depends on the device (``buckets="auto"``, t
 
 * CPU: static shapes, each subset padded up to the next of finely spaced bucket sizes (every size to
   8, then at most 10 % apart; :func:`fine_buckets`). One graph is compiled per bucket actually used.
-  On CPU, graphs compiled for a dynamic batch run ~1.6x slower than static ones, and the fused CPU
+  On CPU, graphs compiled for a dynamic batch run slower than static ones, and the fused CPU
   kernels (:mod:`dvt_ms.kernels`) need static shapes; the padding costs at most 10 % of a stage's rows.
 * Ascend: static shapes with power-of-two buckets (:func:`default_buckets`; compilation is costly).
 * GPU: one graph per stage compiled for a dynamic batch dimension (``set_inputs`` with ``None``).

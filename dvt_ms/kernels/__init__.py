@@ -1,9 +1,8 @@
 """Fused CPU kernels for inference and training: the one seam between the model's layers and custom operators.
 
-MindSpore's CPU kernels for LayerNorm and exact GELU (and their gradients: LayerNormGrad alone took a
-quarter of a T2T-ViT-12 train step) are 5-25x slower than torch's on the same machine, and a DVT exit is
-full of both; its unfold (+ transpose) and the per-image broadcast behind a 2-D x 4-D matmul cost the T2T
-stems and relation reuse as much again. On CPU the model calls kernels of its own instead, through
+MindSpore's CPU kernels for LayerNorm and exact GELU and their gradients are far slower than torch's, and a DVT
+exit is full of both; its unfold (+ transpose) and the per-image broadcast behind a 2-D x 4-D matmul weigh on the
+T2T stems and relation reuse (``benchmarks/`` measures what the kernels gain on a machine). On CPU the model calls kernels of its own instead, through
 ``mindspore.ops.Custom`` (``func_type="aot"``) with a ``bprop`` that calls the matching backward kernel:
 
 * whole layers (``layer_kernels.cc``, where MindSpore ships oneDNN, whose sgemm runs their matrix products): a
