@@ -85,6 +85,23 @@ def mindspore_mode(mode: int) -> Iterator[None]:
 
 # ---- configs ---------------------------------------------------------------------------------------
 
+def flat_digits(root: Path) -> Path:
+    """The demo's 450 validation digits, built under ``root``, copied into one folder as a user's own images
+    (``<label>_<name>.png``, no class folders); returns that folder. Skips without scikit-learn."""
+    pytest.importorskip("sklearn", reason="the digits images need scikit-learn (pip install .[demo])")
+    import shutil
+
+    from dvt_ms.demo.digits import build_digits_folder
+
+    build_digits_folder(str(root / "digits"))
+    flat = root / "flat"
+    flat.mkdir()
+    for label in sorted(os.listdir(root / "digits" / "val")):
+        for name in os.listdir(root / "digits" / "val" / label):
+            shutil.copy(root / "digits" / "val" / label / name, flat / f"{label}_{name}")
+    return flat
+
+
 def load_config(path: str | os.PathLike) -> dict[str, Any]:
     """A flat YAML config validated against the options of every command, so that any shipped or
     written config file loads."""

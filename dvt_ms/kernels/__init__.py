@@ -1,9 +1,10 @@
 """Fused CPU kernels for inference and training: the one seam between the model's layers and custom operators.
 
-MindSpore's CPU kernels for LayerNorm and exact GELU and their gradients are far slower than torch's, and a DVT
-exit is full of both; its unfold (+ transpose) and the per-image broadcast behind a 2-D x 4-D matmul weigh on the
-T2T stems and relation reuse (``benchmarks/`` measures what the kernels gain on a machine). On CPU the model calls kernels of its own instead, through
-``mindspore.ops.Custom`` (``func_type="aot"``) with a ``bprop`` that calls the matching backward kernel:
+MindSpore's CPU kernels for LayerNorm and exact GELU and their gradients are far slower than torch's, and a DVT exit
+is full of both; its unfold (+ transpose) and the per-image broadcast behind a 2-D x 4-D matmul weigh on the T2T
+stems and relation reuse (``benchmarks/`` measures what the kernels gain on a machine). On CPU the model calls
+kernels of its own instead, through ``mindspore.ops.Custom`` (``func_type="aot"``) with a ``bprop`` that calls the
+matching backward kernel:
 
 * whole layers (``layer_kernels.cc``, where MindSpore ships oneDNN, whose sgemm runs their matrix products): a
   transformer block with its reuse MLP, drop path and residuals (:func:`block_stack_op`; an exit's blocks as

@@ -22,7 +22,7 @@ from dvt_ms.serve.export import main as export_main
 from dvt_ms.serve.manifest import MANIFEST_NAME
 from dvt_ms.serve.predict import CSV_NAME, JSONL_NAME, SUMMARY_NAME
 from dvt_ms.serve.predict import main as predict_main
-from tests.helpers import REPO, make_image_folder, requires_sklearn
+from tests.helpers import REPO, flat_digits, make_image_folder, requires_sklearn
 
 DEMO_CKPT = os.path.join(REPO, "demo", "dvt_digits_demo.ckpt")
 DEMO_CONFIG = os.path.join(REPO, "configs", "dvt_digits_demo.yaml")
@@ -31,17 +31,8 @@ TINY = {"img_size": 32, "exit_grids": [4, 6, 8], "embed_dim": 32, "depth": 2, "n
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
-    pytest.importorskip("sklearn", reason="the digits images need scikit-learn (pip install .[demo])")
-    from dvt_ms.demo.digits import build_digits_folder
-
-    root = tmp_path_factory.mktemp("digits")
-    build_digits_folder(str(root / "digits"))
-    flat = root / "flat"  # the validation images without labels, as a user's own folder
-    flat.mkdir()
-    for label in sorted(os.listdir(root / "digits" / "val")):
-        for name in os.listdir(root / "digits" / "val" / label):
-            shutil.copy(root / "digits" / "val" / label / name, flat / f"{label}_{name}")
-    return root
+    """A folder holding ``digits/`` (the demo's class folders) and ``flat/`` (its validation images, unlabelled)."""
+    return flat_digits(tmp_path_factory.mktemp("digits")).parent
 
 
 @pytest.fixture(scope="module")

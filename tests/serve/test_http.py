@@ -8,7 +8,6 @@ import json
 import os
 import queue
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, importable
+from tests.helpers import REPO, flat_digits, importable
 
 pytestmark = pytest.mark.skipif(
     not all(importable(m) for m in ("fastapi", "uvicorn", "python_multipart", "prometheus_client")),
@@ -135,17 +134,7 @@ def metric(text: str, name: str, **labels: str) -> float:
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory) -> Path:
     """The 450 validation digits as one flat folder (``<label>_<name>.png``)."""
-    pytest.importorskip("sklearn", reason="the digits images need scikit-learn (pip install .[demo])")
-    from dvt_ms.demo.digits import build_digits_folder
-
-    root = tmp_path_factory.mktemp("digits")
-    build_digits_folder(str(root / "digits"))
-    flat = root / "flat"
-    flat.mkdir()
-    for label in sorted(os.listdir(root / "digits" / "val")):
-        for name in os.listdir(root / "digits" / "val" / label):
-            shutil.copy(root / "digits" / "val" / label / name, flat / f"{label}_{name}")
-    return flat
+    return flat_digits(tmp_path_factory.mktemp("digits"))
 
 
 @pytest.fixture(scope="module")
