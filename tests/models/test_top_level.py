@@ -71,5 +71,6 @@ def test_a_shared_sub_cell_compiled_into_another_graph_is_retagged(graph_mode):
     assert _phases(top) == {phase}
     np.testing.assert_allclose(lowered, first / 2 - 1, rtol=1e-6)
     small = ms.Tensor(np.arange(4, dtype=np.float32).reshape(1, 4))
-    np.testing.assert_allclose(top(small).asnumpy(), first[:1], rtol=1e-6)
+    # another batch size: other kernels, other last bits
+    np.testing.assert_allclose(top(small).asnumpy(), first[:1], rtol=1e-5, atol=1e-6)
     assert _phases(top) == {top.compile_phase} != {phase}  # another shape: another phase, every cell re-tagged
