@@ -18,6 +18,7 @@ setup(
         "demo": ["scikit-learn"],
         "onnx": ["onnx", "onnxruntime", "torch>=2.1"],  # dvt-export --format onnx, dvt-predict on ONNX Runtime
         "serve": ["fastapi>=0.100", "uvicorn>=0.30", "python-multipart>=0.0.13", "prometheus_client"],  # dvt-serve
+        "ray": ["ray[serve]>=2.40"],  # dvt-serve --backend ray
     },
     entry_points={"console_scripts": [
         "dvt-audit = dvt_ms.audit.cli:main",

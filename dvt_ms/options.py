@@ -247,9 +247,17 @@ class ServeSettings(PredictorSettings):
     num_parallel_workers: int = flag(2, "threads decoding images", minimum=1)
     warmup: str = flag("all", "all: compile every batch size an exit batch can take before /healthz says ready; "
                               "none: compile each on first use", choices=("all", "none"))
+    backend: str = flag("embedded", "embedded: the model runs in this process; ray: each exit is a Ray Serve "
+                                    "deployment batching with @serve.batch, undecided images handed to the next "
+                                    "exit's replicas (needs the ray extra)", choices=("embedded", "ray"))
+    replicas: list[int] = flag([1, 1, 1], "--backend ray: replicas per exit, e.g. 2,1,1 (one number: every exit)")
+    ray_address: str | None = flag(None, "--backend ray: the Ray cluster to join (e.g. 10.0.0.5:6379 or auto; unset: "
+                                         "RAY_ADDRESS, else a local Ray instance)")
 
     def check(self) -> None:
         super().check()
+        _require(all(isinstance(n, int) and n >= 1 for n in self.replicas),
+                 f"--replicas takes positive counts, one per exit (e.g. 2,1,1), got {self.replicas}")
         _require(self.max_body_mb > 0, f"--max_body_mb must be positive, got {self.max_body_mb:g}")
         _require(self.port <= 65535, f"--port must lie in [0, 65535], got {self.port}")
 

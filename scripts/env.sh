@@ -21,12 +21,12 @@ export PYTHONPATH="$DVT_ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export GLOG_v="${GLOG_v:-3}"  # MindSpore's C++ log: errors only
 
 dvt_install() {
-  # dvt_install [test] [torch] [demo] [onnx] [serve]: install only when an import is missing (or numpy is 2.x).
+  # dvt_install [test] [torch] [demo] [onnx] [serve] [ray]: install only when an import is missing (or numpy is 2.x).
   if "$DVT_PY" - "$@" <<'PY'
 import importlib.util, sys
 mods = {"": ["mindspore", "numpy", "yaml", "PIL", "safetensors", "tqdm"], "test": ["pytest", "ruff"],
         "torch": ["torch"], "demo": ["sklearn"], "onnx": ["onnx", "onnxruntime", "torch"],
-        "serve": ["fastapi", "uvicorn", "python_multipart", "prometheus_client"]}
+        "serve": ["fastapi", "uvicorn", "python_multipart", "prometheus_client"], "ray": ["ray"]}
 need = [m for extra in [""] + sys.argv[1:] for m in mods.get(extra, [])]
 missing = [m for m in need if importlib.util.find_spec(m) is None]
 import importlib.metadata as md

@@ -5,14 +5,16 @@
   body with several image files -> a JSON list of those objects, in the order of the files. In a form, an
   unreadable file gets its ``error`` in its place; a request with no readable image is a 400 with the reader's
   message. A body over the size limit is a 413, a request that would put more images in flight than the queue
-  holds is a 503 with ``Retry-After``. A client that disconnects before its answer has its images dropped.
+  holds is a 503 with ``Retry-After``, as is one whose images a Ray replica lost. A client that disconnects
+  before its answer has its images dropped.
 * ``GET /healthz``: 503 until the stages are compiled (or when the model worker failed), then 200.
 * ``GET /metrics``: Prometheus text format (:mod:`~dvt_ms.serve.metrics`).
 * ``GET /v1/model``: the model, its exits, thresholds and classes.
 * ``GET /docs``, ``GET /openapi.json``: the API described by FastAPI.
 
 Images are decoded and preprocessed in a thread pool; the model runs in the batcher's one worker thread
-(:mod:`~dvt_ms.serve.batcher`), which the app's lifespan starts and stops (answering what is in flight).
+(:mod:`~dvt_ms.serve.batcher`) or in the Ray deployments of the exits (:mod:`~dvt_ms.serve.ray_backend`), which
+the app's lifespan starts and stops (answering what is in flight).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from starlette.requests import ClientDisconnect
 from .. import __version__
 from ..data import DataError
 from ..data.folder import decode_image
-from .batcher import NotAccepting, Outcome, QueueFull, TooManyImages
+from .batcher import Classifier, NotAccepting, Outcome, QueueFull, TooManyImages, Unavailable
 from .metrics import ServeMetrics
 from .predictor import Predictor, prediction_record
 
@@ -82,12 +84,13 @@ class _Disconnected(Exception):
 
 @dataclass
 class Service:
-    """What the app serves: the predictor (preprocessing, class names, GFLOPs), the batcher that runs its engine
-    (:class:`~dvt_ms.serve.batcher.ExitBatcher` or :class:`~dvt_ms.serve.batcher.RequestBatcher`, not started),
-    the metrics and the limits."""
+    """What the app serves: the predictor (preprocessing, class names, GFLOPs), the
+    :class:`~dvt_ms.serve.batcher.Classifier` that runs its engine (not started: an
+    :class:`~dvt_ms.serve.batcher.ExitBatcher`, a :class:`~dvt_ms.serve.batcher.RequestBatcher` or a
+    :class:`~dvt_ms.serve.ray_backend.RayChain`), the metrics and the limits."""
 
     predictor: Predictor
-    batcher: Any
+    batcher: Classifier
     metrics: ServeMetrics
     top_k: int
     max_body_bytes: int
@@ -260,6 +263,9 @@ def create_app(service: Service) -> FastAPI:
             batcher.cancel(pending)
             raise _Disconnected
         outcome = future.result()
+        if isinstance(outcome, Unavailable):
+            log.warning("a request was lost: %s", outcome)
+            raise HTTPProblem(503, str(outcome), "unavailable", {"Retry-After": "1"})
         if isinstance(outcome, BaseException):
             log.error("a request failed: %s", outcome)
             raise HTTPProblem(500, f"the model failed on this request: {outcome}", "internal")

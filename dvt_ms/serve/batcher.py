@@ -18,6 +18,9 @@ Both admit at most ``max_queue`` images that are not answered yet (:class:`Queue
 batch size they can meet before :attr:`ready <_Worker.ready>` is set (``warmup``), drop the images of a
 cancelled request, and on :meth:`stop <_Worker.stop>` answer what they admitted before the thread ends. A
 request's bookkeeping is a :class:`PendingRequest`; :class:`BatchObserver` receives what metrics count.
+
+What the HTTP application needs of a batcher is :class:`Classifier`; the Ray backend
+(:mod:`~dvt_ms.serve.ray_backend`) implements it too, deciding each image with :class:`ExitBatch` as well.
 """
 
 from __future__ import annotations
@@ -28,15 +31,15 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from ..inference.thresholds import leaves_at, softmax_confidence, softmax_top_k
 from .errors import ServeError
 
-__all__ = ["BatchObserver", "ExitBatch", "ExitBatcher", "ImageResult", "NotAccepting", "PendingRequest", "QueueFull",
-           "QueuedImage", "RequestBatcher", "TooManyImages", "warmup_sizes"]
+__all__ = ["BatchObserver", "Classifier", "ExitBatch", "ExitBatcher", "ImageResult", "NotAccepting", "PendingRequest",
+           "QueueFull", "QueuedImage", "RequestBatcher", "TooManyImages", "Unavailable", "warmup_sizes"]
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +193,38 @@ class TooManyImages(ServeError):
 
 class NotAccepting(ServeError):
     """The batcher is stopping, stopped or failed: it admits nothing."""
+
+
+class Unavailable(ServeError):
+    """A request's images were lost by the backend (a Ray replica died under them): answered 503, to retry."""
+
+
+class Classifier(Protocol):
+    """What the HTTP application drives: :class:`ExitBatcher`, :class:`RequestBatcher` and the Ray chain of exits
+    (:class:`~dvt_ms.serve.ray_backend.RayChain`). ``ready`` is set once requests are served; ``error`` is what
+    stopped it for good (None while it works)."""
+
+    max_batch: int
+    max_queue: int
+    ready: threading.Event
+    error: BaseException | None
+
+    @property
+    def in_flight(self) -> int:
+        """Images admitted and not answered yet."""
+
+    def submit(self, images: Sequence[np.ndarray], on_done: Callable[[Outcome], Any]) -> PendingRequest:
+        """Admit a request's images; ``on_done`` gets its :data:`Outcome` (from any thread). Raises
+        :class:`QueueFull`, :class:`TooManyImages` or :class:`NotAccepting`."""
+
+    def cancel(self, request: PendingRequest) -> None:
+        """Nobody waits for ``request`` any more."""
+
+    def start(self, warmup: bool = True) -> None:
+        """Start serving (compiling every batch size first when ``warmup``), then set ``ready``."""
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Admit nothing more, answer what was admitted, release what was started."""
 
 
 class BatchObserver:

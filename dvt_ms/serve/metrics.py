@@ -17,7 +17,7 @@ __all__ = ["ERROR_REASONS", "ServeMetrics"]
 
 #: why a classify request got no answer from the model (the ``reason`` label of ``dvt_serve_errors_total``)
 ERROR_REASONS = ("bad_request", "unreadable_image", "too_large", "queue_full", "not_ready", "disconnected",
-                 "internal")
+                 "unavailable", "internal")
 
 _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 

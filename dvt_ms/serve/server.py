@@ -9,8 +9,10 @@ the thresholds of ``--thresholds`` / ``--budget`` (else the stored calibrated on
 one image file's bytes, or a multipart form of image files, and answers what dvt-predict writes per image;
 ``GET /healthz``, ``GET /metrics`` (Prometheus), ``GET /docs`` (OpenAPI). ``--batching exit`` (default) gathers
 the images of many requests into each exit's batches; ``--batching request`` runs each request on its own.
-SIGTERM or Ctrl-C: stop accepting, answer what is in flight, exit 0. Needs the serve extra
-(``pip install -e ".[serve]"``).
+``--backend ray`` runs each exit as a Ray Serve deployment (``--replicas 2,1,1``, ``--ray_address``; see
+:mod:`~dvt_ms.serve.ray_app`) behind the same HTTP application. SIGTERM or Ctrl-C: stop accepting, answer what is
+in flight, exit 0. Needs the serve extra (``pip install -e ".[serve]"``), and the ray extra for ``--backend ray``
+(``pip install -e ".[ray]"``).
 Exit status: 0 when stopped by a signal, 1 when the server cannot start or its model fails, 2 for bad usage.
 """
 
@@ -34,15 +36,16 @@ from ..data import DataError
 from ..device import DeviceError
 from ..inference.operating_point import ThresholdError
 from ..options import ServeSettings, parse_command
-from .batcher import ExitBatcher, RequestBatcher
+from .batcher import Classifier, ExitBatcher, RequestBatcher
 from .errors import ManifestError, ServeError, ServeUnavailable
 from .predictor import build_predictor
 
-__all__ = ["PIP", "ServeSummary", "main", "require_serve_extra", "serve"]
+__all__ = ["PIP", "RAY_PIP", "ServeSummary", "main", "require_ray_extra", "require_serve_extra", "serve"]
 
 PROG = "dvt-serve"
 PIP = 'pip install -e ".[serve]"  (or: pip install fastapi uvicorn python-multipart prometheus_client)'
 #: import name -> package of what the HTTP server needs
+RAY_PIP = 'pip install -e ".[ray]"  (or: pip install "ray[serve]")'
 HTTP_MODULES = {"fastapi": "fastapi", "uvicorn": "uvicorn", "python_multipart": "python-multipart",
                 "prometheus_client": "prometheus_client"}
 
@@ -61,6 +64,14 @@ def require_serve_extra() -> None:
     if missing:
         raise ServeUnavailable(f"dvt-serve needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
                                f"not installed: {PIP}")
+
+
+def require_ray_extra() -> None:
+    """Raise :class:`~dvt_ms.serve.errors.ServeUnavailable` with the pip command unless Ray Serve imports."""
+    try:
+        import_module("ray.serve")
+    except ImportError:
+        raise ServeUnavailable(f"dvt-serve --backend ray needs Ray Serve, which is not installed: {RAY_PIP}") from None
 
 
 @dataclass
@@ -133,6 +144,8 @@ def serve(settings: ServeSettings, on_listening: Callable[[str], Any] | None = N
     loaded and the port bound before anything is served (:class:`~dvt_ms.serve.errors.ServeError` and the
     loading errors otherwise); ``on_listening(url)`` is called once the server accepts connections."""
     require_serve_extra()
+    if settings.backend == "ray":
+        require_ray_extra()
     import uvicorn
 
     from .app import Service, create_app
@@ -152,10 +165,15 @@ def serve(settings: ServeSettings, on_listening: Callable[[str], Any] | None = N
 
     common = {"max_batch": settings.max_batch, "max_queue": settings.max_queue, "top_k": top_k,
               "observer": metrics, "on_fatal": on_fatal}
-    batcher = (ExitBatcher(engine, max_wait_ms=settings.max_wait_ms, **common) if settings.batching == "exit"
-               else RequestBatcher(engine, **common))
+    if settings.backend == "ray":
+        batcher: Classifier = _ray_chain(settings, engine.num_exits, metrics, on_fatal)
+    elif settings.batching == "exit":
+        batcher = ExitBatcher(engine, max_wait_ms=settings.max_wait_ms, **common)
+    else:
+        batcher = RequestBatcher(engine, **common)
+    batching = f"{settings.batching} (ray)" if settings.backend == "ray" else settings.batching
     service = Service(predictor, batcher, metrics, top_k, int(settings.max_body_mb * 1024 * 1024),
-                      settings.batching, settings.num_parallel_workers, settings.warmup == "all")
+                      batching, settings.num_parallel_workers, settings.warmup == "all")
     sock = _listen(settings.host, settings.port)
     url = _url(sock)
     config = uvicorn.Config(create_app(service), log_config=None, log_level="warning", access_log=False,
@@ -163,7 +181,7 @@ def serve(settings: ServeSettings, on_listening: Callable[[str], Any] | None = N
     server = _server_class()(config)
     server_box.append(server)
     log.info("%s: serving %s (%s) on %s with --batching %s, thresholds %s (%s)", PROG, predictor.model,
-             predictor.source, url, settings.batching, ", ".join(f"{t:.4f}" for t in engine.thresholds[:-1]),
+             predictor.source, url, batching, ", ".join(f"{t:.4f}" for t in engine.thresholds[:-1]),
              predictor.thresholds_chosen_by)
     log.info("listening on %s (POST /v1/classify, GET /healthz, /metrics, /docs)", url)
     if on_listening is not None:
@@ -177,6 +195,35 @@ def serve(settings: ServeSettings, on_listening: Callable[[str], Any] | None = N
     if not server.started:
         raise ServeError(f"the server on {url} did not start (see the messages above)")
     return ServeSummary(url, metrics.requests_by_code(), metrics.images_by_exit(), server.stopped_by)
+
+
+def _ray_chain(settings: ServeSettings, num_exits: int, metrics: Any,
+               on_fatal: Callable[[BaseException], Any]) -> Classifier:
+    """The exits deployed on the Ray cluster of ``settings.ray_address`` (joined here, in the main thread), as the
+    classifier of the HTTP application; stopping it deletes the deployments and leaves the cluster."""
+    import ray
+    from ray import serve
+
+    from .ray_app import APP_NAME, RayChain, exit_chain, replica_counts
+
+    replica_counts(settings.replicas, num_exits)  # a bad --replicas before anything starts
+    try:
+        ray.init(address=settings.ray_address, logging_level=logging.WARNING, ignore_reinit_error=True)
+        serve.start(proxy_location="Disabled")
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        raise ServeError(f"cannot join the Ray cluster {settings.ray_address or '(local)'}: {err}") from None
+    log.info("deploying %d exits on Ray (replicas %s)", num_exits,
+             ",".join(map(str, replica_counts(settings.replicas, num_exits))))
+
+    def connect() -> Any:
+        return serve.run(exit_chain(settings, num_exits), name=APP_NAME, route_prefix=None)
+
+    def disconnect() -> None:
+        serve.delete(APP_NAME)
+        ray.shutdown()
+
+    return RayChain(connect, max_batch=settings.max_batch, max_queue=settings.max_queue, observer=metrics,
+                    on_fatal=on_fatal, disconnect=disconnect)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
