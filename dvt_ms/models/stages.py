@@ -21,10 +21,7 @@ from mindspore import Tensor, nn
 
 from .exit import ExitStage
 
-__all__ = ["STATE_INPUTS", "CascadeStages", "StageSource", "compiled"]
-
-#: the inputs an exit may take besides its images, in the order a stage takes them
-STATE_INPUTS = ("features", "relations")
+__all__ = ["CascadeStages", "StageSource", "compiled"]
 
 
 def compiled(cell: nn.Cell) -> Callable:
@@ -44,7 +41,8 @@ class StageSource(ABC):
 
     @abstractmethod
     def input_names(self, k: int) -> Sequence[str]:
-        """The inputs exit ``k`` takes, in order: ``"images"``, then those of :data:`STATE_INPUTS` it reuses."""
+        """The inputs exit ``k`` takes, in order: ``"images"``, then ``"features"`` and/or ``"relations"``
+        where it reuses them."""
 
     @abstractmethod
     def build_stage(self, k: int, static: bool) -> Callable:
@@ -56,10 +54,15 @@ class StageSource(ABC):
         names = self.input_names(k)
         return "features" in names, "relations" in names
 
-    def arguments(self, k: int, images: Any, features: Any = None, relations: Any = None) -> tuple:
-        """What a graph of exit ``k`` taking exactly its inputs is called with: ``images``, then the state it reads."""
+    def arguments(self, k: int) -> Callable[..., tuple]:
+        """``pick(images, features=None, relations=None)``: what a graph of exit ``k`` taking exactly its inputs is
+        called with (``images``, then the state it reads); made once per stage, so a call only packs a tuple."""
         wants_features, wants_relations = self.needs_state(k)
-        return (images, *((features,) if wants_features else ()), *((relations,) if wants_relations else ()))
+
+        def pick(images: Any, features: Any = None, relations: Any = None) -> tuple:
+            return (images, *((features,) if wants_features else ()), *((relations,) if wants_relations else ()))
+
+        return pick
 
     def stage(self, k: int, static: bool) -> Callable:
         """Exit ``k``'s stage, built on first use and the same callable afterwards (one compilation per source)."""

@@ -56,9 +56,9 @@ class ExportedStages(StageSource):
         return self.manifest.exits[k].input_names
 
     def build_stage(self, k: int, static: bool) -> Callable:
-        graph, arguments = self._graphs[k], self.arguments
+        graph, pick = self._graphs[k], self.arguments(k)
 
         def run(images: Tensor, features: Tensor | None = None, relations: Tensor | None = None):
-            return graph(*arguments(k, images, features, relations))
+            return graph(*pick(images, features, relations))
 
         return run

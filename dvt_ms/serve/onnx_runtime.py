@@ -77,11 +77,11 @@ class OnnxStages(StageSource):
         return self.manifest.exits[k].input_names
 
     def build_stage(self, k: int, static: bool) -> Callable:
-        run_session, names, arguments = self._sessions[k].run, self.input_names(k), self.arguments
+        run_session, names, pick = self._sessions[k].run, self.input_names(k), self.arguments(k)
         as_tensor = self._tensor
 
         def run(images, features=None, relations=None):
-            feed = dict(zip(names, map(_host, arguments(k, images, features, relations)), strict=True))
+            feed = dict(zip(names, map(_host, pick(images, features, relations)), strict=True))
             return tuple(as_tensor(out) for out in run_session(None, feed))
 
         return run
