@@ -8,7 +8,10 @@ Each side then runs :class:`~dvt_ms.inference.engine.EarlyExitEngine` over the s
 * ``onnxruntime``: :class:`~dvt_ms.serve.onnx_runtime.OnnxStages` over the ONNX files;
 * ``checkpoint``: the cascade from the checkpoint (:func:`dvt_ms.load_model`), static shapes and the fused
   CPU kernels: what ``dvt-predict --ckpt`` runs;
-* ``mindir``: :class:`~dvt_ms.serve.graphs.ExportedStages` over the MindIR files (stock ops, dynamic batch).
+* ``mindir``: :class:`~dvt_ms.serve.graphs.ExportedStages` over the MindIR files (stock ops, dynamic batch);
+* ``checkpoint_stock``: the checkpoint path built without the fused CPU kernels (``use_kernels(False)``): the
+  stock MindSpore ops an export carries, static shapes. It shows what the exports' gap to the checkpoint owes to
+  the kernels, which neither format can hold (a portable MindIR or ONNX file has no custom AOT ops).
 
 Every side reports images per second and the GMAC/s its early exit achieves (the mean multiply-accumulates
 per image the exits taken cost), next to the machine's fp32 GEMM rate (a 1024^3 numpy product) measured in
@@ -34,7 +37,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from timing import Worker, answer  # noqa: E402
 
-SIDES = ("onnxruntime", "checkpoint", "mindir")
+SIDES = ("onnxruntime", "checkpoint", "mindir", "checkpoint_stock")
 BATCHES = (1, 16)
 TARGET_SHARES = (0.60, 0.25, 0.15)
 GEMM = 1024
@@ -54,26 +57,27 @@ def worker(side: str, folder: str) -> int:
 
     import dvt_ms
     from dvt_ms.inference.engine import EarlyExitEngine
+    from dvt_ms.kernels import use_kernels
     from dvt_ms.serve import read_manifest
+    from dvt_ms.serve.predictor import exported_stages
 
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_device("CPU")
     with open(os.path.join(folder, "bench.json"), encoding="utf-8") as f:
         setup = json.load(f)
     images = np.load(os.path.join(folder, "images.npy"))
-    if side == "checkpoint":
-        source = dvt_ms.load_model(os.path.join(folder, "model.ckpt")).model
-    else:
-        from dvt_ms.serve.predictor import exported_stages
-
-        source = exported_stages(read_manifest(os.path.join(folder, "export")),
-                                 "onnxruntime" if side == "onnxruntime" else "mindspore")
-    engine = EarlyExitEngine(source, setup["thresholds"])
     batches = {b: [images[i:i + b] for i in range(0, len(images), b)] for b in BATCHES}
-    counts = engine(images).counts.tolist()
-    for b in BATCHES:  # compile / warm up every shape the rounds use
-        for batch in batches[b]:
-            engine(batch)
+    with use_kernels(side != "checkpoint_stock"):  # cells choose their ops when built and compiled
+        if side in ("checkpoint", "checkpoint_stock"):
+            source = dvt_ms.load_model(os.path.join(folder, "model.ckpt")).model
+        else:
+            source = exported_stages(read_manifest(os.path.join(folder, "export")),
+                                     "onnxruntime" if side == "onnxruntime" else "mindspore")
+        engine = EarlyExitEngine(source, setup["thresholds"])
+        counts = engine(images).counts.tolist()
+        for b in BATCHES:  # compile / warm up every shape the rounds use
+            for batch in batches[b]:
+                engine(batch)
     answer({"ready": True, "counts": counts})
     for line in sys.stdin:
         if line.strip() != "round":

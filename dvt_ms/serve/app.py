@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -42,7 +42,7 @@ from .batcher import Classifier, NotAccepting, Outcome, QueueFull, TooManyImages
 from .metrics import ServeMetrics
 from .predictor import Predictor, prediction_record
 
-__all__ = ["HTTPProblem", "Service", "create_app"]
+__all__ = ["HTTPProblem", "ServeApp", "Service", "create_app"]
 
 log = logging.getLogger(__name__)
 
@@ -177,47 +177,60 @@ def _settle(future: asyncio.Future, outcome: Outcome) -> None:
         future.set_result(outcome)
 
 
-def create_app(service: Service) -> FastAPI:
-    """The FastAPI application of ``service``; its lifespan starts the batcher (warming it up unless
-    ``service.warmup`` is False) and stops it after the last request."""
-    batcher, metrics = service.batcher, service.metrics
-    executor = ThreadPoolExecutor(max_workers=service.decode_threads, thread_name_prefix="dvt-serve-decode")
+class ServeApp:
+    """The routes of ``dvt-serve`` over one :class:`Service`, one method per route; :attr:`app` is the FastAPI
+    application, whose lifespan starts the batcher (warming it up unless ``service.warmup`` is False) and stops it
+    after the last request."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.batcher, self.metrics = service.batcher, service.metrics
+        self.executor = ThreadPoolExecutor(max_workers=service.decode_threads, thread_name_prefix="dvt-serve-decode")
+        p = service.predictor
+        self.app = FastAPI(
+            title="dvt-serve", version=__version__, lifespan=self.lifespan,
+            description=f"Dynamic Vision Transformer {p.model} ({p.source}) with real early exit: an image leaves "
+                        "at the first exit whose top softmax probability clears that exit's threshold.")
+        self.app.post("/v1/classify", summary="Classify one image, or every image of a multipart form",
+                      openapi_extra=_CLASSIFY_BODY, responses=_CLASSIFY_RESPONSES)(self.classify)
+        self.app.get("/healthz", summary="200 once the stages are compiled, 503 before (or on failure)")(self.healthz)
+        self.app.get("/metrics", summary="Metrics in the Prometheus text format")(self.prometheus)
+        self.app.get("/v1/model", summary="The model served: exits, thresholds, classes")(self.model)
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        batcher.start(warmup=service.warmup)
+    async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
+        """Start the batcher; after the last request, stop it (answering what is in flight) and the decoders."""
+        self.batcher.start(warmup=self.service.warmup)
         try:
             yield
         finally:
-            await asyncio.get_running_loop().run_in_executor(None, batcher.stop)
-            executor.shutdown(wait=True)
-            metrics.ready.set(0)
+            await asyncio.get_running_loop().run_in_executor(None, self.batcher.stop)
+            self.executor.shutdown(wait=True)
+            self.metrics.ready.set(0)
 
-    p = service.predictor
-    app = FastAPI(title="dvt-serve", version=__version__, lifespan=lifespan,
-                  description=f"Dynamic Vision Transformer {p.model} ({p.source}) with real early exit: an image "
-                              "leaves at the first exit whose top softmax probability clears that exit's threshold.")
+    # ---- POST /v1/classify ----
 
-    async def classify(request: Request) -> Response:
+    async def classify(self, request: Request) -> Response:
+        """One image's record for an image body, a list of records for a multipart form; problems as JSON."""
         start = time.monotonic()
         try:
-            answer = await _classify(request)
+            answer = await self._classify(request)
         except HTTPProblem as problem:
-            metrics.answered(problem.status, time.monotonic() - start, problem.reason)
+            self.metrics.answered(problem.status, time.monotonic() - start, problem.reason)
             return JSONResponse({"detail": problem.message}, problem.status, headers=problem.headers)
         except _Disconnected:
-            metrics.answered(499, None, "disconnected")
+            self.metrics.answered(499, None, "disconnected")
             return Response(status_code=499)  # nobody reads it
-        metrics.answered(200, time.monotonic() - start)
+        self.metrics.answered(200, time.monotonic() - start)
         return JSONResponse(answer)
 
-    async def _classify(request: Request) -> Any:
+    async def _classify(self, request: Request) -> Any:
+        service, batcher = self.service, self.batcher
         if not batcher.ready.is_set():
             raise HTTPProblem(503, "not ready: the stages are being compiled (see /healthz)", "not_ready",
                               {"Retry-After": "1"})
         body = await read_body(request, service.max_body_bytes)
-        content_type = request.headers.get("content-type", "")
-        form = content_type.lower().startswith("multipart/form-data")
+        form = request.headers.get("content-type", "").lower().startswith("multipart/form-data")
         if form:
             parts = await _form_files(request, body, batcher.max_queue)
         elif not body:
@@ -226,19 +239,20 @@ def create_app(service: Service) -> FastAPI:
         else:
             parts = [("in the request body", body)]
         loop = asyncio.get_running_loop()
-        prepared = await asyncio.gather(*(loop.run_in_executor(executor, service.prepare, data, name)
+        prepared = await asyncio.gather(*(loop.run_in_executor(self.executor, service.prepare, data, name)
                                           for name, data in parts))
         readable = [i for i, x in enumerate(prepared) if not isinstance(x, str)]
         if not readable:
             raise HTTPProblem(400, "; ".join(prepared), "unreadable_image")
-        results = await _run(request, [prepared[i] for i in readable])
+        results = await self._run(request, [prepared[i] for i in readable])
         records: list[Any] = list(prepared)
         for i, result in zip(readable, results, strict=True):
             records[i] = result
         answers = [service.record(x) for x in records]
         return answers if form else answers[0]
 
-    async def _run(request: Request, images: Sequence[np.ndarray]) -> list[Any]:
+    async def _run(self, request: Request, images: Sequence[np.ndarray]) -> list[Any]:
+        """Submit the images and wait for their results, or for the client to go away (which drops them)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future = loop.create_future()
 
@@ -247,7 +261,7 @@ def create_app(service: Service) -> FastAPI:
                 loop.call_soon_threadsafe(_settle, future, outcome)
 
         try:
-            pending = batcher.submit(images, on_done)
+            pending = self.batcher.submit(images, on_done)
         except QueueFull as err:
             raise HTTPProblem(503, str(err), "queue_full", {"Retry-After": str(err.retry_after)}) from None
         except TooManyImages as err:
@@ -260,7 +274,7 @@ def create_app(service: Service) -> FastAPI:
         finally:
             watch.cancel()
         if not future.done():
-            batcher.cancel(pending)
+            self.batcher.cancel(pending)
             raise _Disconnected
         outcome = future.result()
         if isinstance(outcome, Unavailable):
@@ -271,39 +285,36 @@ def create_app(service: Service) -> FastAPI:
             raise HTTPProblem(500, f"the model failed on this request: {outcome}", "internal")
         return outcome
 
-    _route(app.post, "/v1/classify", classify, summary="Classify one image, or every image of a multipart form",
-           openapi_extra=_CLASSIFY_BODY, responses=_CLASSIFY_RESPONSES)
+    # ---- the other routes ----
 
-    async def healthz() -> JSONResponse:
+    async def healthz(self) -> JSONResponse:
+        """200 with the images in flight once serving; 503 while compiling or after the worker failed."""
+        batcher = self.batcher
         if batcher.error is not None:
             return JSONResponse({"status": "failed", "detail": str(batcher.error)}, 503)
         if not batcher.ready.is_set():
             return JSONResponse({"status": "warming up", "detail": "compiling the stages"}, 503,
                                 headers={"Retry-After": "1"})
-        metrics.ready.set(1)
+        self.metrics.ready.set(1)
         return JSONResponse({"status": "ok", "images_in_flight": batcher.in_flight})
 
-    _route(app.get, "/healthz", healthz, summary="200 once the stages are compiled, 503 before (or on failure)")
-
-    async def prometheus() -> Response:
-        metrics.ready.set(1 if batcher.ready.is_set() else 0)
-        text, content_type = metrics.render()
+    async def prometheus(self) -> Response:
+        """The metrics in the Prometheus text format."""
+        self.metrics.ready.set(1 if self.batcher.ready.is_set() else 0)
+        text, content_type = self.metrics.render()
         return Response(text, media_type=content_type)
 
-    _route(app.get, "/metrics", prometheus, summary="Metrics in the Prometheus text format")
-
-    async def model() -> JSONResponse:
-        engine = p.engine
+    async def model(self) -> JSONResponse:
+        """The model served: its exits, grids, GFLOPs, thresholds, classes and the batching settings."""
+        service, p = self.service, self.service.predictor
         return JSONResponse({
             "model": p.model, "source": p.source, "num_classes": p.num_classes, "class_names": p.class_names,
             "exits": len(p.cumulative_gflops), "grids": p.grids, "cumulative_gflops": p.cumulative_gflops,
-            "thresholds": [float(t) for t in engine.thresholds[:-1]], "thresholds_chosen_by": p.thresholds_chosen_by,
-            "top_k": service.top_k, "batching": service.batching, "max_batch": batcher.max_batch,
-            "max_queue": batcher.max_queue})
-
-    _route(app.get, "/v1/model", model, summary="The model served: exits, thresholds, classes")
-    return app
+            "thresholds": [float(t) for t in p.engine.thresholds[:-1]], "thresholds_chosen_by": p.thresholds_chosen_by,
+            "top_k": service.top_k, "batching": service.batching, "max_batch": self.batcher.max_batch,
+            "max_queue": self.batcher.max_queue})
 
 
-def _route(method: Callable, path: str, endpoint: Callable, **kwargs: Any) -> None:
-    method(path, **kwargs)(endpoint)
+def create_app(service: Service) -> FastAPI:
+    """The FastAPI application serving ``service`` (see :class:`ServeApp`)."""
+    return ServeApp(service).app

@@ -3,13 +3,16 @@
 :class:`ExitBatcher` (``dvt-serve --batching exit``) keeps one queue per exit. A request's images enter exit 1's
 queue; an exit runs when its queue holds ``max_batch`` images, when its oldest image has waited ``max_wait_ms``,
 or (a later exit) when no image waits at an earlier exit, so that none could join it before a new exit-1 batch
-runs. The deepest ready exit runs first: its images are the oldest. An exit batch gathers rows of many requests
+runs. Exit 1 does not wait at all while most of the last requests arrived with no other request in flight: then
+none is likely to come and fill its batch, and a lone client gets the latency of the bare engine. The deepest
+ready exit runs first: its images are the oldest. An exit batch gathers rows of many requests
 (:class:`ExitBatch`); the images that clear the exit's threshold fill their request's result slots, the others
 carry their rows of the exit's features and relations into the next exit's queue, where they mix with other
 requests' images. The decision is :func:`~dvt_ms.inference.thresholds.leaves_at` on
 :func:`~dvt_ms.inference.thresholds.softmax_confidence`, as in the early-exit engine, and each batch is padded
 to the engine's sizes (:meth:`~dvt_ms.inference.engine.EarlyExitEngine.padded_size`), so an image is decided as
-``dvt-predict`` decides it whatever it was batched with.
+``dvt-predict`` decides it whatever it was batched with. The one image of a one-image request that runs an exit
+alone is a whole batch to the engine, as in ``dvt-predict`` on one image: it runs unpadded.
 
 :class:`RequestBatcher` (``--batching request``) is the baseline: each request goes through the engine on its
 own, in arrival order, in chunks of ``max_batch`` images.
@@ -38,10 +41,14 @@ import numpy as np
 from ..inference.thresholds import leaves_at, softmax_confidence, softmax_top_k
 from .errors import ServeError
 
-__all__ = ["BatchObserver", "Classifier", "ExitBatch", "ExitBatcher", "ImageResult", "NotAccepting", "PendingRequest",
-           "QueueFull", "QueuedImage", "RequestBatcher", "TooManyImages", "Unavailable", "warmup_sizes"]
+__all__ = ["RECENT_REQUESTS", "BatchObserver", "Classifier", "ExitBatch", "ExitBatcher", "ImageResult", "NotAccepting",
+           "PendingRequest", "QueueFull", "QueuedImage", "RequestBatcher", "TooManyImages", "Unavailable",
+           "warmup_sizes"]
 
 log = logging.getLogger(__name__)
+
+#: how many of the last requests exit 1 looks back on to decide whether waiting could fill its batch
+RECENT_REQUESTS = 15
 
 
 # ---- one request ---------------------------------------------------------------------------------------
@@ -243,9 +250,9 @@ class BatchObserver:
 
 
 def warmup_sizes(engine: Any, max_batch: int) -> list[int]:
-    """The batch sizes an exit runs for batches of 1..``max_batch`` images: every padded size where the stages
-    are compiled per size, else the smallest and the largest."""
-    sizes = sorted({engine.padded_size(n, max_batch) for n in range(1, max_batch + 1)})
+    """The batch sizes an exit runs for batches of 1..``max_batch`` images, and for one image as a batch of its
+    own: every padded size where the stages are compiled per size, else the smallest and the largest."""
+    sizes = sorted({engine.padded_size(1, 1)} | {engine.padded_size(n, max_batch) for n in range(1, max_batch + 1)})
     return sizes if engine.static else sorted({sizes[0], sizes[-1]})
 
 
@@ -403,6 +410,10 @@ class ExitBatcher(_Worker):
         self.max_wait = max(0.0, max_wait_ms) / 1000.0
         self.num_exits = engine.num_exits
         self._queues: list[deque[QueuedImage]] = [deque() for _ in range(self.num_exits)]
+        # of the last requests, whether each arrived while another was in flight (decides whether exit 1 waits);
+        # until requests tell otherwise, they are taken to overlap: exit 1 waits, as the flag says
+        self._overlapped: deque[bool] = deque([True] * RECENT_REQUESTS, maxlen=RECENT_REQUESTS)
+        self._first_wait = self.max_wait
 
     def queued(self) -> list[int]:
         """Images waiting in each exit's queue."""
@@ -411,6 +422,8 @@ class ExitBatcher(_Worker):
 
     def _admit(self, request: PendingRequest, images: Sequence[np.ndarray]) -> None:
         now = self.clock()
+        self._overlapped.append(self._in_flight > 0)
+        self._first_wait = self.max_wait if 2 * sum(self._overlapped) > len(self._overlapped) else 0.0
         self._queues[0].extend(QueuedImage(request, i, np.asarray(image, np.float32), queued_at=now)
                                for i, image in enumerate(images))
 
@@ -433,10 +446,13 @@ class ExitBatcher(_Worker):
     def _ready_exit(self, now: float) -> int | None:
         for k in reversed(range(self.num_exits)):
             queue = self._queues[k]
-            if queue and (len(queue) >= self.max_batch or now - queue[0].queued_at >= self.max_wait
+            if queue and (len(queue) >= self.max_batch or now - queue[0].queued_at >= self._waits(k)
                           or self._stopping or (k > 0 and not any(self._queues[:k]))):
                 return k
         return None
+
+    def _waits(self, k: int) -> float:
+        return self._first_wait if k == 0 else self.max_wait
 
     def _next_work(self) -> tuple[int, list[QueuedImage]] | None:
         k = self._ready_exit(self.clock())
@@ -446,14 +462,15 @@ class ExitBatcher(_Worker):
         return k, [queue.popleft() for _ in range(min(self.max_batch, len(queue)))]
 
     def _wait_time(self) -> float | None:
-        heads = [q[0].queued_at for q in self._queues if q]
-        return None if not heads else max(0.0, min(heads) + self.max_wait - self.clock())
+        ends = [q[0].queued_at + self._waits(k) for k, q in enumerate(self._queues) if q]
+        return None if not ends else max(0.0, min(ends) - self.clock())
 
     def _run(self, work: tuple[int, list[QueuedImage]]) -> None:
         k, items = work
         engine, last = self.engine, k == self.num_exits - 1
         start = self.clock()
-        batch = ExitBatch(k, items, engine.padded_size(len(items), self.max_batch))
+        whole = len(items) == 1 and items[0].request.size == 1  # a one-image request alone: a batch of one
+        batch = ExitBatch(k, items, engine.padded_size(len(items), 1 if whole else self.max_batch))
         try:
             images, features, relations = batch.inputs(*engine.source.needs_state(k))
             logits, features, relations = engine.run_stage(k, images, features, relations, keep_state=not last)
@@ -490,9 +507,6 @@ class RequestBatcher(_Worker):
         super().__init__(engine, max_batch=max_batch, max_queue=max_queue, top_k=top_k, observer=observer,
                          on_fatal=on_fatal, clock=clock)
         self._queue: deque[tuple[PendingRequest, list[np.ndarray], float]] = deque()
-
-    def _warmup_sizes(self) -> list[int]:
-        return sorted({1, *warmup_sizes(self.engine, self.max_batch)})  # a request of one image runs at one
 
     def _admit(self, request: PendingRequest, images: Sequence[np.ndarray]) -> None:
         self._queue.append((request, [np.asarray(image, np.float32) for image in images], self.clock()))

@@ -15,6 +15,7 @@ from dvt_ms.inference.engine import EarlyExitEngine
 from dvt_ms.inference.thresholds import softmax_confidence
 from dvt_ms.models.stages import StageSource
 from dvt_ms.serve.batcher import (
+    RECENT_REQUESTS,
     ExitBatch,
     ExitBatcher,
     ImageResult,
@@ -40,6 +41,8 @@ class FakeStages(StageSource):
     def __init__(self, fail_at: int | None = None) -> None:
         self.calls: list[tuple[int, int]] = []
         self.fail_at = fail_at
+        self.gate = threading.Event()  # every call waits for it: clear it to hold the worker in a call
+        self.gate.set()
 
     def input_names(self, k: int) -> list[str]:
         return ["images", "features", "relations"] if k else ["images"]
@@ -48,6 +51,7 @@ class FakeStages(StageSource):
         def run(images, features=None, relations=None):
             x = images.asnumpy().reshape(images.shape[0], -1).astype(np.float64)
             self.calls.append((k, x.shape[0]))
+            assert self.gate.wait(10), "the gate stayed closed"
             if self.fail_at == k:
                 raise RuntimeError("stage broke")
             tokens = x * (k + 1)
@@ -212,7 +216,7 @@ def test_the_exit_batcher_decides_every_image_as_the_engine_whatever_the_mix(max
     calls = engine.source.calls
     assert {k for k, _ in calls} == {0, 1, 2}
     allowed = {engine.padded_size(n, max_batch) for n in range(1, max_batch + 1)}
-    assert {size for _, size in calls} <= allowed and all(size >= 2 for _, size in calls)
+    assert {size for _, size in calls} <= allowed | {engine.padded_size(1, 1)}
     assert batcher.in_flight == 0 and batcher.queued() == [0, 0, 0]
 
 
@@ -232,12 +236,12 @@ def test_the_request_batcher_decides_as_the_engine_in_chunks_of_max_batch():
 
 def test_warm_up_compiles_every_padded_size_then_sets_ready():
     engine = _engine()
-    assert warmup_sizes(engine, 10) == [2, 3, 4, 5, 6, 7, 8, 9, 10]
+    assert warmup_sizes(engine, 10) == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
     batcher = ExitBatcher(engine, max_batch=10)
     batcher.start(warmup=True)
     try:
         assert batcher.ready.wait(10)
-        assert sorted({size for _, size in engine.source.calls}) == [2, 3, 4, 5, 6, 7, 8, 9, 10]
+        assert sorted({size for _, size in engine.source.calls}) == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
         assert {k for k, _ in engine.source.calls} == {0, 1, 2}
     finally:
         batcher.stop(5)
@@ -247,15 +251,58 @@ def test_warm_up_compiles_every_padded_size_then_sets_ready():
 
 # ---- waiting, the queue limit, cancelling, stopping, failures ------------------------------------------
 
-def test_an_exit_waits_for_its_batch_to_fill_at_most_max_wait_ms():
-    batcher = ExitBatcher(_engine(), max_batch=8, max_wait_ms=400.0)
+def _one_at_a_time(batcher, requests: list[np.ndarray]) -> list[float]:
+    """Send each request once the previous one is answered (a lone client); seconds each took."""
+    took = []
+    for j, images in enumerate(requests):
+        answers = Answers()
+        answers.expected = 1
+        start = time.monotonic()
+        batcher.submit(list(images), answers.callback(j))
+        assert answers.done.wait(10)
+        took.append(time.monotonic() - start)
+    return took
+
+
+def test_a_lone_one_image_request_runs_every_exit_unpadded_as_the_engine_runs_one_image():
+    images = _images(40, seed=5)
+    want = _engine()(images)
+    deep = int(np.flatnonzero(want.exits == 2)[0])  # an image that reaches the last exit
+    engine = _engine()
+    batcher = ExitBatcher(engine, max_batch=8, max_wait_ms=0.0)
     batcher.start(warmup=False)
     try:
+        _one_at_a_time(batcher, [images[deep:deep + 1]])
+        assert engine.source.calls == [(0, 1), (1, 1), (2, 1)]
+        engine.source.calls.clear()
+        pair = np.stack([images[deep], images[int(np.flatnonzero(want.exits == 0)[0])]])
+        _one_at_a_time(batcher, [pair])  # one image of two goes on alone: padded as the engine pads a subset
+        assert engine.source.calls == [(0, 2), (1, 2), (2, 2)]
+    finally:
+        batcher.stop(5)
+
+
+def test_exit_1_waits_for_its_batch_at_most_max_wait_ms_only_while_requests_overlap():
+    engine = _engine()
+    batcher = ExitBatcher(engine, max_batch=8, max_wait_ms=400.0)
+    batcher.start(warmup=False)
+    try:
+        # a lone client: exit 1 waits until most of the last requests came with nothing else in flight
+        took = _one_at_a_time(batcher, [_images(3, seed=j) for j in range(RECENT_REQUESTS)])
+        waited = RECENT_REQUESTS // 2
+        assert min(took[:waited]) >= 0.39 and max(took[waited + 1:]) < 0.35
+        engine.source.gate.clear()  # hold the worker in its next call while requests pile up
+        held = Answers()
+        held.expected = 9
+        for j in range(9):  # a full batch of 8 images, then 8 that each arrive while others are in flight
+            batcher.submit(list(_images(8 if j == 0 else 1, seed=10 + j)), held.callback(j))
+        engine.source.gate.set()
+        assert held.done.wait(10)
         answers = Answers()
         answers.expected = 1
         start = time.monotonic()
         batcher.submit(list(_images(3)), answers.callback(0))
-        assert not answers.done.wait(0.2)  # 3 of 8: waits
+        assert not answers.done.wait(0.2)  # most recent requests overlapped: 3 of 8 wait for more
         assert answers.done.wait(5) and time.monotonic() - start >= 0.39
         full = Answers()
         full.expected = 1
