@@ -12,6 +12,8 @@ an HTTP server (``dvt-serve``).
   per-image record both dvt-predict and dvt-serve give;
 * :mod:`~dvt_ms.serve.batcher`: the serving worker thread, with exit-aware rebatching across requests;
   :mod:`~dvt_ms.serve.app` (the HTTP application) and :mod:`~dvt_ms.serve.metrics` need the ``serve`` extra;
+* :mod:`~dvt_ms.serve.ray_app`: ``dvt-serve --backend ray``, each exit a Ray Serve deployment with replicas of its
+  own, and ``build_app`` for ``serve run``; needs the ``ray`` extra;
 * :mod:`~dvt_ms.serve.export` / :mod:`~dvt_ms.serve.predict` / :mod:`~dvt_ms.serve.server`: the three commands,
   and their library functions ``export(ExportSettings)``, ``predict(PredictSettings)`` and
   ``serve(ServeSettings)``.

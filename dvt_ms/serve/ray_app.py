@@ -1,12 +1,13 @@
 """``dvt-serve --backend ray``: the exits of the cascade as a chain of Ray Serve deployments.
 
-Each exit is a deployment (``exit1``, ``exit2``, ...) with replicas of its own (``--replicas 2,1,1``: later exits
-see fewer images). A replica loads the model, compiles its exit (every batch size with ``--warmup all``) and
-batches the images sent to it with ``@serve.batch`` (``max_batch_size`` = ``--max_batch``,
-``batch_wait_timeout_s`` = ``--max_wait_ms`` / 1000). It decides the batch as the embedded batcher does
-(:class:`~dvt_ms.serve.batcher.ExitBatch`: the same padding, threshold rule and top-k), answers the images that
-leave, and hands each undecided image, with its rows of the exit's features and relations (numpy), to the next
-exit's deployment through a deployment handle.
+Each exit is a deployment (``exit1``, ``exit2``, ...) with replicas of its own (``--replicas 2,1,1``: an exit's
+work is the images that reach it times its own cost per image; later exits see fewer images but cost more each).
+Each replica reserves half a CPU of the cluster; the HTTP side reserves none. A replica loads the model, compiles
+its exit (every batch size with ``--warmup all``) and batches the images sent to it with ``@serve.batch``
+(``max_batch_size`` = ``--max_batch``, ``batch_wait_timeout_s`` = ``--max_wait_ms`` / 1000). It decides the batch
+as the embedded batcher does (:class:`~dvt_ms.serve.batcher.ExitBatch`: the same padding, threshold rule and
+top-k), answers the images that leave, and hands each undecided image, with its rows of the exit's features and
+relations (numpy), to the next exit's deployment through a deployment handle.
 
 The HTTP side is the application of :mod:`~dvt_ms.serve.app` over a :class:`RayChain`, the
 :class:`~dvt_ms.serve.batcher.Classifier` that sends each image to ``exit1``:
@@ -16,8 +17,9 @@ The HTTP side is the application of :mod:`~dvt_ms.serve.app` over a :class:`RayC
 * ``serve run dvt_ms.serve.ray_app:build_app ckpt=demo/dvt_digits_demo.ckpt replicas=2,1,1`` deploys the same
   application inside Ray, behind Ray's HTTP proxy (:func:`build_app`; the arguments are dvt-serve's flags).
 
-An image whose replica dies under it is answered 503 (:class:`~dvt_ms.serve.batcher.Unavailable`); Serve starts a
-new replica and the next requests go to the ones alive. Needs the ray extra (``pip install -e ".[ray]"``).
+An image whose replica dies under it is answered 503 with ``Retry-After``
+(:class:`~dvt_ms.serve.batcher.Unavailable`); Serve starts a new replica and the next requests go to the ones
+alive. Needs the ray extra (``pip install -e ".[ray]"``).
 """
 
 from __future__ import annotations
@@ -144,7 +146,8 @@ class ExitReplica:
                 answers[i] = outcome[0]
             return fill
 
-        queued = [QueuedImage(PendingRequest(1, slot(i)), i, image, features, relations)
+        # each image is a request of its own here (its HTTP request is tracked by RayChain): slot 0 of it
+        queued = [QueuedImage(PendingRequest(1, slot(i)), 0, image, features, relations)
                   for i, (image, features, relations) in enumerate(items)]
         batch = ExitBatch(self.k, queued, self.engine.padded_size(len(queued), self.max_batch))
         images, features, relations = batch.inputs(*self.needs)
@@ -309,13 +312,17 @@ class HTTPIngress:
 
 def build_app(args: dict[str, str]) -> Any:
     """The application of ``serve run dvt_ms.serve.ray_app:build_app key=value ...``: the arguments are dvt-serve's
-    flags without their dashes (``ckpt=... replicas=2,1,1 max_batch=16``); ``--host`` / ``--port`` are Ray's."""
+    flags without their dashes (``ckpt=... replicas=2,1,1 max_batch=16``). ``host`` / ``port`` / ``ray_address``
+    do not apply: the application is served by Ray Serve's HTTP proxy (port 8000 unless Serve was started with
+    other HTTP options) on the cluster ``serve run`` joins (its ``--address``)."""
     argv = [item for key, value in args.items() for item in (f"--{key}", str(value))]
     settings = parse_command(ServeSettings, argv, "dvt-serve on Ray Serve", "serve run dvt_ms.serve.ray_app:build_app")
     settings.backend = "ray"
-    num_exits = len(settings.replicas) if len(settings.replicas) > 1 else _num_exits(settings)
+    num_exits = _num_exits(settings)  # read from the model, so a wrong replicas= fails here, not in every replica
+    # no CPU reserved for the HTTP side (it decodes images and waits; dvt-serve's own process reserves none either),
+    # so the exits' replicas fit as they do under dvt-serve: 2,1,1 on a 2-CPU machine
     ingress = serve.deployment(serve.ingress()(HTTPIngress), name="http", max_ongoing_requests=settings.max_queue,
-                               ray_actor_options={"num_cpus": 0.5})
+                               ray_actor_options={"num_cpus": 0})
     return ingress.bind(settings, exit_chain(settings, num_exits))
 
 

@@ -6,98 +6,24 @@ from __future__ import annotations
 
 import json
 import os
-import queue
-import re
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
-from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, flat_digits, importable
+from tests.helpers import importable
+from tests.serve.conftest import DEMO_CKPT, ServerProcess, _same_as_predicted, get, many_clients, metric, request
 
 pytestmark = pytest.mark.skipif(
     not all(importable(m) for m in ("fastapi", "uvicorn", "python_multipart", "prometheus_client")),
     reason='needs the serve extra (pip install -e ".[serve]")')
 
-DEMO_CKPT = os.path.join(REPO, "demo", "dvt_digits_demo.ckpt")
-START_TIMEOUT = 240.0
 
-
-# ---- a server process and an HTTP client ----------------------------------------------------------------
-
-class ServerProcess:
-    """``python -m dvt_ms serve --port 0 ...`` in a subprocess; :attr:`url` once it listens."""
-
-    def __init__(self, *args: str) -> None:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([REPO, *filter(None, [os.environ.get("PYTHONPATH")])]),
-               "GLOG_v": "3"}
-        self.process = subprocess.Popen([sys.executable, "-m", "dvt_ms", "serve", "--ckpt", DEMO_CKPT, "--host",
-                                         "127.0.0.1", "--port", "0", *args], stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
-        self.lines: list[str] = []
-        self._listening: queue.Queue[str] = queue.Queue()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        try:
-            self.url = self._listening.get(timeout=START_TIMEOUT)
-        except queue.Empty:
-            self.stop()
-            raise AssertionError("the server did not start:\n" + "".join(self.lines[-30:])) from None
-
-    def _read(self) -> None:
-        for line in self.process.stderr:
-            self.lines.append(line)
-            found = re.search(r"listening on (http://127\.0\.0\.1:\d+)", line)
-            if found:
-                self._listening.put(found.group(1))
-        self._listening.put("")
-
-    def wait_ready(self, timeout: float = START_TIMEOUT) -> list[int]:
-        """Poll /healthz until 200; the statuses seen."""
-        seen, deadline = [], time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            seen.append(get(self.url + "/healthz")[0])
-            if seen[-1] == 200:
-                return seen
-            time.sleep(0.2)
-        raise AssertionError(f"not ready after {timeout} s: {seen[-5:]}")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> tuple[int, str]:
-        """Send ``sig`` and wait: (exit status, stdout)."""
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-        try:
-            out, _ = self.process.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            out, _ = self.process.communicate()
-        return self.process.returncode, out or ""
-
-
-def request(url: str, body: bytes | None = None, headers: dict[str, str] | None = None,
-            timeout: float = 60.0) -> tuple[int, dict[str, str], bytes]:
-    req = urllib.request.Request(url, data=body, headers=headers or {}, method="POST" if body is not None else "GET")
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as answer:
-            return answer.status, dict(answer.headers), answer.read()
-    except urllib.error.HTTPError as err:
-        return err.code, dict(err.headers), err.read()
-
-
-def get(url: str) -> tuple[int, dict[str, str], bytes]:
-    try:
-        return request(url, timeout=10.0)
-    except (urllib.error.URLError, ConnectionError) as err:
-        raise AssertionError(f"GET {url}: {err}") from None
-
+# ---- classify requests (the server process and the HTTP client are in conftest.py) ----------------------
 
 def classify(url: str, data: bytes) -> tuple[int, object]:
     status, _, body = request(url + "/v1/classify", data, {"Content-Type": "application/octet-stream"})
@@ -118,37 +44,7 @@ def classify_form(url: str, files: Sequence[tuple[str, bytes]]) -> tuple[int, di
     return status, answer_headers, json.loads(answer)
 
 
-def metric(text: str, name: str, **labels: str) -> float:
-    """The value of one sample of the Prometheus text."""
-    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    pattern = re.escape(name) + (r"\{" + re.escape(want) + r"\}" if want else "") + r" (\S+)$"
-    for line in text.splitlines():
-        found = re.match(pattern, line)
-        if found:
-            return float(found.group(1))
-    raise AssertionError(f"no sample {name}{{{want}}} in the metrics")
-
-
 # ---- fixtures -------------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory) -> Path:
-    """The 450 validation digits as one flat folder (``<label>_<name>.png``)."""
-    return flat_digits(tmp_path_factory.mktemp("digits"))
-
-
-@pytest.fixture(scope="module")
-def predicted(digits, tmp_path_factory) -> dict[str, dict]:
-    """dvt-predict's record of every digit, by file name."""
-    from dvt_ms.serve.predict import JSONL_NAME
-    from dvt_ms.serve.predict import main as predict_main
-
-    out = tmp_path_factory.mktemp("predict")
-    assert predict_main(["--ckpt", DEMO_CKPT, "--images", str(digits), "--top_k", "3", "--examples_per_exit", "0",
-                         "--num_parallel_workers", "0", "--output_dir", str(out)]) == 0
-    with open(out / JSONL_NAME, encoding="utf-8") as f:
-        return {os.path.basename(r["path"]): r for r in map(json.loads, f)}
-
 
 @pytest.fixture(scope="module")
 def server():
@@ -159,15 +55,6 @@ def server():
     process.wait_ready()
     yield process
     process.stop()
-
-
-def _same_as_predicted(answer: dict, want: dict) -> None:
-    assert set(answer) == {"exit", "gflops", "top_k", "error"} and answer["error"] is None
-    assert answer["exit"] == want["exit"] and answer["gflops"] == pytest.approx(want["gflops"])
-    assert [t["class"] for t in answer["top_k"]] == [t["class"] for t in want["top_k"]]
-    assert [t["name"] for t in answer["top_k"]] == [t["name"] for t in want["top_k"]]
-    assert [t["probability"] for t in answer["top_k"]] == pytest.approx([t["probability"] for t in want["top_k"]],
-                                                                        abs=1e-5)
 
 
 # ---- without a model --------------------------------------------------------------------------------------
@@ -259,34 +146,6 @@ def test_single_images_and_forms_answer_as_dvt_predict(server, digits, predicted
 
 # ---- the acceptance test: 450 digits from 16 concurrent clients ---------------------------------------------
 
-def _many_clients(url: str, digits: Path, names: Sequence[str], clients: int) -> dict[str, dict]:
-    todo: queue.Queue[str] = queue.Queue()
-    for name in names:
-        todo.put(name)
-    answers: dict[str, dict] = {}
-    failures: list[str] = []
-
-    def client() -> None:
-        while True:
-            try:
-                name = todo.get_nowait()
-            except queue.Empty:
-                return
-            status, answer = classify(url, (digits / name).read_bytes())
-            if status == 200:
-                answers[name] = answer
-            else:
-                failures.append(f"{name}: {status} {answer}")
-
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(600)
-    assert not failures, failures[:5]
-    return answers
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("batching", ["exit", "request"])
 def test_450_digits_from_16_concurrent_clients_answer_as_dvt_predict(digits, predicted, batching):
@@ -296,11 +155,13 @@ def test_450_digits_from_16_concurrent_clients_answer_as_dvt_predict(digits, pre
         names = sorted(predicted)
         assert len(names) == 450
         start = time.monotonic()
-        answers = _many_clients(process.url, digits, names, clients=16)
+        answers = many_clients(process.url, digits, names, clients=16)
         seconds = time.monotonic() - start
+        failures = [f"{name}: {status} {answer}" for name, (status, _, answer) in answers.items() if status != 200]
+        assert not failures, failures[:5]
         assert len(answers) == 450
         for name in names:
-            _same_as_predicted(answers[name], predicted[name])
+            _same_as_predicted(answers[name][2], predicted[name])
         text = get(process.url + "/metrics")[2].decode()
         per_exit = [metric(text, "dvt_serve_images_total", exit=str(k)) for k in (1, 2, 3)]
         want = [sum(r["exit"] == k for r in predicted.values()) for k in (1, 2, 3)]

@@ -20,7 +20,8 @@ import pytest
 from PIL import Image
 
 from tests.helpers import photo_like, write_mode_zoo
-from tests.serve.test_http import DEMO_CKPT, ServerProcess, _same_as_predicted, get, metric, multipart
+from tests.serve.conftest import DEMO_CKPT, ServerProcess, _same_as_predicted, get, metric
+from tests.serve.test_http import multipart
 
 pytestmark = pytest.mark.slow
 
