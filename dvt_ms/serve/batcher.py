@@ -413,7 +413,6 @@ class ExitBatcher(_Worker):
         # of the last requests, whether each arrived while another was in flight (decides whether exit 1 waits);
         # until requests tell otherwise, they are taken to overlap: exit 1 waits, as the flag says
         self._overlapped: deque[bool] = deque([True] * RECENT_REQUESTS, maxlen=RECENT_REQUESTS)
-        self._first_wait = self.max_wait
 
     def queued(self) -> list[int]:
         """Images waiting in each exit's queue."""
@@ -423,7 +422,6 @@ class ExitBatcher(_Worker):
     def _admit(self, request: PendingRequest, images: Sequence[np.ndarray]) -> None:
         now = self.clock()
         self._overlapped.append(self._in_flight > 0)
-        self._first_wait = self.max_wait if 2 * sum(self._overlapped) > len(self._overlapped) else 0.0
         self._queues[0].extend(QueuedImage(request, i, np.asarray(image, np.float32), queued_at=now)
                                for i, image in enumerate(images))
 
@@ -452,7 +450,9 @@ class ExitBatcher(_Worker):
         return None
 
     def _waits(self, k: int) -> float:
-        return self._first_wait if k == 0 else self.max_wait
+        if k == 0 and 2 * sum(self._overlapped) <= len(self._overlapped):
+            return 0.0  # most recent requests came alone: none would join this batch
+        return self.max_wait
 
     def _next_work(self) -> tuple[int, list[QueuedImage]] | None:
         k = self._ready_exit(self.clock())

@@ -112,6 +112,14 @@ def metric(text: str, name: str, **labels: str) -> float:
     raise AssertionError(f"no sample {name}{{{want}}} in the metrics")
 
 
+def multipart(files: Sequence[tuple[str, bytes]]) -> tuple[bytes, dict[str, str]]:
+    boundary = "dvt-serve-test-boundary"
+    parts = [(f'--{boundary}\r\nContent-Disposition: form-data; name="images"; filename="{name}"\r\n'
+              f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + b"\r\n" for name, data in files]
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), {
+        "Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
 # ---- the digits and what dvt-predict says of them ------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -120,17 +128,21 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return flat_digits(tmp_path_factory.mktemp("digits"))
 
 
-@pytest.fixture(scope="module")
-def predicted(digits: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
-    """dvt-predict's record of every digit, by file name."""
+def predict_records(folder: Path, out: Path) -> dict[str, dict]:
+    """dvt-predict's record (top 3) of every image of ``folder`` with the demo checkpoint, by file name."""
     from dvt_ms.serve.predict import JSONL_NAME
     from dvt_ms.serve.predict import main as predict_main
 
-    out = tmp_path_factory.mktemp("predict")
-    assert predict_main(["--ckpt", DEMO_CKPT, "--images", str(digits), "--top_k", "3", "--examples_per_exit", "0",
+    assert predict_main(["--ckpt", DEMO_CKPT, "--images", str(folder), "--top_k", "3", "--examples_per_exit", "0",
                          "--num_parallel_workers", "0", "--output_dir", str(out)]) == 0
     with open(out / JSONL_NAME, encoding="utf-8") as f:
         return {os.path.basename(r["path"]): r for r in map(json.loads, f)}
+
+
+@pytest.fixture(scope="module")
+def predicted(digits: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    """dvt-predict's record of every digit, by file name."""
+    return predict_records(digits, tmp_path_factory.mktemp("predict"))
 
 
 def _same_as_predicted(answer: dict, want: dict) -> None:

@@ -16,7 +16,16 @@ from collections.abc import Sequence
 import pytest
 
 from tests.helpers import importable
-from tests.serve.conftest import DEMO_CKPT, ServerProcess, _same_as_predicted, get, many_clients, metric, request
+from tests.serve.conftest import (
+    DEMO_CKPT,
+    ServerProcess,
+    _same_as_predicted,
+    get,
+    many_clients,
+    metric,
+    multipart,
+    request,
+)
 
 pytestmark = pytest.mark.skipif(
     not all(importable(m) for m in ("fastapi", "uvicorn", "python_multipart", "prometheus_client")),
@@ -28,14 +37,6 @@ pytestmark = pytest.mark.skipif(
 def classify(url: str, data: bytes) -> tuple[int, object]:
     status, _, body = request(url + "/v1/classify", data, {"Content-Type": "application/octet-stream"})
     return status, json.loads(body)
-
-
-def multipart(files: Sequence[tuple[str, bytes]]) -> tuple[bytes, dict[str, str]]:
-    boundary = "dvt-serve-test-boundary"
-    parts = [(f'--{boundary}\r\nContent-Disposition: form-data; name="images"; filename="{name}"\r\n'
-              f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + b"\r\n" for name, data in files]
-    return b"".join(parts) + f"--{boundary}--\r\n".encode(), {
-        "Content-Type": f"multipart/form-data; boundary={boundary}"}
 
 
 def classify_form(url: str, files: Sequence[tuple[str, bytes]]) -> tuple[int, dict[str, str], object]:

@@ -20,8 +20,7 @@ import pytest
 from PIL import Image
 
 from tests.helpers import photo_like, write_mode_zoo
-from tests.serve.conftest import DEMO_CKPT, ServerProcess, _same_as_predicted, get, metric
-from tests.serve.test_http import multipart
+from tests.serve.conftest import ServerProcess, _same_as_predicted, get, metric, multipart, predict_records
 
 pytestmark = pytest.mark.slow
 
@@ -56,14 +55,7 @@ def zoo(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def zoo_predicted(zoo, tmp_path_factory) -> dict[str, dict]:
     """dvt-predict's record of every zoo file, by file name."""
-    from dvt_ms.serve.predict import JSONL_NAME
-    from dvt_ms.serve.predict import main as predict_main
-
-    out = tmp_path_factory.mktemp("zoo_predict")
-    assert predict_main(["--ckpt", DEMO_CKPT, "--images", str(zoo), "--top_k", "3", "--examples_per_exit", "0",
-                         "--num_parallel_workers", "0", "--output_dir", str(out)]) == 0
-    with open(out / JSONL_NAME, encoding="utf-8") as f:
-        records = {os.path.basename(r["path"]): r for r in map(json.loads, f)}
+    records = predict_records(zoo, tmp_path_factory.mktemp("zoo_predict"))
     assert len(records) == len(os.listdir(zoo)) and all(r["error"] is None for r in records.values())
     return records
 
