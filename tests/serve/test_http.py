@@ -94,6 +94,32 @@ def test_a_port_in_use_is_a_clear_error(capsys):
     assert ServeSettings(ckpt=DEMO_CKPT).batching == "exit"
 
 
+def test_connections_accepted_on_the_listening_socket_send_without_delay():
+    """A kept-alive answer's body must not wait for the client's delayed ACK: asyncio turns TCP_NODELAY on for the
+    connections it accepts only when the listening socket names IPPROTO_TCP."""
+    import asyncio
+
+    from dvt_ms.serve.server import _listen
+
+    async def accepted_nodelay() -> int:
+        found: asyncio.Future = asyncio.get_running_loop().create_future()
+
+        def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            sock = writer.get_extra_info("socket")
+            found.set_result(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        listening = _listen("127.0.0.1", 0)
+        server = await asyncio.start_server(on_connection, sock=listening)
+        async with server:
+            _, writer = await asyncio.open_connection(*listening.getsockname()[:2])
+            flag = await asyncio.wait_for(found, 10)
+            writer.close()
+        return flag
+
+    assert asyncio.run(accepted_nodelay()) != 0
+
+
 # ---- one server ---------------------------------------------------------------------------------------------
 
 def test_health_docs_model_and_bad_input(server, digits):
