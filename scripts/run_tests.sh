@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Run the test suite; installs dvt_ms with its test extras, torch, scikit-learn, onnx, onnxruntime and the HTTP
-# server's packages when missing.
+# Run the test suite; installs dvt_ms with its test extras, torch, scikit-learn, onnx, onnxruntime, the HTTP
+# server's packages and Ray Serve when missing.
 #   bash scripts/run_tests.sh                      # everything, slow tests included (what CI runs)
 #   bash scripts/run_tests.sh --quick              # the everyday tier: no slow tests, one variant of each
 #                                                  # exhaustive one (a few minutes on 2 cores)
@@ -8,7 +8,7 @@
 #   bash scripts/run_tests.sh --sanitize           # the kernel tests against the kernels built with
 #                                                  # AddressSanitizer + UndefinedBehaviorSanitizer (CI runs it)
 source "$(dirname "$0")/env.sh"
-dvt_install test torch demo onnx serve
+dvt_install test torch demo onnx serve ray
 cd "$DVT_ROOT"
 if [[ "${1:-}" == "--sanitize" ]]; then
   shift
