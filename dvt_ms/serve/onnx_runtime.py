@@ -48,6 +48,9 @@ def session(path: str, provider: str = "CPUExecutionProvider", threads: int | No
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.intra_op_num_threads = threads or os.cpu_count() or 1
     options.inter_op_num_threads = 1
+    # each exit is its own session with its own thread pool: spinning pools would hold the cores the next exit's
+    # session and the engine's host code between exits need (batch-1 early exit ran at half speed on 2 cores)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(path, sess_options=options, providers=[provider])
 
 

@@ -125,6 +125,15 @@ def test_manifest_of_both_formats_and_the_runtime_choice(demo_both, tmp_path, ca
     assert predict_main(["--exported", str(demo_both), "--runtime", "tensorrt", "--images", image]) == 2
 
 
+def test_exit_sessions_do_not_spin(demo_both):
+    """One session per exit, each with its own thread pool: a pool spinning after its exit ran would hold the cores
+    the next exit and the engine's host code need."""
+    stages = OnnxStages(read_manifest(str(demo_both)))
+    assert len(stages._sessions) == stages.num_exits
+    for s in stages._sessions:
+        assert s.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
 def test_a_tampered_onnx_file_is_refused(demo_both, tmp_path, capsys):
     import shutil
 
