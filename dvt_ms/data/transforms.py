@@ -10,13 +10,14 @@ that ratio (32 -> resize 36, crop 32). ``crop_pct = 1`` resizes the short side s
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 from PIL import Image
 
 __all__ = ["DEFAULT_CROP_PCT", "IMAGENET_MEAN", "IMAGENET_STD", "EvalTransform", "center_crop",
-           "eval_resize_size", "resize_short_side", "to_normalized_chw"]
+           "eval_resize_size", "normalization_table", "resize_short_side", "to_normalized_chw"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -53,10 +54,27 @@ def center_crop(image: Image.Image, size: int) -> Image.Image:
 
 
 def to_normalized_chw(image: Image.Image, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
-    """RGB PIL image -> float32 ``[3, H, W]``, scaled to [0, 1] then normalised per channel."""
-    array = np.asarray(image.convert("RGB"), dtype=np.float32) / np.float32(255.0)
-    array = (array - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return np.ascontiguousarray(array.transpose(2, 0, 1))
+    """RGB PIL image -> float32 ``[3, H, W]``, scaled to [0, 1] then normalised per channel.
+
+    Each channel is a lookup in :func:`normalization_table`, which holds the same float32 arithmetic for all 256
+    byte values: the same bits as computing ``(pixel / 255 - mean) / std`` per pixel, several times faster.
+    """
+    pixels = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+    table = normalization_table(tuple(map(float, np.broadcast_to(mean, (3,)))),
+                                tuple(map(float, np.broadcast_to(std, (3,)))))
+    out = np.empty((3, *pixels.shape[:2]), np.float32)
+    for channel in range(3):
+        np.take(table[channel], pixels[:, :, channel], out=out[channel])
+    return out
+
+
+@functools.lru_cache(maxsize=16)
+def normalization_table(mean: tuple[float, float, float], std: tuple[float, float, float]) -> np.ndarray:
+    """Read-only float32 ``[3, 256]``: ``(value / 255 - mean[c]) / std[c]`` for every byte value, in float32."""
+    values = np.arange(256, dtype=np.float32)[:, None] / np.float32(255.0)
+    table = np.ascontiguousarray(((values - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)).T)
+    table.flags.writeable = False
+    return table
 
 
 class EvalTransform:

@@ -19,7 +19,7 @@ from dvt_ms.data import (
     iterate_batches,
 )
 from dvt_ms.data.loader import reader_dataset, worker_count
-from dvt_ms.data.transforms import center_crop, resize_short_side
+from dvt_ms.data.transforms import center_crop, resize_short_side, to_normalized_chw
 
 
 def test_resize_sizes_keep_the_224_256_ratio():
@@ -54,6 +54,19 @@ def test_eval_transform_normalises_with_imagenet_statistics():
     expected = [(v / 255 - m) / s for v, m, s in zip((255, 128, 0), IMAGENET_MEAN, IMAGENET_STD, strict=True)]
     np.testing.assert_allclose(out[:, 16, 16], expected, rtol=1e-5)
     np.testing.assert_allclose(out.std(axis=(1, 2)), 0, atol=1e-5)  # a flat image stays flat
+
+
+@pytest.mark.parametrize("mean, std", [(IMAGENET_MEAN, IMAGENET_STD), ([0.5, 0.5, 0.5], [0.5, 0.5, 0.5]), (0.1, 0.3)])
+def test_normalisation_gives_the_bits_of_the_per_pixel_formula(mean, std):
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (33, 91, 3), dtype=np.uint8)
+    pixels[0, :86] = np.arange(258).reshape(86, 3) % 256  # every byte value in every channel
+    pixels[1, :] = 255
+    got = to_normalized_chw(Image.fromarray(pixels), mean, std)
+    scaled = pixels.astype(np.float32) / np.float32(255.0)
+    by_pixel = (scaled - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    assert got.dtype == np.float32 and got.flags.c_contiguous
+    np.testing.assert_array_equal(got, by_pixel.transpose(2, 0, 1))
 
 
 def test_eval_transform_accepts_grey_and_palette_images():
