@@ -60,8 +60,9 @@ __all__ = ["APP_NAME", "ExitReplica", "HTTPIngress", "RayChain", "build_app", "e
 log = logging.getLogger(__name__)
 
 APP_NAME = "dvt"
-#: what a replica hands to the next exit: the image and its rows of features and relations (None: not read)
-Forward = tuple[np.ndarray, np.ndarray | None, np.ndarray | None]
+#: what a replica hands to the next exit: the image, its rows of features and relations (None: not read) and
+#: whether it is the only image of its request
+Forward = tuple[np.ndarray, np.ndarray | None, np.ndarray | None, bool]
 _LOST = (RayActorError, BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError)
 
 
@@ -125,9 +126,10 @@ class ExitReplica:
         log.info("exit %d compiled for batch sizes %s", self.k + 1, ", ".join(map(str, sizes)))
 
     async def __call__(self, image: np.ndarray, features: np.ndarray | None = None,
-                       relations: np.ndarray | None = None) -> ImageResult:
-        """Where one image leaves, and what it is, from this exit on."""
-        outcome = await self._batch((np.asarray(image, np.float32), features, relations))
+                       relations: np.ndarray | None = None, alone: bool = False) -> ImageResult:
+        """Where one image leaves, and what it is, from this exit on; ``alone``: it is the only image of its
+        request (run on its own, it is a whole batch, as ``dvt-predict`` runs one image: unpadded)."""
+        outcome = await self._batch((np.asarray(image, np.float32), features, relations, alone))
         if isinstance(outcome, ImageResult):
             return outcome
         return await self.next_exit.remote(*outcome)
@@ -148,15 +150,17 @@ class ExitReplica:
 
         # each image is a request of its own here (its HTTP request is tracked by RayChain): slot 0 of it
         queued = [QueuedImage(PendingRequest(1, slot(i)), 0, image, features, relations)
-                  for i, (image, features, relations) in enumerate(items)]
-        batch = ExitBatch(self.k, queued, self.engine.padded_size(len(queued), self.max_batch))
+                  for i, (image, features, relations, _) in enumerate(items)]
+        whole = len(items) == 1 and items[0][3]  # a one-image request alone: a batch of one, as in ExitBatcher
+        batch = ExitBatch(self.k, queued, self.engine.padded_size(len(queued), 1 if whole else self.max_batch))
         images, features, relations = batch.inputs(*self.needs)
         logits, features, relations = self.engine.run_stage(self.k, images, features, relations,
                                                             keep_state=not self.last)
         onward = batch.scatter(logits, features, relations, self.threshold, self.top_k)
         position = {id(q.request): i for i, q in enumerate(queued)}
         for item in onward:
-            answers[position[id(item.request)]] = (item.image, item.features, item.relations)
+            i = position[id(item.request)]
+            answers[i] = (item.image, item.features, item.relations, items[i][3])
         if any(answer is None for answer in answers):
             raise ServeError(f"exit {self.k + 1} left an image of its batch undecided")
         return answers
@@ -231,7 +235,7 @@ class RayChain:
     async def _classify(self, request: PendingRequest, images: list[np.ndarray]) -> None:
         async def one(i: int, image: np.ndarray) -> None:
             try:
-                result = await self._handle.remote(image)
+                result = await self._handle.remote(image, alone=len(images) == 1)
             except Exception as err:  # every failure ends the request: a lost replica as 503, else 500
                 if _lost(err):
                     request.fail(Unavailable(f"a Ray replica was lost while it held this request "
