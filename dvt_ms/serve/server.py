@@ -43,7 +43,7 @@ from .predictor import build_predictor
 __all__ = ["PIP", "RAY_PIP", "ServeSummary", "main", "require_ray_extra", "require_serve_extra", "serve"]
 
 PROG = "dvt-serve"
-PIP = 'pip install -e ".[serve]"  (or: pip install fastapi uvicorn python-multipart prometheus_client)'
+PIP = 'pip install -e ".[serve]"  (or: pip install fastapi uvicorn httptools python-multipart prometheus_client)'
 #: import name -> package of what the HTTP server needs
 RAY_PIP = 'pip install -e ".[ray]"  (or: pip install "ray[serve]")'
 HTTP_MODULES = {"fastapi": "fastapi", "uvicorn": "uvicorn", "python_multipart": "python-multipart",
