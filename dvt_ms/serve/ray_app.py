@@ -30,7 +30,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from ray import serve
@@ -55,15 +55,21 @@ from .batcher import (
 from .errors import ServeError
 from .predictor import build_predictor
 
-__all__ = ["APP_NAME", "ExitReplica", "HTTPIngress", "RayChain", "build_app", "exit_chain", "replica_counts"]
+__all__ = ["APP_NAME", "ExitReplica", "Forward", "HTTPIngress", "RayChain", "build_app", "exit_chain", "replica_counts"]
 
 log = logging.getLogger(__name__)
 
 APP_NAME = "dvt"
-#: what a replica hands to the next exit: the image, its rows of features and relations (None: not read) and
-#: whether it is the only image of its request
-Forward = tuple[np.ndarray, np.ndarray | None, np.ndarray | None, bool]
 _LOST = (RayActorError, BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError)
+
+
+class Forward(NamedTuple):
+    """One image on its way through the exits: what a replica batches, and hands to the next exit."""
+
+    image: np.ndarray
+    features: np.ndarray | None  # its rows of the previous exit's features (None: not read)
+    relations: np.ndarray | None  # and of its relations
+    alone: bool  # the only image of its request: run on its own, it is a batch of one (unpadded)
 
 
 def replica_counts(replicas: Sequence[int], num_exits: int) -> list[int]:
@@ -129,7 +135,7 @@ class ExitReplica:
                        relations: np.ndarray | None = None, alone: bool = False) -> ImageResult:
         """Where one image leaves, and what it is, from this exit on; ``alone``: it is the only image of its
         request (run on its own, it is a whole batch, as ``dvt-predict`` runs one image: unpadded)."""
-        outcome = await self._batch((np.asarray(image, np.float32), features, relations, alone))
+        outcome = await self._batch(Forward(np.asarray(image, np.float32), features, relations, alone))
         if isinstance(outcome, ImageResult):
             return outcome
         return await self.next_exit.remote(*outcome)
@@ -149,9 +155,9 @@ class ExitReplica:
             return fill
 
         # each image is a request of its own here (its HTTP request is tracked by RayChain): slot 0 of it
-        queued = [QueuedImage(PendingRequest(1, slot(i)), 0, image, features, relations)
-                  for i, (image, features, relations, _) in enumerate(items)]
-        whole = len(items) == 1 and items[0][3]  # a one-image request alone: a batch of one, as in ExitBatcher
+        queued = [QueuedImage(PendingRequest(1, slot(i)), 0, item.image, item.features, item.relations)
+                  for i, item in enumerate(items)]
+        whole = len(items) == 1 and items[0].alone  # as ExitBatcher runs a one-image request alone
         batch = ExitBatch(self.k, queued, self.engine.padded_size(len(queued), 1 if whole else self.max_batch))
         images, features, relations = batch.inputs(*self.needs)
         logits, features, relations = self.engine.run_stage(self.k, images, features, relations,
@@ -160,7 +166,7 @@ class ExitReplica:
         position = {id(q.request): i for i, q in enumerate(queued)}
         for item in onward:
             i = position[id(item.request)]
-            answers[i] = (item.image, item.features, item.relations, items[i][3])
+            answers[i] = Forward(item.image, item.features, item.relations, items[i].alone)
         if any(answer is None for answer in answers):
             raise ServeError(f"exit {self.k + 1} left an image of its batch undecided")
         return answers

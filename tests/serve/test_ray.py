@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from tests.helpers import importable
@@ -171,35 +172,38 @@ def test_450_digits_on_a_two_node_cluster_and_a_killed_replica(cluster, digits, 
 
 @needs_ray
 def test_a_replica_runs_the_lone_image_of_a_one_image_request_unpadded():
-    import numpy as np
-
     from dvt_ms.options import ServeSettings, parse_command
-    from dvt_ms.serve.ray_app import ExitReplica
+    from dvt_ms.serve.ray_app import ExitReplica, Forward
 
     settings = parse_command(ServeSettings, ["--ckpt", DEMO_CKPT, "--max_batch", "8", "--warmup", "none",
                                              "--thresholds", "1,1"], "test", "test")  # nothing leaves early
     replicas = [ExitReplica(settings, 0, next_exit=object()), ExitReplica(settings, 1, next_exit=object())]
     rows: list[int] = []
+
+    def counted(run_stage):
+        def run(k, images, *args, **kwargs):
+            rows.append(len(images))
+            return run_stage(k, images, *args, **kwargs)
+        return run
+
     for replica in replicas:
-        run_stage = replica.engine.run_stage
-        replica.engine.run_stage = lambda k, images, *rest, _run=run_stage, **kw: (rows.append(len(images)),
-                                                                                  _run(k, images, *rest, **kw))[1]
+        replica.engine.run_stage = counted(replica.engine.run_stage)
     engine = replicas[0].engine
-    images = np.random.default_rng(0).standard_normal((3, *engine.image_shape)).astype(np.float32)
+    images = np.random.default_rng(0).standard_normal((2, *engine.image_shape)).astype(np.float32)
     padded = engine.padded_size(1, 8)
     assert padded > 1  # an image of a larger request, alone in its exit batch, is padded as the engine pads a subset
 
-    alone = replicas[0]._run([(images[0], None, None, True)])
-    assert rows == [1] and alone[0][3] is True  # exit 2 learns that the image is alone too
+    alone = replicas[0]._run([Forward(images[0], None, None, True)])
+    assert rows == [1] and alone[0].alone  # exit 2 learns that the image is alone too
     replicas[1]._run(alone)
     assert rows == [1, 1]
     rows.clear()
-    of_two = replicas[0]._run([(images[0], None, None, False)])
-    assert rows == [padded] and of_two[0][3] is False
+    of_two = replicas[0]._run([Forward(images[0], None, None, False)])
+    assert rows == [padded] and not of_two[0].alone
     rows.clear()
-    mixed = replicas[0]._run([(images[0], None, None, True), (images[1], None, None, False)])
-    assert rows == [engine.padded_size(2, 8)] and [m[3] for m in mixed] == [True, False]
+    mixed = replicas[0]._run([Forward(images[0], None, None, True), Forward(images[1], None, None, False)])
+    assert rows == [engine.padded_size(2, 8)] and [m.alone for m in mixed] == [True, False]
     for other in (of_two[0], mixed[0]):  # image 0's state for exit 2 whatever its batch
-        for got, want in zip(other[1:3], alone[0][1:3], strict=True):
+        for got, want in ((other.features, alone[0].features), (other.relations, alone[0].relations)):
             if want is not None:
                 np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
