@@ -43,7 +43,7 @@ from .errors import ServeError
 
 __all__ = ["RECENT_REQUESTS", "BatchObserver", "Classifier", "ExitBatch", "ExitBatcher", "ImageResult", "NotAccepting",
            "PendingRequest", "QueueFull", "QueuedImage", "RequestBatcher", "TooManyImages", "Unavailable",
-           "warmup_sizes"]
+           "exit_batch_rows", "warmup_sizes"]
 
 log = logging.getLogger(__name__)
 
@@ -249,10 +249,18 @@ class BatchObserver:
         """``images`` are admitted and not answered now."""
 
 
+def exit_batch_rows(engine: Any, images: int, alone: bool, max_batch: int) -> int:
+    """The rows an exit runs for a batch of ``images`` images: the image of a one-image request running on its own
+    (``alone``) is a whole batch, unpadded, as ``dvt-predict`` runs one image; any other batch is padded as the
+    engine pads a subset of a ``max_batch`` batch (:meth:`~dvt_ms.inference.engine.EarlyExitEngine.padded_size`)."""
+    return engine.padded_size(images, 1 if images == 1 and alone else max_batch)
+
+
 def warmup_sizes(engine: Any, max_batch: int) -> list[int]:
     """The batch sizes an exit runs for batches of 1..``max_batch`` images, and for one image as a batch of its
     own: every padded size where the stages are compiled per size, else the smallest and the largest."""
-    sizes = sorted({engine.padded_size(1, 1)} | {engine.padded_size(n, max_batch) for n in range(1, max_batch + 1)})
+    sizes = sorted({exit_batch_rows(engine, 1, True, max_batch)}
+                   | {exit_batch_rows(engine, n, False, max_batch) for n in range(1, max_batch + 1)})
     return sizes if engine.static else sorted({sizes[0], sizes[-1]})
 
 
@@ -469,8 +477,7 @@ class ExitBatcher(_Worker):
         k, items = work
         engine, last = self.engine, k == self.num_exits - 1
         start = self.clock()
-        whole = len(items) == 1 and items[0].request.size == 1  # a one-image request alone: a batch of one
-        batch = ExitBatch(k, items, engine.padded_size(len(items), 1 if whole else self.max_batch))
+        batch = ExitBatch(k, items, exit_batch_rows(engine, len(items), items[0].request.size == 1, self.max_batch))
         try:
             images, features, relations = batch.inputs(*engine.source.needs_state(k))
             logits, features, relations = engine.run_stage(k, images, features, relations, keep_state=not last)

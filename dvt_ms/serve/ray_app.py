@@ -50,6 +50,7 @@ from .batcher import (
     QueueFull,
     TooManyImages,
     Unavailable,
+    exit_batch_rows,
     warmup_sizes,
 )
 from .errors import ServeError
@@ -157,8 +158,7 @@ class ExitReplica:
         # each image is a request of its own here (its HTTP request is tracked by RayChain): slot 0 of it
         queued = [QueuedImage(PendingRequest(1, slot(i)), 0, item.image, item.features, item.relations)
                   for i, item in enumerate(items)]
-        whole = len(items) == 1 and items[0].alone  # as ExitBatcher runs a one-image request alone
-        batch = ExitBatch(self.k, queued, self.engine.padded_size(len(queued), 1 if whole else self.max_batch))
+        batch = ExitBatch(self.k, queued, exit_batch_rows(self.engine, len(items), items[0].alone, self.max_batch))
         images, features, relations = batch.inputs(*self.needs)
         logits, features, relations = self.engine.run_stage(self.k, images, features, relations,
                                                             keep_state=not self.last)
